@@ -1,0 +1,76 @@
+"""Ed25519 private key files for issuers and scanner devices.
+
+A key file is a small JSON document holding the 32-byte seed. It is created with ``O_EXCL`` and mode 0600 in
+one system call, so there is no window in which another user can read it, and an existing key is never
+overwritten by accident. Loading refuses group/other-readable files, the way ssh refuses a loose key.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from nacl.signing import SigningKey
+
+from engine.errors import KeyFileError
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """An owner label (issuer id or device id) and its signing key."""
+
+    owner: str
+    signing_key: SigningKey
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    def __repr__(self) -> str:  # never let a seed reach a log line
+        return f"KeyFile(owner={self.owner!r}, public_key={self.public_key.hex()[:16]}…)"
+
+
+def write_key_file(path: str | Path, owner: str, signing_key: SigningKey | None = None) -> KeyFile:
+    """Create a new key file (0600); refuses to overwrite an existing one."""
+    key = signing_key or SigningKey.generate()
+    body = orjson.dumps(
+        {"owner": owner, "seed": base64.b64encode(bytes(key)).decode("ascii")},
+        option=orjson.OPT_INDENT_2,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a private key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(body + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return KeyFile(owner, key)
+
+
+def read_key_file(path: str | Path) -> KeyFile:
+    path = Path(path)
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {path} is accessible by group/others (mode {st.st_mode & 0o777:o}); chmod 600"
+        )
+    try:
+        doc = orjson.loads(raw)
+        seed = base64.b64decode(doc["seed"], validate=True)
+        owner = str(doc["owner"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise KeyFileError(f"key file {path} is not a valid key file") from None
+    if len(seed) != 32:
+        raise KeyFileError(f"key file {path}: seed must be 32 bytes")
+    return KeyFile(owner, SigningKey(seed))
