@@ -1,0 +1,52 @@
+"""``info``: which verification path is active, and the versions that matter for a bug report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import orjson
+
+
+def collect() -> dict[str, object]:
+    """Facts about this installation; the benchmarks print the same dict beside their figures."""
+    import aiohttp
+    import nacl
+    import numpy
+
+    from engine import verify
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "verifier": verify.IMPLEMENTATION,
+        "extension_error": verify.EXTENSION_ERROR,
+        "no_extensions_env": verify.NO_EXTENSIONS,
+        "python": platform.python_version(),
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "numpy": numpy.__version__,
+        "pynacl": nacl.__version__,
+        "aiohttp": aiohttp.__version__,
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for key, value in info.items():
+            print(f"{key:18} {value}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show the active verification path and versions")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_run)
