@@ -1,0 +1,110 @@
+"""The device-facing HTTP API: ``POST /v1/scans``, health, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine.errors import PayloadError
+from engine.intake import parse_body
+from engine.openapi import openapi_document
+from engine.server import METRICS, RUNTIME
+from engine.verdicts import REASONS, VERDICTS
+
+DAY_MS = 86_400_000
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def post_scans(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    cfg = rt.config
+    if request.content_type != "application/json":
+        raise PayloadError("Content-Type must be application/json")
+    body = await request.read()  # bounded by client_max_size: larger bodies are 413 before we see them
+    device = rt.devices.authenticate(request.method, request.path_qs, request.headers, body)
+    now_ms = int(time.time() * 1000)
+    intake = parse_body(
+        body,
+        header_device_id=device.device_id,
+        max_items=cfg.max_scans_per_request,
+        now_ms=now_ms,
+        oldest_ms=now_ms - cfg.retention_days * DAY_MS,
+        skew_ms=cfg.skew_s * 1000,
+    )
+    metrics = request.app[METRICS]
+    metrics.scans_received.inc(intake.count)
+    results: list[dict[str, object] | None] = [None] * intake.count
+    for index, error in intake.rejected:
+        metrics.scans_rejected.labels(reason=error.split(" ", 1)[0]).inc()
+        results[index] = {"index": index, "status": "rejected", "error": error}
+    stored = duplicates = 0
+    if len(intake):
+        outcomes = await rt.batcher.submit(intake, now_ms)
+        for pos, o in enumerate(outcomes):
+            index = intake.index[pos]
+            results[index] = {
+                "index": index,
+                "scan_id": str(uuid.UUID(bytes=intake.scan_ids[pos])),
+                "status": o.status,
+                "verdict": VERDICTS[o.verdict],
+                "reason": REASONS[o.reason],
+            }
+            if o.status == "stored":
+                stored += 1
+            else:
+                duplicates += 1
+    return _json(
+        {"stored": stored, "duplicates": duplicates, "rejected": len(intake.rejected), "results": results},
+        status=202,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready = the store answers and the WAL is within budget; load balancers stop sending otherwise."""
+    rt = request.app[RUNTIME]
+    try:
+        store_ok = await asyncio.wait_for(rt.in_store_thread(rt.store.ping), timeout=2.0)
+    except TimeoutError:
+        store_ok = False
+    budget = rt.config.wal_budget_mb << 20
+    wal_ok = rt.wal.backlog_bytes <= budget
+    ready = store_ok and wal_ok and rt.drain.store_ok
+    return _json(
+        {
+            "ready": ready,
+            "store": "ok" if store_ok and rt.drain.store_ok else f"unavailable: {rt.drain.last_error or 'ping failed'}",
+            "wal_backlog_bytes": rt.wal.backlog_bytes,
+            "wal_backlog_records": rt.wal.backlog_records,
+            "wal_budget_bytes": budget,
+            "queue_scans": rt.batcher.queued_scans,
+        },
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/scans", post_scans)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi)

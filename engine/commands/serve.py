@@ -1,0 +1,44 @@
+"""``serve``: run the ingestion server (aiohttp on uvloop) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from engine.config import Config
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from engine.server import create_app
+
+    config = Config.from_sources(args)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.demo:
+        from engine.demo import prepare_demo
+
+        prepare_demo(config)
+    loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_timeout_s,
+        access_log=None,
+        loop=loop,
+        print=lambda msg: logging.getLogger("engine").info(msg.strip()),
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the ingestion server")
+    Config.add_arguments(p)
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="first run: create a demo issuer key, trust list and scanner device in the data directory",
+    )
+    p.set_defaults(func=_run)

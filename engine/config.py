@@ -1,0 +1,152 @@
+"""Engine configuration: read once at start-up from CLI flags and ``ENGINE_*`` variables, validated, frozen.
+
+Everything the running engine needs is in one :class:`Config` passed to the app factory, so tests build one
+directly and nothing reads the environment later. Flags win over environment variables, which win over the
+defaults. An invalid value stops the engine at start-up with a :class:`ConfigError` naming the setting,
+rather than surfacing as a strange failure on the first busy morning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+def _env_name(name: str) -> str:
+    return "ENGINE_" + name.upper()
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = field(default="127.0.0.1", metadata={"help": "listen address"})
+    port: int = field(default=8080, metadata={"help": "listen port"})
+    data_dir: Path = field(default=Path("./data"), metadata={"help": "data directory (store, WAL, secrets)"})
+    dsn: str = field(default="", metadata={"help": "store DSN; default chdb://<data_dir>/store"})
+    database: str = field(default="vnqr", metadata={"help": "ClickHouse database"})
+    cluster: str = field(default="", metadata={"help": "ClickHouse cluster name (ON CLUSTER DDL)"})
+    trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
+    batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
+    batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
+    queue_scans: int = field(default=50_000, metadata={"help": "max scans queued before answering 503"})
+    max_scans_per_request: int = field(default=1000, metadata={"help": "max scans in one POST"})
+    max_body_bytes: int = field(default=2 << 20, metadata={"help": "max request body (bytes); larger is 413"})
+    wal_dir: Path = field(default=Path(""), metadata={"help": "WAL directory; default <data_dir>/wal"})
+    wal_budget_mb: int = field(default=1024, metadata={"help": "WAL disk budget (MiB); over it answers 503"})
+    wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL (off only for benchmarks)"})
+    retention_days: int = field(default=28, metadata={"help": "days scans are kept (TTL)"})
+    verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = all cores"})
+    cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
+    skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})
+    insert_batch_rows: int = field(default=20_000, metadata={"help": "max rows per store insert"})
+    recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
+    device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
+    device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
+    shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    # -- derived --------------------------------------------------------------------------------------------
+    @property
+    def store_dsn(self) -> str:
+        return self.dsn or f"chdb://{(self.data_dir / 'store').resolve()}"
+
+    @property
+    def trust_list_path(self) -> Path:
+        return self.trust_list if str(self.trust_list) not in ("", ".") else self.data_dir / "trust.json"
+
+    @property
+    def wal_path(self) -> Path:
+        return self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "person_key.secret"
+
+    @property
+    def threads(self) -> int:
+        return self.verify_threads or (os.cpu_count() or 1)
+
+    def validate(self) -> Config:
+        checks: list[tuple[bool, str]] = [
+            (0 <= self.port <= 65535, "port must be 0..65535"),
+            (1 <= self.batch_size <= 100_000, "batch_size must be 1..100000"),
+            (0 < self.batch_age_ms <= 10_000, "batch_age_ms must be in (0, 10000]"),
+            (self.queue_scans >= self.max_scans_per_request, "queue_scans must be >= max_scans_per_request"),
+            (1 <= self.max_scans_per_request <= 100_000, "max_scans_per_request must be 1..100000"),
+            (self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024"),
+            (self.wal_budget_mb >= 1, "wal_budget_mb must be >= 1"),
+            (1 <= self.retention_days <= 3650, "retention_days must be 1..3650"),
+            (0 <= self.verify_threads <= 256, "verify_threads must be 0..256"),
+            (self.cache_size >= 0, "cache_size must be >= 0"),
+            (0 <= self.skew_s <= 86_400, "skew_s must be 0..86400"),
+            (self.insert_batch_rows >= 1, "insert_batch_rows must be >= 1"),
+            (self.recent_ids >= 0, "recent_ids must be >= 0"),
+            (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
+            (
+                self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),
+                "dsn must be chdb://, http:// or https://",
+            ),
+            (self.database.replace("_", "").isalnum(), "database must be alphanumeric/underscore"),
+            (not self.cluster or self.cluster.replace("_", "").isalnum(), "cluster must be alphanumeric/underscore"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"invalid configuration: {message}")
+        return self
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in."""
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata.get('help', '')} [env {_env_name(f.name)}]"
+            if f.type in ("bool", bool):
+                parser.add_argument(
+                    flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text
+                )
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = getattr(args, f.name, None) if args is not None else None
+            if raw is None:
+                raw = environ.get(_env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**values).validate()
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes).validate()
+
+
+def _coerce(name: str, type_name: Any, raw: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"invalid configuration: {name}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,212 @@
+"""Moving acknowledged scans from the WAL into ClickHouse, exactly once, whatever fails in between.
+
+The drain reads WAL records after the checkpoint, inserts them as one column-wise insert, and only then moves
+the checkpoint. Exactly-once across crashes rests on two things:
+
+1. an *intent* file, fsynced before each insert, naming the LSN range and the insert's deduplication token.
+   After a crash the drain first redoes exactly that range with exactly that token, so ClickHouse's block
+   deduplication (``insert_deduplication_token`` + ``non_replicated_deduplication_window``) turns the redo
+   into a no-op if the insert had landed before the crash;
+2. the checkpoint, written durably after the insert returns.
+
+While the store is down the drain retries with capped exponential backoff; the WAL keeps absorbing scans
+up to its budget and readiness reports the backlog. All store calls run on one thread: chdb serialises
+calls anyway, and it keeps inserts to at most one in flight, as the store prefers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.errors import EngineError, WALError
+from engine.metrics import Metrics
+from engine.store import Store
+from engine.verdicts import KINDS, REASONS, VERDICTS
+from engine.wal import WALRecord, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+_DIRECTIONS = ("", "in", "out")
+
+
+def records_to_columns(records: list[WALRecord]) -> dict[str, Any]:
+    """Concatenate WAL records (see ``engine.batcher.encode_record``) into the store's insert columns."""
+    docs = [orjson.loads(r.payload) for r in records]
+    for d in docs:
+        if d.get("v") != 1:
+            raise WALError(f"WAL record version {d.get('v')!r} is not understood by this engine")
+
+    def cat(name: str) -> list[Any]:
+        out: list[Any] = []
+        for d in docs:
+            out.extend(d[name])
+        return out
+
+    raw_ids = bytes.fromhex("".join(d["scan_id"] for d in docs))
+    person = bytes.fromhex("".join(d["person_key"] for d in docs))
+    n = len(raw_ids) // 16
+    scanned = np.array(cat("scanned_ms"), dtype="datetime64[ms]")
+    received = np.array(cat("received_ms"), dtype="datetime64[ms]")
+    return {
+        "scan_id": [uuid.UUID(bytes=raw_ids[i * 16 : (i + 1) * 16]) for i in range(n)],
+        "device_id": cat("device_id"),
+        "venue_id": cat("venue_id"),
+        "direction": [_DIRECTIONS[d] for d in cat("direction")],
+        "scanned_at": scanned,
+        "received_at": received,
+        "verdict": [VERDICTS[v] for v in cat("verdict")],
+        "reason": [REASONS[r] for r in cat("reason")],
+        "code_kind": [KINDS[k] for k in cat("kind")],
+        "person_key": [person[i * 16 : (i + 1) * 16] for i in range(n)],
+        "qr_id": cat("qr_id"),
+        "key_id": cat("key_id"),
+        "issuer": cat("issuer"),
+        "code_iat": np.array(cat("iat"), dtype="datetime64[s]"),
+        "code_exp": np.array(cat("exp"), dtype="datetime64[s]"),
+    }
+
+
+class Drain:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        store: Store,
+        metrics: Metrics,
+        *,
+        max_records: int = 16,
+        idle_wait_s: float = 0.05,
+    ) -> None:
+        self._wal = wal
+        self._store = store
+        self._metrics = metrics
+        self._max_records = max_records
+        self._idle_wait_s = idle_wait_s
+        self._intent_path = Path(wal.directory) / "drain.intent"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.store_ok = True
+        self.last_error: str = ""
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The store thread: anything else that must call the embedded store goes through it too."""
+        return self._pool
+
+    def notify(self) -> None:
+        """New records are durable: wake the drain now instead of at its next poll."""
+        self._kick.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="drain")
+
+    async def close(self, timeout: float) -> None:
+        """Drain what is in the WAL if the store lets us within ``timeout``; the rest waits for next start."""
+        deadline = time.monotonic() + timeout
+        while self._wal.backlog_records and self.store_ok and time.monotonic() < deadline:
+            self._kick.set()
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.1
+        while True:
+            try:
+                moved = await loop.run_in_executor(self._pool, self.step)
+            except EngineError as exc:
+                self.store_ok = False
+                self.last_error = str(exc)
+                self._metrics.store_up.set(0)
+                self._metrics.store_errors.inc()
+                log.warning("store insert failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if not self.store_ok:
+                log.info("store is back; draining the WAL backlog")
+            self.store_ok = True
+            self._metrics.store_up.set(1)
+            if not moved:
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self._idle_wait_s * 10)
+
+    def step(self) -> int:
+        """One insert (blocking; store thread). Returns the rows moved; raises StoreError to be retried."""
+        first, last, token = self._next_range()
+        if first == 0:
+            return 0
+        records = self._read_range(first, last)
+        columns = records_to_columns(records)
+        t0 = time.perf_counter()
+        rows = self._store.insert_scans(columns, dedup_token=token)
+        self._metrics.insert_seconds.observe(time.perf_counter() - t0)
+        self._metrics.insert_rows.observe(rows)
+        self._metrics.scans_stored.inc(rows)
+        self._wal.checkpoint(last)
+        return max(rows, 1)
+
+    def _next_range(self) -> tuple[int, int, str]:
+        done = self._wal.checkpoint_lsn
+        intent = self._read_intent()
+        if intent is not None and intent[1] > done:
+            return intent  # redo exactly what may have been half-done before a crash
+        chosen = self._wal.read(done, max_records=self._max_records)
+        if not chosen:
+            return 0, 0, ""
+        first, last = chosen[0].lsn, chosen[-1].lsn
+        # The random part keeps tokens unique even if a WAL directory is wiped and LSNs start again at 1:
+        # a reused token would make ClickHouse silently drop new rows as "duplicates".
+        token = f"wal-{first}-{last}-{uuid.uuid4().hex[:8]}"
+        self._write_intent(first, last, token)
+        return first, last, token
+
+    def _read_range(self, first: int, last: int) -> list[WALRecord]:
+        out: list[WALRecord] = []
+        after = first - 1
+        while after < last:
+            got = self._wal.read(after, max_records=last - after)
+            if not got:
+                raise WALError(f"WAL records {after + 1}..{last} named by the drain intent are missing")
+            out.extend(r for r in got if r.lsn <= last)
+            after = got[-1].lsn
+        return out
+
+    def _read_intent(self) -> tuple[int, int, str] | None:
+        try:
+            doc = orjson.loads(self._intent_path.read_bytes())
+            return int(doc["first"]), int(doc["last"]), str(doc["token"])
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring unreadable drain intent %s", self._intent_path)
+            return None
+
+    def _write_intent(self, first: int, last: int, token: str) -> None:
+        tmp = self._intent_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"first": first, "last": last, "token": token}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._intent_path)
+        dir_fd = os.open(self._intent_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
