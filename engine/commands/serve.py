@@ -16,13 +16,15 @@ def _run(args: argparse.Namespace) -> int:
 
     config = Config.from_sources(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
     if args.demo:
-        from engine.demo import prepare_demo
+        from engine.demo import demo_codes, demo_scanner_ctx, prepare_demo
 
-        prepare_demo(config)
+        issuer, device = prepare_demo(config)
+        app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
     loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
     web.run_app(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         shutdown_timeout=config.shutdown_timeout_s,
