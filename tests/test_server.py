@@ -1,0 +1,223 @@
+"""The ingestion server end to end: real HTTP on loopback, real chdb, real signatures."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from harness import (
+    DEVICE_ID,
+    Fixture,
+    admin_headers,
+    device_registration,
+    engine_config,
+    make_fixture,
+    wait_until,
+)
+
+from engine.client import ScannerClient, make_scan, sign_request
+from engine.server import RUNTIME, create_app
+
+
+class Engine:
+    """An in-process engine with its test server, fixture and a signed scanner client."""
+
+    def __init__(self, server: Any, fx: Fixture) -> None:
+        self.server = server
+        self.fx = fx
+        self.app = server.app
+        self.url = str(server.make_url("")).rstrip("/")
+        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
+
+    @property
+    def rt(self) -> Any:
+        return self.app[RUNTIME]
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return await self.rt.in_store_thread(self.rt.store.query, sql, params)
+
+    async def drained(self) -> None:
+        await wait_until(lambda: self.rt.wal.backlog_records == 0)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
+    engines: list[Engine] = []
+
+    async def start(**overrides: Any) -> Engine:
+        fx = make_fixture(tmp_path / f"e{len(engines)}")
+        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **overrides)))
+        e = Engine(server, fx)
+        status, body = await e.client.request(
+            "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
+        )
+        assert status == 201, body
+        engines.append(e)
+        return e
+
+    yield start
+    for e in engines:
+        await e.client.close()
+
+
+async def test_round_trip_verdicts_are_persisted(engine: Any) -> None:
+    e = await engine()
+    good = [e.fx.code(i) for i in range(3)]
+    forged = good[0][:-3] + ("AAA" if not good[0].endswith("AAA") else "BBB")
+    expired = e.fx.code(9, iat=int(time.time()) - 3 * 86400, exp=int(time.time()) - 86400)
+    scans = [make_scan(c, "venue-1") for c in good]
+    scans += [
+        make_scan(forged, "venue-1"),
+        make_scan(expired, "venue-2", direction="out"),
+        make_scan("not a code", "venue-2"),
+        make_scan("******123456|LE VAN C|1970-05-20|0|LEGACY01|", "venue-2"),
+    ]
+    status, body = await e.client.post_scans(scans)
+    assert status == 202, body
+    verdicts = [r["verdict"] for r in body["results"]]
+    assert verdicts == ["ok", "ok", "ok", "bad_signature", "expired", "malformed", "unsigned_code"]
+    assert body["results"][5]["reason"] == "field_count"
+    assert body["stored"] == 7 and body["rejected"] == 0
+    await e.drained()
+    rows = await e.query(
+        "SELECT toString(scan_id), verdict, reason, venue_id, direction, qr_id, key_id, issuer "
+        "FROM scans FINAL ORDER BY scanned_at"
+    )
+    by_id = {r[0]: r for r in rows}
+    assert len(rows) == 7
+    for scan, result in zip(scans, body["results"], strict=True):
+        row = by_id[scan["scan_id"]]
+        assert row[1] == result["verdict"]
+        assert row[3] == scan["venue_id"] and row[4] == scan["direction"]
+    ok_row = by_id[scans[0]["scan_id"]]
+    assert ok_row[5] == "QID0000000000" and ok_row[7] == "pc-covid" and len(ok_row[6]) == 11
+    # names and birth dates are never stored (Regulation 733): no column anywhere holds the name
+    names = await e.query("SELECT count() FROM scans WHERE positionCaseInsensitive(toString(tuple(*)), 'NGUYEN') > 0")
+    assert names[0][0] == 0
+
+
+async def test_partial_rejects_keep_the_good_items(engine: Any) -> None:
+    e = await engine()
+    good = make_scan(e.fx.code(1), "venue-1")
+    bad_id = {**make_scan(e.fx.code(2), "venue-1"), "scan_id": "nope"}
+    bad_dir = {**make_scan(e.fx.code(3), "venue-1"), "direction": "sideways"}
+    too_old = make_scan(e.fx.code(4), "venue-1", scanned_at_ms=int(time.time() * 1000) - 40 * 86_400_000)
+    status, body = await e.client.post_scans([bad_id, good, bad_dir, too_old])
+    assert status == 202
+    assert [r["status"] for r in body["results"]] == ["rejected", "stored", "rejected", "rejected"]
+    assert "scan_id" in body["results"][0]["error"]
+    assert "direction" in body["results"][2]["error"]
+    assert "scanned_at" in body["results"][3]["error"]
+    await e.drained()
+    rows = await e.query("SELECT toString(scan_id) FROM scans")
+    assert rows == [(good["scan_id"],)]
+
+
+async def test_retried_batch_is_stored_once(engine: Any) -> None:
+    e = await engine()
+    scans = [make_scan(e.fx.code(i), "venue-7") for i in range(20)]
+    scans.append(dict(scans[0]))  # the same scan twice inside one request
+    first = await e.client.post_scans(scans)
+    again = await e.client.post_scans(scans)
+    assert first[0] == again[0] == 202
+    assert first[1]["stored"] == 20 and first[1]["duplicates"] == 1
+    assert again[1]["stored"] == 0 and again[1]["duplicates"] == 21
+    assert [r["verdict"] for r in again[1]["results"]] == [r["verdict"] for r in first[1]["results"]]
+    await e.drained()
+    rows = await e.query("SELECT count(), uniqExact(scan_id) FROM scans")
+    assert rows[0] == (20, 20)
+
+
+async def test_envelope_errors_and_limits(engine: Any) -> None:
+    e = await engine(max_scans_per_request=5, max_body_bytes=64 * 1024)
+    status, body = await e.client.request("POST", "/v1/scans", b"{not json", headers_override={})
+    assert status == 400 and "JSON" in body["message"]
+    many = [make_scan(e.fx.code(i), "v") for i in range(6)]
+    status, body = await e.client.post_scans(many)
+    assert status == 400 and "limit is 5" in body["message"]
+    status, body = await e.client.post_scans([], device_id=DEVICE_ID)
+    assert status == 400 and "empty" in body["message"]
+    huge = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan("x" * 2000, "v")] * 40})
+    status, body = await e.client.request("POST", "/v1/scans", huge)
+    assert status == 413
+
+
+async def test_authentication_is_required(engine: Any) -> None:
+    e = await engine()
+    body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(e.fx.code(), "v")]})
+    status, answer = await e.client.request("POST", "/v1/scans", body, headers_override={"X-Device-Id": ""})
+    assert status == 401
+    from nacl.signing import SigningKey
+
+    stranger = ScannerClient(e.url, "unknown-device", SigningKey.generate())
+    try:
+        status, answer = await stranger.post_scans([make_scan(e.fx.code(), "v")])
+        assert status == 403
+    finally:
+        await stranger.close()
+    # a signature made for another body does not authorise this one
+    headers = sign_request(e.fx.device, DEVICE_ID, "POST", "/v1/scans", b"{}")
+    status, answer = await e.client.request("POST", "/v1/scans", body, headers_override=headers)
+    assert status == 401
+    # admin endpoints refuse scanner credentials
+    status, answer = await e.client.request("GET", "/v1/admin/devices")
+    assert status == 401
+
+
+async def test_revoked_device_is_refused_at_once(engine: Any) -> None:
+    e = await engine()
+    assert (await e.client.post_scans([make_scan(e.fx.code(), "v")]))[0] == 202
+    status, _ = await e.client.request(
+        "POST", f"/v1/admin/devices/{DEVICE_ID}/revoke", headers_override=admin_headers(e.fx.data_dir)
+    )
+    assert status == 200
+    status, body = await e.client.post_scans([make_scan(e.fx.code(1), "v")])
+    assert status == 403, body
+
+
+async def test_overload_answers_503_with_retry_after(engine: Any) -> None:
+    import asyncio
+
+    e = await engine(queue_scans=10, max_scans_per_request=10, batch_size=100_000, batch_age_ms=1500)
+    first = asyncio.create_task(e.client.post_scans([make_scan(e.fx.code(i), "v") for i in range(10)]))
+    await wait_until(lambda: e.rt.batcher.queued_scans == 10, timeout=10)
+    import aiohttp
+
+    body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(e.fx.code(99), "v")]})
+    headers = sign_request(e.fx.device, DEVICE_ID, "POST", "/v1/scans", body)
+    async with aiohttp.ClientSession() as s, s.post(
+        e.url + "/v1/scans", data=body, headers={**headers, "Content-Type": "application/json"}
+    ) as resp:
+        answer = await resp.json()
+        assert resp.status == 503 and answer["error"] == "overloaded"
+        assert int(resp.headers["Retry-After"]) >= 1
+    assert (await first)[0] == 202  # the queued request still completes
+
+
+async def test_health_readiness_metrics_openapi(engine: Any) -> None:
+    e = await engine()
+    await e.client.post_scans([make_scan(e.fx.code(i), "v") for i in range(5)])
+    await e.drained()
+    status, body = await e.client.request("GET", "/healthz")
+    assert status == 200
+    status, body = await e.client.request("GET", "/readyz")
+    assert status == 200 and body["ready"] is True
+    status, text = await e.client.request("GET", "/metrics")
+    assert status == 200
+    assert 'engine_scans_acked_total{verdict="ok"} 5.0' in text
+    assert "engine_scans_stored_total 5.0" in text
+    status, spec = await e.client.request("GET", "/openapi.json")
+    assert status == 200 and "/v1/scans" in spec["paths"]
+
+
+async def test_scan_ids_are_uuids_in_store(engine: Any) -> None:
+    e = await engine()
+    sid = str(uuid.uuid4())
+    await e.client.post_scans([make_scan(e.fx.code(), "v", scan_id=sid)])
+    await e.drained()
+    rows = await e.query("SELECT count() FROM scans WHERE scan_id = {sid:UUID}", {"sid": sid})
+    assert rows == [(1,)]
