@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+
+from engine.client import ScannerClient, make_scan, sign_request
+from engine.server import RUNTIME, create_app
 from harness import (
     DEVICE_ID,
     Fixture,
@@ -18,9 +21,6 @@ from harness import (
     make_fixture,
     wait_until,
 )
-
-from engine.client import ScannerClient, make_scan, sign_request
-from engine.server import RUNTIME, create_app
 
 
 class Engine:

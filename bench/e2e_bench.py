@@ -1,0 +1,280 @@
+"""End-to-end benchmark: a load generator (this process) posts signed batches to a real engine (a child process).
+
+For each scenario it starts a fresh engine on a fresh data directory (embedded chdb, WAL fsync on), registers
+the device, posts ``--requests`` requests of ``--scans`` scans each with ``--concurrency`` in flight, waits for
+every 202, and reports:
+
+* scans/s (wall clock, generator and server share the 2 cores, so this is a floor),
+* p50 / p99 acknowledgement latency per request,
+* the server's CPU time per scan (from /proc/<pid>/stat: every thread of the engine), which is the number
+  capacity planning needs because it does not depend on what else shares the machine,
+
+at 0 % and 80 % repeat codes, beside the verify-only cost measured in the same run (the compiled verifier,
+one thread, cold codes) — and the same load against ``bench/naive_server.py``, the plain handler a user
+might have written, as scans per server CPU-second.
+
+Usage: python bench/e2e_bench.py [--quick] [--requests N] [--scans N] [--concurrency N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+from nacl.signing import SigningKey
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from engine.client import sign_request  # noqa: E402
+from engine.commands.info import collect  # noqa: E402
+from engine.payload import Person, b64url_encode, mint  # noqa: E402
+from engine.verify import CodeBatch, make_verifier  # noqa: E402
+from harness import free_port, make_fixture  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+YEAR = 365 * 86_400
+DEVICE = "bench-device"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+@dataclass
+class Result:
+    target: str
+    repeat_share: float
+    scans: int
+    wall_s: float
+    scans_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_s: float
+    cpu_us_per_scan: float
+    statuses: dict[str, int]
+
+
+def make_codes(issuer: SigningKey, n_scans: int, repeat_share: float, rng: random.Random) -> list[str]:
+    """Codes for ``n_scans`` scans where ``repeat_share`` of them repeat a code already scanned."""
+    now = int(time.time())
+    fresh = [
+        mint(
+            Person(f"******{i:06d}", "NGUYEN VAN AN", "1990-01-**", f"B{i:012d}"), issuer, iat=now - 60, exp=now + YEAR
+        )
+        for i in range(max(1, int(n_scans * (1 - repeat_share))))
+    ]
+    out: list[str] = []
+    it = iter(fresh)
+    for _ in range(n_scans):
+        nxt = next(it, None) if (not out or rng.random() >= repeat_share) else None
+        out.append(nxt if nxt is not None else rng.choice(out))
+    return out
+
+
+def bodies(codes: list[str], per_request: int) -> list[bytes]:
+    now_ms = int(time.time() * 1000)
+    out = []
+    for i in range(0, len(codes), per_request):
+        scans = [
+            {
+                "scan_id": str(uuid.uuid4()),
+                "qr": c,
+                "venue_id": f"venue-{j % 97}",
+                "direction": "in",
+                "scanned_at": now_ms,
+            }
+            for j, c in enumerate(codes[i : i + per_request])
+        ]
+        out.append(orjson.dumps({"device_id": DEVICE, "scans": scans}))
+    return out
+
+
+async def drive(
+    url: str, key: SigningKey, payloads: list[bytes], concurrency: int
+) -> tuple[list[float], dict[str, int]]:
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    queue = list(reversed(payloads))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                headers = sign_request(key, DEVICE, "POST", "/v1/scans", body)
+                headers["Content-Type"] = "application/json"
+                for _attempt in range(50):
+                    t0 = time.perf_counter()
+                    async with session.post(url + "/v1/scans", data=body, headers=headers) as resp:
+                        await resp.read()
+                        statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+                        if resp.status != 503:
+                            latencies.append(time.perf_counter() - t0)
+                            break
+                    await asyncio.sleep(0.05)
+                    headers = sign_request(key, DEVICE, "POST", "/v1/scans", body)
+                    headers["Content-Type"] = "application/json"
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, statuses
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> Result:
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
+        fx = make_fixture(Path(tmp))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        device_pk = b64url_encode(bytes(fx.device.verify_key))
+        env = {
+            **os.environ,
+            "ENGINE_DATA_DIR": tmp,
+            "ENGINE_PORT": str(port),
+            "ENGINE_DEVICE_RATE": "100000",
+            "ENGINE_DEVICE_BURST": "100000",
+            "ENGINE_LOG_LEVEL": "WARNING",
+        }
+        if target == "engine":
+            cmd = [sys.executable, "-m", "engine", "serve"]
+        else:
+            cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "naive_server.py"),
+                "--data-dir",
+                tmp,
+                "--port",
+                str(port),
+                "--device",
+                f"{DEVICE}:{device_pk}",
+            ]
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_healthy(url, proc)
+            if target == "engine":
+                import urllib.request
+
+                token = (Path(tmp) / "admin.token").read_text().strip()
+                req = urllib.request.Request(
+                    url + "/v1/admin/devices",
+                    data=orjson.dumps({"device_id": DEVICE, "public_key": device_pk}),
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    method="POST",
+                )
+                urllib.request.urlopen(req, timeout=30).read()
+            codes = make_codes(fx.issuer, args.requests * args.scans, repeat_share, rng)
+            payloads = bodies(codes, args.scans)
+            # warm-up outside the measurement: connections, code paths, first chdb parts
+            asyncio.run(drive(url, fx.device, bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans), 4))
+            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency))
+            wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    n = len(codes)
+    lat = sorted(latencies)
+    return Result(
+        target=target,
+        repeat_share=repeat_share,
+        scans=n,
+        wall_s=round(wall, 3),
+        scans_per_s=round(n / wall, 1),
+        p50_ms=round(lat[len(lat) // 2] * 1000, 2),
+        p99_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+        server_cpu_s=round(cpu, 3),
+        cpu_us_per_scan=round(cpu / n * 1e6, 2),
+        statuses=statuses,
+    )
+
+
+def verify_only_us(n: int) -> float:
+    """CPU µs per cold verify of the active verifier on one thread, measured in this run."""
+    fx = make_fixture(Path(tempfile.mkdtemp(prefix="verify-")))
+    codes = [c.encode() for c in make_codes(fx.issuer, n, 0.0, random.Random(1))]
+    samples = []
+    for _ in range(3):
+        v = make_verifier(fx.trust.table(), b"s" * 32, threads=1, cache_size=0)
+        batch = CodeBatch.from_codes(codes)
+        t0 = time.process_time()
+        v.verify_batch(batch, int(time.time()))
+        samples.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--scans", type=int, default=100, help="scans per request")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="small run (for smoke tests)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive reference server")
+    ap.add_argument("--json", type=Path, help="also write results as JSON")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.concurrency = 40, 8
+    info = collect()
+    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items() if k != "extension_error"))
+    verify_us = verify_only_us(2000 if not args.quick else 300)
+    print(f"verify-only (active verifier, 1 thread, cold): {verify_us:.1f} µs CPU per code")
+    results = [run_scenario("engine", share, args) for share in (0.0, 0.8)]
+    if not args.no_naive:
+        results += [run_scenario("naive", share, args) for share in (0.0, 0.8)]
+    print()
+    print(
+        f"{'target':8} {'repeats':>7} {'scans':>7} {'scans/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'CPU µs/scan':>11} {'vs verify':>9}  statuses"
+    )
+    for r in results:
+        print(
+            f"{r.target:8} {r.repeat_share:>7.0%} {r.scans:>7} {r.scans_per_s:>9.0f} {r.p50_ms:>8.1f} "
+            f"{r.p99_ms:>8.1f} {r.cpu_us_per_scan:>11.1f} {r.cpu_us_per_scan / verify_us:>9.2f}  {r.statuses}"
+        )
+    by = {(r.target, r.repeat_share): r for r in results}
+    if not args.no_naive:
+        for share in (0.0, 0.8):
+            e, n = by[("engine", share)], by[("naive", share)]
+            print(
+                f"scans per server CPU-second at {share:.0%} repeats: engine {1e6 / e.cpu_us_per_scan:,.0f}, "
+                f"naive {1e6 / n.cpu_us_per_scan:,.0f}  → ratio {n.cpu_us_per_scan / e.cpu_us_per_scan:.2f}×"
+            )
+    if args.json:
+        args.json.write_text(
+            orjson.dumps(
+                {"machine": info, "verify_us": verify_us, "results": [asdict(r) for r in results]},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+
+
+if __name__ == "__main__":
+    main()
