@@ -149,22 +149,22 @@ async def test_envelope_errors_and_limits(engine: Any) -> None:
 async def test_authentication_is_required(engine: Any) -> None:
     e = await engine()
     body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(e.fx.code(), "v")]})
-    status, answer = await e.client.request("POST", "/v1/scans", body, headers_override={"X-Device-Id": ""})
+    status, _ = await e.client.request("POST", "/v1/scans", body, headers_override={"X-Device-Id": ""})
     assert status == 401
     from nacl.signing import SigningKey
 
     stranger = ScannerClient(e.url, "unknown-device", SigningKey.generate())
     try:
-        status, answer = await stranger.post_scans([make_scan(e.fx.code(), "v")])
+        status, _answer = await stranger.post_scans([make_scan(e.fx.code(), "v")])
         assert status == 403
     finally:
         await stranger.close()
     # a signature made for another body does not authorise this one
     headers = sign_request(e.fx.device, DEVICE_ID, "POST", "/v1/scans", b"{}")
-    status, answer = await e.client.request("POST", "/v1/scans", body, headers_override=headers)
+    status, _ = await e.client.request("POST", "/v1/scans", body, headers_override=headers)
     assert status == 401
     # admin endpoints refuse scanner credentials
-    status, answer = await e.client.request("GET", "/v1/admin/devices")
+    status, _ = await e.client.request("GET", "/v1/admin/devices")
     assert status == 401
 
 
