@@ -63,7 +63,7 @@ def read_image(path: Path) -> str:
         with Image.open(path) as img:
             img.load()
             barcodes = zxingcpp.read_barcodes(
-                img, formats=zxingcpp.BarcodeFormat.QRCode, text_mode=zxingcpp.TextMode.Plain
+                img, formats=zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode), text_mode=zxingcpp.TextMode.Plain
             )
     except (OSError, UnidentifiedImageError) as exc:
         raise PayloadError(f"cannot read image {path}: {exc}") from None
