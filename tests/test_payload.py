@@ -1,0 +1,268 @@
+"""The payload contract on the reference path: committed vectors, person keys, the verified-code cache, parsing.
+
+Every vector in tests/vectors/codes.json is run through ``PyVerifier`` (the reference) and through
+``make_verifier`` (whichever implementation is active), one code at a time and all in one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from engine.payload import DOMAIN, SIG_CHARS, Person, mint, parse
+from engine.trust import TrustList
+from engine.verdicts import CodeKind, Reason, Verdict
+from engine.verify import CodeBatch, PyVerifier, Verifier, make_verifier, person_key
+
+VECTORS_DIR = Path(__file__).parent / "vectors"
+DAY = 86_400
+
+VerifierFactory = Callable[..., Verifier]
+FACTORIES: list[Any] = [
+    pytest.param(PyVerifier, id="PyVerifier"),
+    pytest.param(make_verifier, id="make_verifier"),
+]
+
+
+def _load_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("make_vectors", VECTORS_DIR / "make_vectors.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _expected(v: dict[str, Any]) -> tuple[Verdict, Reason, CodeKind]:
+    return Verdict[v["verdict"].upper()], Reason[v["reason"].upper()], CodeKind[v["kind"].upper()]
+
+
+# -- the committed vectors -------------------------------------------------------------------------------
+def test_generator_reproduces_committed_vectors_exactly() -> None:
+    assert _load_generator().build() == (VECTORS_DIR / "codes.json").read_bytes()
+
+
+def test_vectors_cover_every_verdict_reason_and_kind(code_vectors: dict[str, Any]) -> None:
+    got = [_expected(v) for v in code_vectors["vectors"]]
+    assert {v for v, _, _ in got} == set(Verdict)
+    assert {r for _, r, _ in got} == set(Reason)
+    assert {k for _, _, k in got} == set(CodeKind)
+    assert len({v["name"] for v in code_vectors["vectors"]}) == len(code_vectors["vectors"])
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_every_vector_one_at_a_time(
+    factory: VerifierFactory, code_vectors: dict[str, Any], vectors_trust_list: TrustList
+) -> None:
+    secret = bytes.fromhex(code_vectors["person_secret_hex"])
+    table = vectors_trust_list.table()
+    verifier = factory(table, secret, skew=code_vectors["skew"])
+    for v in code_vectors["vectors"]:
+        batch = CodeBatch.from_codes([v["code"].encode()])
+        r = verifier.verify_batch(batch, code_vectors["now"])
+        got = (Verdict(r.verdict[0]), Reason(r.reason[0]), CodeKind(r.kind[0]))
+        assert got == _expected(v), v["name"]
+        assert (r.qr_id(batch.buf, 0) if r.qid_end[0] > r.qid_start[0] else "") == v["qr_id"], v["name"]
+        assert (table.kid_text(int(r.key_index[0])) if r.key_index[0] >= 0 else "") == v["kid"], v["name"]
+        assert (int(r.iat[0]), int(r.exp[0])) == (v["iat"], v["exp"]), v["name"]
+        assert bytes(r.person_key[0]).hex() == v["person_key"], v["name"]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_all_vectors_in_one_batch_twice(
+    factory: VerifierFactory, code_vectors: dict[str, Any], vectors_trust_list: TrustList
+) -> None:
+    """The second pass is all cache hits for the genuine ones: same verdicts, byte for byte."""
+    verifier = factory(vectors_trust_list.table(), bytes.fromhex(code_vectors["person_secret_hex"]))
+    vectors = code_vectors["vectors"]
+    batch = CodeBatch.from_codes([v["code"].encode() for v in vectors])
+    first = verifier.verify_batch(batch, code_vectors["now"])
+    second = verifier.verify_batch(batch, code_vectors["now"])
+    for r in (first, second):
+        assert [_expected(v) for v in vectors] == [
+            (Verdict(a), Reason(b), CodeKind(c)) for a, b, c in zip(r.verdict, r.reason, r.kind, strict=True)
+        ]
+        assert [r.qr_id(batch.buf, i) if r.qid_end[i] > r.qid_start[i] else "" for i in range(len(r))] == [
+            v["qr_id"] for v in vectors
+        ]
+    assert not first.cache_hit.any()
+    assert np.array_equal(second.person_key, first.person_key)
+    # Every code whose signature verified (whatever happened after) is a hit the second time, and only those.
+    verified = {Verdict.OK, Verdict.REVOKED_CODE, Verdict.EXPIRED, Verdict.NOT_YET_VALID}
+    assert [bool(h) for h in second.cache_hit] == [Verdict(x) in verified for x in first.verdict]
+
+
+# -- person key ------------------------------------------------------------------------------------------
+def test_person_key_is_truncated_hmac_of_the_document_number(code_vectors: dict[str, Any]) -> None:
+    secret = bytes.fromhex(code_vectors["person_secret_hex"])
+    by_name = {v["name"]: v for v in code_vectors["vectors"]}
+
+    def expected(doc: bytes) -> str:
+        return hmac.new(secret, b"pk1:" + doc, hashlib.sha256).digest()[:16].hex()
+
+    assert person_key(secret, b"******012345").hex() == expected(b"******012345")
+    assert by_name["ok"]["person_key"] == expected(b"******012345")
+    assert by_name["unsigned_legacy_empty_ext"]["person_key"] == expected(b"******012345")
+    assert by_name["ok_unmasked_doc_masked_birth_date_type_1"]["person_key"] == expected(b"079090012345")
+    assert by_name["id_card_7_fields"]["person_key"] == expected(b"079090012345")
+    # An unmasked personal code and a CCCD of the same person link; the masked code does not.
+    assert by_name["id_card_7_fields"]["person_key"] != by_name["ok"]["person_key"]
+    for v in code_vectors["vectors"]:
+        if v["verdict"] == "malformed":
+            assert v["person_key"] == "00" * 16 and v["qr_id"] == "", v["name"]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_person_key_depends_on_the_secret(
+    factory: VerifierFactory, trust_list: TrustList, issuer_key: SigningKey, person: Person, now: int
+) -> None:
+    code = mint(person, issuer_key, iat=now, exp=now + DAY).encode()
+    keys = [
+        bytes(factory(trust_list.table(), s).verify_batch(CodeBatch.from_codes([code]), now).person_key[0])
+        for s in (b"a" * 32, b"b" * 32)
+    ]
+    assert keys[0] != keys[1]
+    assert keys[0] == person_key(b"a" * 32, person.doc_number.encode())
+
+
+# -- verified-code cache never changes a verdict ---------------------------------------------------------
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_cache_hit_still_sees_revocations_and_expiry(
+    factory: VerifierFactory,
+    trust_list: TrustList,
+    issuer_key: SigningKey,
+    person: Person,
+    person_secret: bytes,
+    now: int,
+) -> None:
+    code = mint(person, issuer_key, iat=now - DAY, exp=now + DAY).encode()
+    batch = CodeBatch.from_codes([code])
+    verifier = factory(trust_list.table(), person_secret)
+
+    def scan(at: int = now) -> tuple[Verdict, bool]:
+        r = verifier.verify_batch(batch, at)
+        return Verdict(r.verdict[0]), bool(r.cache_hit[0])
+
+    assert scan() == (Verdict.OK, False)
+    assert scan() == (Verdict.OK, True)
+    assert scan(now + DAY) == (Verdict.EXPIRED, True)
+    verifier.set_trust(trust_list.with_code_revoked(person.qr_id).table())
+    assert scan()[0] is Verdict.REVOKED_CODE
+    kid = trust_list.keys[0].kid_text
+    verifier.set_trust(trust_list.with_key_revoked(kid).table())
+    assert scan()[0] is Verdict.REVOKED_KEY
+    verifier.set_trust(TrustList().table())
+    assert scan()[0] is Verdict.UNKNOWN_KEY
+    verifier.set_trust(trust_list.table())
+    assert scan()[0] is Verdict.OK
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_forgeries_never_enter_the_cache(
+    factory: VerifierFactory, trust_list: TrustList, issuer_key: SigningKey, person: Person, now: int
+) -> None:
+    code = mint(person, issuer_key, iat=now, exp=now + DAY)
+    forged = code.replace("VAN AN|", "VAN AM|").encode()
+    verifier = factory(trust_list.table(), b"s" * 32)
+    for _ in range(3):
+        r = verifier.verify_batch(CodeBatch.from_codes([forged, code.encode()]), now)
+        assert Verdict(r.verdict[0]) is Verdict.BAD_SIGNATURE and not r.cache_hit[0]
+        assert Verdict(r.verdict[1]) is Verdict.OK
+
+
+def test_cache_size_zero_and_eviction(trust_list: TrustList, issuer_key: SigningKey, now: int) -> None:
+    codes = [
+        mint(Person("******000000", "A", "2000-01-01", f"Q{i}"), issuer_key, iat=now, exp=now + DAY).encode()
+        for i in range(3)
+    ]
+    off = PyVerifier(trust_list.table(), b"s" * 32, cache_size=0)
+    off.verify_batch(CodeBatch.from_codes(codes + codes), now)
+    assert off.cache_hits == 0 and off.cache_lookups == 6
+    small = PyVerifier(trust_list.table(), b"s" * 32, cache_size=2)
+    r = small.verify_batch(CodeBatch.from_codes([*codes, codes[0], codes[2]]), now)
+    assert list(r.cache_hit) == [False, False, False, False, True]  # codes[0] was evicted, codes[2] kept
+    assert all(Verdict(v) is Verdict.OK for v in r.verdict)
+
+
+# -- parsing and minting ---------------------------------------------------------------------------------
+def test_signed_message_covers_everything_but_the_signature(issuer_key: SigningKey, person: Person) -> None:
+    code = mint(person, issuer_key, iat=1, exp=2).encode()
+    p = parse(code)
+    assert p.ok and p.kind is CodeKind.SIGNED and (p.iat, p.exp) == (1, 2)
+    assert p.message(code) == DOMAIN + code[:-SIG_CHARS]
+    assert code[p.qid_start : p.qid_end] == person.qr_id.encode()
+    issuer_key.verify_key.verify(p.message(code), p.signature)
+
+
+def test_mint_refuses_fields_that_would_not_parse(issuer_key: SigningKey) -> None:
+    from engine.errors import MintError
+
+    for bad in (
+        Person("******012345", "Nguyen Van An", "1990-01-01", "Q1"),
+        Person("******012345", "NGUYEN VAN AN", "1990-13-01", "Q1"),
+        Person("******012345", "NGUYEN VAN AN", "1990-01-01", "Q|1"),
+    ):
+        with pytest.raises(MintError):
+            mint(bad, issuer_key, iat=1, exp=2)
+    with pytest.raises(MintError):
+        mint(Person("******012345", "NGUYEN VAN AN", "1990-01-01", "Q1"), issuer_key, iat=5, exp=5)
+
+
+def _valid_codes() -> list[bytes]:
+    import json
+
+    doc = json.loads((VECTORS_DIR / "codes.json").read_text(encoding="utf-8"))
+    return [v["code"].encode() for v in doc["vectors"] if v["verdict"] != "malformed"]
+
+
+VALID_CODES = _valid_codes()
+
+
+@st.composite
+def mutated_codes(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    original = draw(st.sampled_from(VALID_CODES))
+    code = bytearray(original)
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["replace", "insert", "delete"]))
+        pos = draw(st.integers(0, max(len(code) - 1, 0)))
+        byte = draw(st.one_of(st.sampled_from(list(b"|.-_*0A9 az=")), st.integers(0, 255)))
+        if op == "replace" and code:
+            code[pos] = byte
+        elif op == "insert":
+            code.insert(pos, byte)
+        elif code:
+            del code[pos]
+    return original, bytes(code)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_parse_never_raises_on_arbitrary_bytes(data: bytes) -> None:
+    p = parse(data)
+    assert isinstance(p.reason, Reason) and isinstance(p.kind, CodeKind)
+    assert p.ok or p.kind is not CodeKind.SIGNED or not p.signature
+
+
+@settings(max_examples=400, deadline=None)
+@given(pair=mutated_codes())
+def test_mutations_never_raise_and_never_verify_as_ok(
+    pair: tuple[bytes, bytes], code_vectors: dict[str, Any], vectors_trust_list: TrustList
+) -> None:
+    original, code = pair
+    p = parse(code)
+    assert isinstance(p.reason, Reason) and isinstance(p.kind, CodeKind)
+    verifier = PyVerifier(vectors_trust_list.table(), b"s" * 32, cache_size=0)
+    r = verifier.verify_batch(CodeBatch.from_codes([code]), code_vectors["now"])
+    verdict = Verdict(r.verdict[0])
+    assert (verdict is Verdict.MALFORMED) == (not p.ok)
+    if verdict is Verdict.OK:  # only the untouched code (or a mutation that undid itself) may be genuine
+        assert code == original
