@@ -132,6 +132,22 @@ def test_tampering_breaks_the_signature(keys: dict[str, SigningKey], clock: Cloc
     assert reg.remembered_nonces == 0  # nothing refused is remembered
 
 
+def test_checks_run_in_the_documented_order(keys: dict[str, SigningKey], clock: Clock) -> None:
+    """Header format, then device, then timestamp, then signature: the cheapest refusal wins."""
+    reg = registry(keys, clock)
+    reg.revoke("dev-b")
+    bad_sig = "A" * 86
+    stale_forged = sign_request(keys["dev-b"], "dev-a", "POST", PATH, BODY, now=clock.now - 999)
+    with pytest.raises(AuthError, match="X-Nonce"):
+        reg.authenticate("POST", PATH, {**stale_forged, "X-Nonce": "x", "X-Device-Id": "ghost"}, BODY)
+    with pytest.raises(ForbiddenError, match="unknown"):
+        reg.authenticate("POST", PATH, {**stale_forged, "X-Device-Id": "ghost", "X-Signature": bad_sig}, BODY)
+    with pytest.raises(ForbiddenError, match="revoked"):
+        reg.authenticate("POST", PATH, {**stale_forged, "X-Device-Id": "dev-b"}, BODY)
+    with pytest.raises(AuthError, match="X-Timestamp is 999"):
+        reg.authenticate("POST", PATH, stale_forged, BODY)
+
+
 def test_other_devices_signature_is_401(keys: dict[str, SigningKey], clock: Clock) -> None:
     reg = registry(keys, clock)
     forged = sign_request(keys["dev-b"], "dev-a", "POST", PATH, BODY, now=clock.now)  # dev-b claims to be dev-a
