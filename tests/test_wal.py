@@ -11,12 +11,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine.wal as wal_module
 from engine.errors import WALError, WALFullError
@@ -89,6 +92,40 @@ def test_lsns_continue_across_reopen_and_rotation(tmp_path: Path) -> None:
     firsts = [int(p.stem) for p in segments(tmp_path)]
     assert firsts == sorted(firsts) and firsts[0] == 1 and all(len(p.stem) == 20 for p in segments(tmp_path))
     w.close()
+
+
+_op = st.one_of(
+    st.tuples(st.just("append"), st.lists(st.binary(max_size=300), min_size=1, max_size=6)),
+    st.tuples(st.just("checkpoint"), st.floats(0, 1)),
+    st.tuples(st.just("reopen"), st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_op, max_size=30))
+def test_any_sequence_of_operations_matches_a_plain_list(ops: list[tuple[str, object]]) -> None:
+    """Reference model: a list of payloads and a checkpoint number. Rotation is forced by tiny segments."""
+    with tempfile.TemporaryDirectory() as d:
+        model: list[bytes] = []
+        ckpt = 0
+        w = opened(Path(d), segment_bytes=400)
+        for op, arg in ops:
+            if op == "append":
+                assert isinstance(arg, list)
+                model.extend(arg)
+                assert w.append(arg) == len(model)
+            elif op == "checkpoint":
+                assert isinstance(arg, float)
+                ckpt = max(ckpt, int(arg * len(model)))
+                w.checkpoint(int(arg * len(model)))
+            else:
+                w.close()
+                w = opened(Path(d), segment_bytes=400)
+            assert (w.last_lsn, w.checkpoint_lsn) == (len(model), ckpt)
+            assert read_all(w, ckpt) == [WALRecord(i + 1, p) for i, p in enumerate(model) if i >= ckpt]
+            assert w.backlog_bytes == sum(16 + len(p) for p in model[ckpt:])
+            assert w.disk_bytes == sum(f.stat().st_size for f in segments(Path(d)))
+        w.close()
 
 
 def test_batch_larger_than_a_segment_gets_its_own(tmp_path: Path) -> None:
