@@ -288,7 +288,9 @@ def test_budget_refuses_before_writing_then_accepts_after_checkpoint(tmp_path: P
 
 def test_concurrent_append_read_checkpoint_loses_nothing(tmp_path: Path) -> None:
     w = opened(tmp_path, segment_bytes=4096, fsync=True)
-    total, got, errors = 600, [], []
+    total = 600
+    got: list[WALRecord] = []
+    errors: list[Exception] = []
 
     def writer() -> None:
         try:
