@@ -266,3 +266,29 @@ def test_mutations_never_raise_and_never_verify_as_ok(
     assert (verdict is Verdict.MALFORMED) == (not p.ok)
     if verdict is Verdict.OK:  # only the untouched code (or a mutation that undid itself) may be genuine
         assert code == original
+
+
+SIGNED_OK_CODES = [c for c in VALID_CODES if parse(c).kind is CodeKind.SIGNED]
+_CLASSES = [b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz", b"0123456789", b"-_"]
+
+
+@st.composite
+def same_class_edits(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """One character swapped for another of its class: the code stays well formed far more often than a random
+    byte edit, so the signature check (not the parser) is what has to catch it."""
+    original = draw(st.sampled_from(SIGNED_OK_CODES))
+    pos = draw(st.sampled_from([i for i, c in enumerate(original) if any(c in k for k in _CLASSES)]))
+    cls = next(k for k in _CLASSES if original[pos] in k)
+    new = draw(st.sampled_from([c for c in cls if c != original[pos]]))
+    return original, original[:pos] + bytes([new]) + original[pos + 1 :]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=same_class_edits())
+def test_well_formed_edits_of_genuine_codes_never_verify(
+    pair: tuple[bytes, bytes], code_vectors: dict[str, Any], vectors_trust_list: TrustList
+) -> None:
+    original, code = pair
+    verifier = PyVerifier(vectors_trust_list.table(), b"s" * 32, cache_size=0)
+    verdict = Verdict(verifier.verify_batch(CodeBatch.from_codes([code]), code_vectors["now"]).verdict[0])
+    assert code == original or verdict is not Verdict.OK
