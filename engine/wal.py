@@ -369,6 +369,8 @@ class WriteAheadLog:
                     raise WALError(f"WAL record {lsn} was already checkpointed and deleted")
                 seg = self._segments[k]
                 i = lsn - seg.first_lsn
+                if i >= len(seg.offsets):
+                    break  # only possible for an appender's fresh, still empty segment
                 while i < len(seg.offsets) and lsn <= last and len(out) < max_records:
                     pos, end = seg.offsets[i], seg.record_end(i)
                     if out and total + end - pos - _REC_HEADER.size > max_bytes:
@@ -382,8 +384,6 @@ class WriteAheadLog:
                     total += length
                     lsn += 1
                     i += 1
-                if i >= len(seg.offsets) and k + 1 >= len(self._segments):
-                    break
         return out
 
     # -- checkpoint ------------------------------------------------------------------------------------------

@@ -234,8 +234,10 @@ def test_mid_file_corruption_raises_with_file_and_offset(tmp_path: Path) -> None
     seg.write_bytes(bytes(raw))
     with pytest.raises(WALError, match=rf"{seg.name} offset {offset}"):
         opened(tmp_path)
-    # the failed open released the directory lock and did not "repair" acknowledged data away
+    # the failed open did not "repair" acknowledged data away, and released the directory lock
     assert seg.stat().st_size == len(raw)
+    with pytest.raises(WALError, match="corrupt record"):
+        opened(tmp_path)
 
 
 def test_damage_to_a_sealed_segment_is_never_a_torn_tail(tmp_path: Path) -> None:
