@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from nacl.signing import SigningKey
 
 from engine import qr
 from engine.errors import ConfigError
@@ -56,8 +57,6 @@ def _load_or_empty(path: Path) -> TrustList:
 
 # -- keys / codes -----------------------------------------------------------------------------------------
 def _keys_create(args: argparse.Namespace) -> int:
-    from nacl.signing import SigningKey
-
     now = int(time.time())
     valid_from = parse_time(args.valid_from, now)
     valid_until = parse_time(args.valid_until, valid_from + DEFAULT_KEY_YEARS * 365 * DAY)
