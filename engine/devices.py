@@ -62,7 +62,15 @@ from dataclasses import dataclass, replace
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from engine.errors import AuthError, ForbiddenError, OverloadedError, PayloadError, RateLimitedError, TrustListError
+from engine.errors import (
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    OverloadedError,
+    PayloadError,
+    RateLimitedError,
+    TrustListError,
+)
 from engine.payload import b64url_decode_canonical
 from engine.trust import check_public_key
 
@@ -210,7 +218,7 @@ class DeviceRegistry:
         """Mark a device revoked; the very next request from it is refused (no cache to expire)."""
         entry = self._entries.get(device_id)
         if entry is None:
-            raise PayloadError(f"no registered device {device_id!r}")
+            raise NotFoundError(f"no registered device {device_id!r}")
         entry.device = replace(entry.device, revoked=True)
         log.warning("device %s revoked", device_id)
         if self._on_change is not None:

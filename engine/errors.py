@@ -39,6 +39,19 @@ class MintError(EngineError):
     code = "mint"
 
 
+class QRReadError(EngineError):
+    """An image holds no readable QR code, or more than one."""
+
+    code = "qr_read"
+
+
+class NotFoundError(EngineError):
+    """The named object (device, key, person) does not exist."""
+
+    http_status = 404
+    code = "not_found"
+
+
 class PayloadError(EngineError):
     """A request envelope (not a single scan) is malformed: the whole request is refused."""
 

@@ -15,7 +15,7 @@ import segno
 import zxingcpp
 from PIL import Image, UnidentifiedImageError
 
-from engine.errors import PayloadError
+from engine.errors import QRReadError
 
 ERROR_LEVEL = "M"
 MAX_VERSION = 10
@@ -45,7 +45,7 @@ def render(code: str, path: Path, *, scale: int = 8) -> QRInfo:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _FORMATS:
-        raise PayloadError(f"{path}: can render only .png or .svg, not {suffix or 'no suffix'!r}")
+        raise QRReadError(f"{path}: can render only .png or .svg, not {suffix or 'no suffix'!r}")
     qr = _make(code)
     path.parent.mkdir(parents=True, exist_ok=True)
     qr.save(str(path), kind=suffix[1:], scale=scale, border=4)
@@ -66,9 +66,9 @@ def read_image(path: Path) -> str:
                 img, formats=zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode), text_mode=zxingcpp.TextMode.Plain
             )
     except (OSError, UnidentifiedImageError) as exc:
-        raise PayloadError(f"cannot read image {path}: {exc}") from None
+        raise QRReadError(f"cannot read image {path}: {exc}") from None
     if not barcodes:
-        raise PayloadError(f"no QR code found in {path}")
+        raise QRReadError(f"no QR code found in {path}")
     if len(barcodes) > 1:
-        raise PayloadError(f"{len(barcodes)} QR codes found in {path}; expected one")
+        raise QRReadError(f"{len(barcodes)} QR codes found in {path}; expected one")
     return str(barcodes[0].text)

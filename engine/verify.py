@@ -173,9 +173,7 @@ class PyVerifier:
         verdict, reason = self._judge_signed(code, p, out, i, now)
         out.verdict[i], out.reason[i] = verdict, reason
 
-    def _judge_signed(
-        self, code: bytes, p: Any, out: BatchResult, i: int, now: int
-    ) -> tuple[Verdict, Reason]:
+    def _judge_signed(self, code: bytes, p: Any, out: BatchResult, i: int, now: int) -> tuple[Verdict, Reason]:
         idx = self._index.get(p.kid, -1)
         out.key_index[i] = idx
         if idx < 0:
@@ -220,13 +218,13 @@ NO_EXTENSIONS = os.environ.get("ENGINE_NO_EXTENSIONS", "") not in ("", "0")
 
 VerifierImpl: type
 CVerifier: type | None
+EXTENSION_ERROR: str | None
 try:
-    from engine._verify import CVerifier
+    from engine._verify import CVerifier as _CVerifier
 except ImportError as _exc:  # not built: the reference is complete, only slower
-    CVerifier = None
-    EXTENSION_ERROR: str | None = str(_exc)
+    CVerifier, EXTENSION_ERROR = None, str(_exc)
 else:
-    EXTENSION_ERROR = None
+    CVerifier, EXTENSION_ERROR = _CVerifier, None
 
 if CVerifier is not None and not NO_EXTENSIONS:
     VerifierImpl = CVerifier

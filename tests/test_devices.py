@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from engine.client import ScannerClient, make_scan, sign_request
 from engine.devices import Device, DeviceRegistry, signed_message
-from engine.errors import AuthError, ForbiddenError, OverloadedError, PayloadError, RateLimitedError
+from engine.errors import AuthError, ForbiddenError, NotFoundError, OverloadedError, PayloadError, RateLimitedError
 from engine.payload import b64url_decode_canonical, b64url_encode
 
 T0 = 1_800_000_000.0
@@ -177,7 +177,7 @@ def test_unknown_and_revoked_devices_are_403(keys: dict[str, SigningKey], clock:
     with pytest.raises(ForbiddenError, match="revoked"):
         reg.authenticate("POST", PATH, signed(keys, clock), BODY)  # the very next request
     reg.authenticate("POST", PATH, signed(keys, clock, "dev-b"), BODY)  # others unaffected
-    with pytest.raises(PayloadError, match="no registered device"):
+    with pytest.raises(NotFoundError, match="no registered device"):
         reg.revoke("ghost")
 
 

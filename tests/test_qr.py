@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from PIL import Image
 
 from engine import qr
-from engine.errors import PayloadError
+from engine.errors import QRReadError
 from engine.payload import Person, mint, parse
 
 LONGEST_NAME = "TON NU HOANG PHUONG THANH NGUYEN KHANH LINH"
@@ -71,7 +71,7 @@ def test_svg_is_written(tmp_path: Path, issuer_key: SigningKey) -> None:
 
 
 def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(PayloadError, match=r"\.png or \.svg"):
+    with pytest.raises(QRReadError, match=r"\.png or \.svg"):
         qr.render("x", tmp_path / "code.jpg")
     assert not (tmp_path / "code.jpg").exists()
 
@@ -79,7 +79,7 @@ def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
 def test_image_without_a_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "blank.png"
     Image.new("L", (200, 200), 255).save(path)
-    with pytest.raises(PayloadError, match="no QR code"):
+    with pytest.raises(QRReadError, match="no QR code"):
         qr.read_image(path)
 
 
@@ -92,7 +92,7 @@ def test_image_with_two_codes_is_refused(tmp_path: Path) -> None:
         both.paste(ia.convert("L"), (0, 0))
         both.paste(ib.convert("L"), (ia.width, 0))
     both.save(tmp_path / "both.png")
-    with pytest.raises(PayloadError, match="2 QR codes"):
+    with pytest.raises(QRReadError, match="2 QR codes"):
         qr.read_image(tmp_path / "both.png")
 
 
@@ -100,7 +100,7 @@ def test_image_with_two_codes_is_refused(tmp_path: Path) -> None:
 def test_unreadable_files_are_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(content)
-    with pytest.raises(PayloadError, match="cannot read image"):
+    with pytest.raises(QRReadError, match="cannot read image"):
         qr.read_image(path)
-    with pytest.raises(PayloadError, match="cannot read image"):
+    with pytest.raises(QRReadError, match="cannot read image"):
         qr.read_image(tmp_path / "absent.png")
