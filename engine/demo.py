@@ -87,7 +87,7 @@ def demo_codes(issuer: KeyFile, people: int = 300) -> list[str]:
     return codes
 
 
-def demo_scanner_ctx(config: Config, device: KeyFile, codes: list[str], rate_per_s: float = 40.0):  # type: ignore[no-untyped-def]
+def demo_scanner_ctx(config: Config, device: KeyFile, codes: list[str], rate_per_s: float = 40.0):
     """A cleanup context that posts demo scans to this engine over loopback HTTP until shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:

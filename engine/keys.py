@@ -62,9 +62,7 @@ def read_key_file(path: str | Path) -> KeyFile:
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"key file {path} is accessible by group/others (mode {st.st_mode & 0o777:o}); chmod 600"
-        )
+        raise KeyFileError(f"key file {path} is accessible by group/others (mode {st.st_mode & 0o777:o}); chmod 600")
     try:
         doc = orjson.loads(raw)
         seed = base64.b64decode(doc["seed"], validate=True)

@@ -145,12 +145,7 @@ def _parse_personal(code: bytes, fields: list[bytes]) -> ParsedCode:
     kind = CodeKind.SIGNED if ext.startswith(SIGNED_PREFIX) else CodeKind.UNSIGNED
     if not 6 <= len(doc) <= 20 or any(c not in _DOC_CHARS for c in doc):
         return ParsedCode(kind, Reason.DOC_NUMBER)
-    if (
-        not 1 <= len(name) <= 80
-        or any(c not in _NAME_CHARS for c in name)
-        or name[:1] == b" "
-        or name[-1:] == b" "
-    ):
+    if not 1 <= len(name) <= 80 or any(c not in _NAME_CHARS for c in name) or name[:1] == b" " or name[-1:] == b" ":
         return ParsedCode(kind, Reason.NAME)
     if not _iso_birth_date_ok(dob):
         return ParsedCode(kind, Reason.BIRTH_DATE)

@@ -89,9 +89,7 @@ def check_public_key(public_key: bytes, what: str = "public key") -> None:
     if len(public_key) != 32:
         raise TrustListError(f"{what}: must be 32 bytes, got {len(public_key)}")
     if not crypto_core_ed25519_is_valid_point(public_key):
-        raise TrustListError(
-            f"{what}: not a valid Ed25519 public key (small order, off curve or non-canonical)"
-        )
+        raise TrustListError(f"{what}: not a valid Ed25519 public key (small order, off curve or non-canonical)")
 
 
 @dataclass(frozen=True)

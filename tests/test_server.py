@@ -189,9 +189,10 @@ async def test_overload_answers_503_with_retry_after(engine: Any) -> None:
 
     body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(e.fx.code(99), "v")]})
     headers = sign_request(e.fx.device, DEVICE_ID, "POST", "/v1/scans", body)
-    async with aiohttp.ClientSession() as s, s.post(
-        e.url + "/v1/scans", data=body, headers={**headers, "Content-Type": "application/json"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(e.url + "/v1/scans", data=body, headers={**headers, "Content-Type": "application/json"}) as resp,
+    ):
         answer = await resp.json()
         assert resp.status == 503 and answer["error"] == "overloaded"
         assert int(resp.headers["Retry-After"]) >= 1
