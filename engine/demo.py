@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -87,7 +87,9 @@ def demo_codes(issuer: KeyFile, people: int = 300) -> list[str]:
     return codes
 
 
-def demo_scanner_ctx(config: Config, device: KeyFile, codes: list[str], rate_per_s: float = 40.0):
+def demo_scanner_ctx(
+    config: Config, device: KeyFile, codes: list[str], rate_per_s: float = 40.0
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that posts demo scans to this engine over loopback HTTP until shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
