@@ -92,13 +92,14 @@ class World:
         done = 0
         while done < rows:
             n = min(chunk, rows - done)
-            yield self._chunk(rng, n)
+            # chunks advance through the month, as a live engine's inserts do: each touches a day or two
+            yield self._chunk(rng, n, self.days * done / rows, self.days * (done + n) / rows)
             done += n
 
-    def _chunk(self, rng: np.random.Generator, n: int) -> dict[str, Any]:
+    def _chunk(self, rng: np.random.Generator, n: int, day_from: float, day_to: float) -> dict[str, Any]:
         visits = int(n / (2 - MISSING_EXIT)) + 8
         person = rng.choice(self.people, visits, p=self._activity_p)
-        day = rng.integers(0, self.days, visits)
+        day = np.floor(rng.uniform(day_from, day_to, visits)).astype(np.int64).clip(0, self.days - 1)
         weekday = (day + 3) % 7 < 5  # the epoch day 0 was a Thursday
         to_work = weekday & self.works[person] & (rng.random(visits) < 0.55)
         venue = np.where(to_work, self.workplace[person], self.shops[person, rng.integers(0, 3, visits)])

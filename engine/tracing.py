@@ -46,6 +46,7 @@ _TRUSTED_SQL = "verdict IN (" + ", ".join(f"'{v.label}'" for v in sorted(TRUSTED
 _UNVERIFIED_SQL = f"verdict != '{Verdict.MALFORMED.label}'"  # a malformed code names nobody
 # Rows stay duplicated until merges; measured on chdb (bench/trace_bench.py), LIMIT 1 BY beats FINAL here.
 _DEDUP = "LIMIT 1 BY scan_id"
+_FINAL = ""  # "FINAL" here and "" above is the alternative the benchmark measures
 _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
     "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
@@ -264,7 +265,8 @@ class TraceQueries:
             )
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
-        sql = f"SELECT {_COLUMNS} FROM scans_by_person WHERE {who} AND {_TIME % ('lo', 'hi')} AND {verdicts} {_DEDUP}"
+        where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
+        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_DEDUP}"
         index_scans = [Scan(*r) for r in self._query(sql, params)]
         keys = sorted({s.person_key for s in index_scans})
         visits = _within(self._pair(index_scans, opt), from_ms, to_ms)
@@ -306,7 +308,7 @@ class TraceQueries:
             for i, (venue, lo, hi) in enumerate(chunk):
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
-            sql = f"SELECT {_COLUMNS} FROM scans WHERE ({' OR '.join(terms)}) AND {verdicts} {_DEDUP}"
+            sql = f"SELECT {_COLUMNS} FROM scans {_FINAL} WHERE ({' OR '.join(terms)}) AND {verdicts} {_DEDUP}"
             scans.extend(Scan(*r) for r in self._query(sql, params))
         stays = self._pair(scans, opt)
         return [
@@ -323,7 +325,7 @@ class TraceQueries:
         slack = round(opt.max_stay_min * MINUTE_MS)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
         sql = (
-            f"SELECT {_COLUMNS} FROM scans_by_person WHERE person_key IN "
+            f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE person_key IN "
             "(SELECT arrayJoin(arrayMap(k -> toFixedString(unhex(k), 16), {keys:Array(String)}))) "
             f"AND {_TIME % ('lo', 'hi')} AND {verdicts} {_DEDUP}"
         )

@@ -1,0 +1,195 @@
+"""Tracing latency on the embedded store: p50/p95 over index cases, beside a naive self-join.
+
+    python bench/trace_bench.py --rows 1000000
+    python bench/trace_bench.py --rows 10000000 --data-dir /tmp/trace10m   # keeps the store for re-runs
+
+It fills a fresh store with ``bench.synth`` (time-ordered 100k-row inserts, as a live engine writes), then
+times, for ~50 index cases drawn by how much people go out: the person trace by person key and by QR id
+(``engine.tracing``, person-ordered table), the venue view, and the naive approach of joining the
+venue-ordered ``scans`` with itself. It also times the two ways of reading around unmerged duplicates
+(``FINAL`` and ``LIMIT 1 BY scan_id``). Target: person trace p50 < 50 ms at 10M rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.synth import World, fill
+from engine import tracing
+from engine.store import Store
+from engine.tracing import DAY_MS, TraceOptions, TraceQueries
+
+NAIVE_SQL = """
+SELECT hex(b.person_key) AS who, count() AS n
+FROM (SELECT venue_id, scanned_at FROM scans FINAL
+      WHERE person_key = toFixedString(unhex({pk:String}), 16)
+        AND scanned_at >= fromUnixTimestamp64Milli({lo:Int64}) AND scanned_at < fromUnixTimestamp64Milli({hi:Int64})
+        AND verdict = 'ok') AS a
+INNER JOIN (SELECT venue_id, scanned_at, person_key FROM scans FINAL
+      WHERE scanned_at >= fromUnixTimestamp64Milli({lo:Int64}) AND scanned_at < fromUnixTimestamp64Milli({hi:Int64})
+        AND verdict = 'ok') AS b
+ON a.venue_id = b.venue_id
+WHERE abs(toUnixTimestamp64Milli(b.scanned_at) - toUnixTimestamp64Milli(a.scanned_at)) <= 75 * 60000
+  AND b.person_key != toFixedString(unhex({pk:String}), 16)
+GROUP BY who ORDER BY n DESC
+"""
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import chdb
+
+    return (
+        f"cpu: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        f"chdb {getattr(chdb, '__version__', '?')}; {platform.system()} {platform.release()}"
+    )
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000, out
+
+
+def summary(name: str, ms: list[float], extra: str = "") -> None:
+    q = statistics.quantiles(ms, n=20) if len(ms) >= 2 else ms * 19
+    print(f"  {name:38} n={len(ms):3}  p50 {statistics.median(ms):8.1f} ms  p95 {q[18]:8.1f} ms  {extra}")
+
+
+def parts(store: Store) -> str:
+    rows = store.query(
+        "SELECT table, count(), sum(rows) FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table IN ('scans', 'scans_by_person') GROUP BY table ORDER BY table",
+        {},
+    )
+    return ", ".join(f"{t}: {int(n)} parts / {int(r):,} rows" for t, n, r in rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--cases", type=int, default=50)
+    ap.add_argument("--data-dir", type=Path, help="store location; reused if it already holds the rows")
+    ap.add_argument("--optimize", action="store_true", help="OPTIMIZE ... FINAL before timing (fully merged)")
+    ap.add_argument("--naive-cases", type=int, default=10, help="index cases for the (slow) naive self-join")
+    args = ap.parse_args()
+
+    print(machine())
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="trace-bench-"))
+    store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}", database="vnqr", retention_days=3650)
+    store.migrate()
+    marker = data_dir / "synth.json"
+    end_ms = int(marker.read_text()) if marker.exists() else int(time.time() * 1000)
+    world = World.for_rows(args.rows, end_ms=end_ms)
+    have = int(store.query("SELECT count() FROM scans", {})[0][0])
+    if have < args.rows:
+        print(f"generating {args.rows:,} scans: {world.people:,} people, {world.venues:,} venues, {world.days} days")
+        stats = fill(store, world, args.rows, progress=True)
+        marker.write_text(str(end_ms))
+        print(
+            f"  generated+inserted {stats.rows:,} rows in {stats.seconds:.1f} s ({stats.rows_per_s:,.0f} rows/s; "
+            f"{stats.generate_seconds:.1f} s of it generating)"
+        )
+    else:
+        print(f"reusing {have:,} stored scans in {data_dir}")
+    if args.optimize:
+        ms, _ = timed(lambda: [store.query(f"OPTIMIZE TABLE {t} FINAL", {}) for t in ("scans", "scans_by_person")])
+        print(f"  OPTIMIZE FINAL took {ms / 1000:.1f} s")
+    print(f"  {parts(store)}")
+
+    rng = np.random.default_rng(7)
+    cases = rng.choice(world.people, args.cases, replace=False, p=world.activity / world.activity.sum())
+    to_ms = world.start_ms + world.days * DAY_MS
+    from_ms = to_ms - 14 * DAY_MS
+    q = TraceQueries(store.query)
+    opt = TraceOptions()
+    q.person(person_key=world.person_key(int(cases[0])).hex(), from_ms=from_ms, to_ms=to_ms, options=opt)  # warm
+
+    print(f"\nperson trace, last 14 days, {args.cases} index cases (best of 3 each):")
+    for label, final, dedup in (("LIMIT 1 BY scan_id", "", "LIMIT 1 BY scan_id"), ("FINAL", "FINAL", "")):
+        tracing._FINAL, tracing._DEDUP = final, dedup
+        by_key, contacts, visits = [], [], []
+        for c in cases:
+            pk = world.person_key(int(c)).hex()
+            ms, t = timed(lambda pk=pk: q.person(person_key=pk, from_ms=from_ms, to_ms=to_ms, options=opt), 3)
+            by_key.append(ms)
+            contacts.append(len(t.contacts))
+            visits.append(len(t.visits))
+        summary(
+            f"by person key ({label})",
+            by_key,
+            f"visits median {statistics.median(visits):.0f}, contacts median {statistics.median(contacts):.0f}",
+        )
+    tracing._FINAL, tracing._DEDUP = "", "LIMIT 1 BY scan_id"
+
+    def one(fn: Callable[[], Any]) -> float:
+        return timed(fn, 3)[0]
+
+    summary(
+        "by QR id",
+        [
+            one(lambda c=c: q.person(qr_id=world.qr_id(int(c)), from_ms=from_ms, to_ms=to_ms, options=opt))
+            for c in cases
+        ],
+    )
+    with_unverified = TraceOptions(include_unverified=True)
+    summary(
+        "by person key, --include-unverified",
+        [
+            one(lambda c=c: q.person(person_key=world.person_key(int(c)).hex(), from_ms=from_ms, to_ms=to_ms,
+                                     options=with_unverified))
+            for c in cases
+        ],
+    )  # fmt: skip
+    second = TraceOptions(second_degree=True, second_degree_limit=10)
+    summary(
+        "by person key, second degree (top 10)",
+        [
+            one(lambda c=c: q.person(person_key=world.person_key(int(c)).hex(), from_ms=from_ms, to_ms=to_ms,
+                                     options=second))
+            for c in cases[:20]
+        ],
+    )  # fmt: skip
+    venues = rng.choice(world.venues, args.cases, replace=False)
+    summary(
+        "venue view, 2 h window",
+        [
+            one(lambda v=v: q.venue(world.venue_id(int(v)), to_ms - 2 * 3_600_000 - DAY_MS, to_ms - DAY_MS, opt))
+            for v in venues
+        ],
+    )
+    naive = []
+    for c in cases[: args.naive_cases]:
+        params = {"pk": world.person_key(int(c)).hex(), "lo": from_ms, "hi": to_ms}
+        naive.append(timed(lambda params=params: store.query(NAIVE_SQL, params))[0])
+    summary("naive self-join over `scans` (no pairing)", naive)
+    store.close()
+    print(f"\nstore kept in {data_dir}" if args.data_dir else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
