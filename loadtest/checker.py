@@ -1,0 +1,234 @@
+"""After a load test: was every acknowledged scan stored exactly once, with the verdict it deserved?
+
+A 202 is a promise (the scan is in the fsync'd WAL and will reach the store), so the check is strict:
+
+* **lost**: acknowledged (item status ``stored`` or ``duplicate``) but not in the store;
+* **duplicates**: one scan id stored more than once;
+* **mismatched**: stored with a verdict other than the one the generator minted the code for;
+* **phantoms**: a stored scan id nobody sent (or one the engine refused and still stored).
+
+Scans whose request got no 202 (429/503 backpressure, a timeout) may or may not be stored: they are counted,
+never judged. The inputs are every ``*.jsonl`` file in the results directory, one per Locust process, so a
+distributed run (one master, many workers, each writing its own file) is checked by pointing this at the
+directory that holds all their files. The store is opened directly, so the engine must be stopped first
+(chdb locks its directory to one process)::
+
+    python loadtest/checker.py --results-dir out/results --data-dir out/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.verdicts import VERDICTS
+
+REJECTED = "rejected"
+ACKED_STATUSES = ("stored", "duplicate")
+
+
+@dataclass
+class Sent:
+    """Everything the generator processes recorded, merged."""
+
+    acked: dict[str, str] = field(default_factory=dict)  # scan id -> expected verdict
+    refused: set[str] = field(default_factory=set)  # items the engine answered "rejected"
+    unacked: set[str] = field(default_factory=set)  # in requests that got no 202
+    statuses: Counter[int] = field(default_factory=Counter)  # HTTP status -> requests
+    tasks: Counter[str] = field(default_factory=Counter)
+    items_sent: int = 0  # scan items in all requests, retries included
+    answer_mismatches: int = 0  # 202 answers whose verdict/status differed from the expectation
+    conflicts: int = 0  # one scan id recorded with two different expectations (a generator bug)
+    files: int = 0
+    first_t: float = 0.0
+    last_t: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def span_s(self) -> float:
+        return max(self.last_t - self.first_t, 1e-9)
+
+
+def load_results(results_dir: Path) -> Sent:
+    """Merge every process's JSONL file; the order of files and lines does not matter."""
+    sent = Sent()
+    expected_of: dict[str, str] = {}
+    for path in sorted(results_dir.glob("*.jsonl")):
+        sent.files += 1
+        with path.open("rb") as f:
+            for raw in f:
+                if not raw.strip():
+                    continue
+                line = orjson.loads(raw)
+                t, status = float(line["t"]), int(line["status"])
+                sent.first_t = t if not sent.first_t else min(sent.first_t, t)
+                sent.last_t = max(sent.last_t, t)
+                sent.statuses[status] += 1
+                sent.tasks[line.get("task", "?")] += 1
+                sent.items_sent += len(line["scans"])
+                for scan in line["scans"]:
+                    sid, expected = scan[0], scan[1]
+                    if expected_of.setdefault(sid, expected) != expected:
+                        sent.conflicts += 1
+                    if status != 202:
+                        sent.unacked.add(sid)
+                        continue
+                    item_status, answered = scan[2], scan[3]
+                    if item_status in ACKED_STATUSES:
+                        sent.acked[sid] = expected
+                        sent.answer_mismatches += answered != expected
+                    else:
+                        sent.refused.add(sid)
+                        sent.answer_mismatches += expected != REJECTED
+    sent.unacked -= sent.acked.keys()
+    sent.refused -= sent.acked.keys()
+    return sent
+
+
+def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]:
+    """scan id -> the verdict of every row stored under it (no FINAL: a duplicate row must be seen)."""
+    from engine.store import Store
+
+    store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}", database=database)
+    try:
+        rows = store.query("SELECT toString(scan_id), toString(verdict), count() FROM scans GROUP BY 1, 2")
+    finally:
+        store.close()
+    out: dict[str, list[str]] = {}
+    for sid, verdict, n in rows:
+        label = VERDICTS[int(verdict)] if str(verdict).isdigit() else str(verdict)
+        out.setdefault(str(sid), []).extend([label] * int(n))
+    return out
+
+
+@dataclass
+class Report:
+    sent: Sent
+    stored_rows: int
+    stored_ids: int
+    lost: list[str]
+    duplicates: list[str]
+    mismatched: list[str]
+    phantoms: list[str]
+    unacked_stored: int
+    confusion: Counter[tuple[str, str]]
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost
+            or self.duplicates
+            or self.mismatched
+            or self.phantoms
+            or self.sent.answer_mismatches
+            or self.sent.conflicts
+        ) and bool(self.sent.acked)
+
+    def as_dict(self) -> dict[str, object]:
+        s = self.sent
+        return {
+            "ok": self.ok,
+            "result_files": s.files,
+            "requests": s.requests,
+            "requests_by_status": {str(k): v for k, v in sorted(s.statuses.items())},
+            "requests_by_task": dict(s.tasks),
+            "scan_items_sent": s.items_sent,
+            "scans_acknowledged": len(s.acked),
+            "scans_refused_by_engine": len(s.refused),
+            "scans_unacknowledged": len(s.unacked),
+            "unacknowledged_but_stored": self.unacked_stored,
+            "stored_rows": self.stored_rows,
+            "stored_scan_ids": self.stored_ids,
+            "lost": len(self.lost),
+            "duplicates": len(self.duplicates),
+            "mismatched": len(self.mismatched),
+            "phantoms": len(self.phantoms),
+            "answer_mismatches": s.answer_mismatches,
+            "generator_conflicts": s.conflicts,
+            "confusion": {f"{e}->{g}": n for (e, g), n in sorted(self.confusion.items())},
+            "examples": {
+                "lost": self.lost[:5],
+                "duplicates": self.duplicates[:5],
+                "mismatched": self.mismatched[:5],
+                "phantoms": self.phantoms[:5],
+            },
+            "span_s": round(s.span_s, 3),
+            "acknowledged_scans_per_s": round(len(s.acked) / s.span_s, 1),
+        }
+
+
+def check(sent: Sent, stored: dict[str, list[str]]) -> Report:
+    confusion: Counter[tuple[str, str]] = Counter()
+    lost, duplicates, mismatched, phantoms = [], [], [], []
+    for sid, expected in sent.acked.items():
+        verdicts = stored.get(sid)
+        if not verdicts:
+            lost.append(sid)
+            confusion[(expected, "(lost)")] += 1
+            continue
+        for got in verdicts:
+            confusion[(expected, got)] += 1
+        if len(verdicts) > 1:
+            duplicates.append(sid)
+        if any(v != expected for v in verdicts):
+            mismatched.append(sid)
+    unacked_stored = 0
+    for sid, verdicts in stored.items():
+        if sid in sent.acked:
+            continue
+        if sid in sent.unacked:
+            unacked_stored += 1
+            if len(verdicts) > 1:
+                duplicates.append(sid)
+        else:  # never sent, or refused by the engine and stored all the same
+            phantoms.append(sid)
+    return Report(
+        sent=sent,
+        stored_rows=sum(len(v) for v in stored.values()),
+        stored_ids=len(stored),
+        lost=lost,
+        duplicates=duplicates,
+        mismatched=mismatched,
+        phantoms=phantoms,
+        unacked_stored=unacked_stored,
+        confusion=confusion,
+    )
+
+
+def format_confusion(confusion: Counter[tuple[str, str]]) -> str:
+    """Expected verdicts as rows, stored verdicts as columns: anything off the diagonal is a bug."""
+    rows = sorted({e for e, _ in confusion})
+    cols = sorted({g for _, g in confusion})
+    width = max([len(c) for c in cols] + [8])
+    corner = "expected \\ stored"
+    lines = [f"{corner:18} " + " ".join(f"{c:>{width}}" for c in cols)]
+    for r in rows:
+        lines.append(f"{r:18} " + " ".join(f"{confusion.get((r, c), 0):>{width}}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results-dir", type=Path, required=True, help="directory of *.jsonl files (all workers)")
+    ap.add_argument("--data-dir", type=Path, required=True, help="the stopped engine's data directory")
+    ap.add_argument("--database", default="vnqr")
+    args = ap.parse_args(argv)
+    report = check(load_results(args.results_dir), stored_scans(args.data_dir, args.database))
+    print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    print(format_confusion(report.confusion))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
