@@ -1,0 +1,522 @@
+"""The ClickHouse store: one client, one lock, and the few calls the engine makes.
+
+The same code runs on three backends and only the DSN differs: ``chdb:///dir`` (embedded, the default),
+``http(s)://user:pass@host:8123`` (a server), and the latter with ``cluster=NAME`` (ReplicatedMergeTree shards
+behind Distributed tables; DDL from ``engine.schema``). Every call holds one ``threading.Lock``: chdb is not
+safe for concurrent calls, and for HTTP it keeps the "at most one insert in flight" the drain relies on.
+
+chdb facts this module is built around (chdb 4.4, engine 26.x; see docs/cluster.md):
+
+* one data directory per process at a time: opening a second directory while a client is open fails, but
+  after ``close()`` another directory can be opened in the same process;
+* the directory is ``flock``-ed by the process that opened it; a second process fails with an unhelpful
+  message, so a failed open is diagnosed here and reported as "in use by PID n";
+* no async client: callers run these methods in a worker thread.
+
+Datetimes come back timezone-aware (``tz_mode="aware"``): chdb drops the zone of ``DateTime('UTC')`` columns
+and clickhouse-connect would then read them in the host's zone, so naive values would silently differ between
+a UTC server and a host in Asia/Ho_Chi_Minh; aware values are the same instant everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+import numpy as np
+from clickhouse_connect.driver.client import Client
+
+from engine.errors import StoreError
+from engine.schema import TTL_TABLES, render_migrations, retention_statements
+from engine.verdicts import CodeKind, Reason, Verdict
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_CHARS = 600
+_TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)")
+_DEVICE_TYPES = ["String", "String", "String", "UInt8", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')"]
+
+#: The scans columns the pipeline writes, in table order: names and types are the contract (docs/cluster.md).
+SCAN_COLUMNS: tuple[str, ...] = (
+    "scan_id", "device_id", "venue_id", "direction", "scanned_at", "received_at", "verdict", "reason",
+    "code_kind", "person_key", "qr_id", "key_id", "issuer", "code_iat", "code_exp",
+)  # fmt: skip
+_ENUM_CODES: dict[str, dict[str, int]] = {
+    "direction": {"in": 1, "out": 2},
+    "verdict": {v.label: int(v) for v in Verdict},
+    "reason": {r.label: int(r) for r in Reason},
+    "code_kind": {k.label: int(k) for k in CodeKind},
+}
+_MS_COLUMNS = ("scanned_at", "received_at")  # DateTime64(3): epoch milliseconds
+_S_COLUMNS = ("code_iat", "code_exp")  # DateTime: epoch seconds
+_STR_COLUMNS = ("device_id", "venue_id", "qr_id", "key_id", "issuer")
+
+ScanColumns = Mapping[str, "np.ndarray[Any, Any] | Sequence[Any]"]
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device's latest state in the store (``registered_at`` is its first registration, kept across updates)."""
+
+    device_id: str
+    public_key: bytes
+    revoked: bool
+    label: str
+    registered_at: datetime
+    updated_at: datetime
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the chdb directory lock, if anyone: called only after an open failed, to say why."""
+    status = directory / "status"
+    try:
+        fd = status.open("rb")
+    except OSError:
+        return None
+    with fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            first = fd.read(200).decode(errors="replace").splitlines()
+            return first[0].removeprefix("PID:").strip() if first else "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
+# -- column conversion ----------------------------------------------------------------------------------------
+# Everything is turned into what clickhouse-connect's Native writer handles fastest: plain lists of ints, bytes,
+# str and uuid.UUID. Datetimes become integer ticks here, never naive datetimes: the driver would read a naive
+# datetime in the *server's* zone, and chdb's server zone is the host's.
+_UINT32_MAX = 2**32 - 1
+
+
+def _fail(message: str) -> StoreError:
+    return StoreError(f"insert_scans: {message}")
+
+
+def _scan_ids(values: Any, n: int) -> list[Any]:
+    """uuid.UUID objects pass straight through (cheapest: the driver reads ``.int``); 16-byte ``bytes`` (or an
+    ``(n, 16)`` uint8 / ``S16`` array) become ints, the next cheapest form the driver takes."""
+    if isinstance(values, np.ndarray):
+        raw = np.ascontiguousarray(values).tobytes()
+        if len(raw) != 16 * n:
+            raise _fail(f"scan_id array holds {len(raw)} bytes, expected {16 * n}")
+        return [int.from_bytes(raw[i : i + 16], "big") for i in range(0, 16 * n, 16)]
+    first = values[0]
+    if isinstance(first, uuid.UUID):
+        return values if isinstance(values, list) else list(values)
+    if isinstance(first, bytes | bytearray | memoryview):
+        if any(len(v) != 16 for v in values):
+            raise _fail("every scan_id given as bytes must be 16 bytes long")
+        return [int.from_bytes(v, "big") for v in values]
+    if isinstance(first, str):
+        return [str(uuid.UUID(v)) for v in values]
+    raise _fail(f"scan_id must be uuid.UUID, 16-byte bytes or str, not {type(first).__name__}")
+
+
+def _person_keys(values: Any, n: int) -> list[bytes]:
+    # Never ndarray.tolist() on an S16 array: numpy strips trailing NUL bytes from each item.
+    if isinstance(values, np.ndarray):
+        raw = np.ascontiguousarray(values).tobytes()
+        if len(raw) != 16 * n:
+            raise _fail(f"person_key array holds {len(raw)} bytes, expected {16 * n}")
+        return [raw[i : i + 16] for i in range(0, 16 * n, 16)]
+    out = [bytes(v) for v in values]
+    if any(len(v) != 16 for v in out):
+        raise _fail("every person_key must be exactly 16 bytes (FixedString(16) would pad or cut it silently)")
+    return out
+
+
+def _enum_codes(name: str, values: Any) -> list[int]:
+    """Labels or numbers to the stored numbers, strictly: the driver maps an unknown label to 0, which for
+    ``verdict`` is ``ok``; a typo must fail the batch instead."""
+    codes = _ENUM_CODES[name]
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        bad = np.setdiff1d(values, np.fromiter(codes.values(), np.int64))
+        if bad.size:
+            raise _fail(f"{name} has unknown code {int(bad[0])}")
+        return values.astype(np.int64).tolist()
+    lookup: dict[Any, int] = {**codes, **{v: v for v in codes.values()}}
+    try:
+        return [lookup[v] for v in (values.tolist() if isinstance(values, np.ndarray) else values)]
+    except (KeyError, TypeError) as exc:
+        raise _fail(f"{name} has unknown value {exc.args[0]!r} (known: {', '.join(codes)})") from None
+
+
+def _ticks(name: str, values: Any, unit: str) -> list[int]:
+    """Datetime column to integer ticks (``ms`` or ``s`` since the epoch, UTC); ints are taken as ticks already."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "M":
+            ticks = values.astype(f"datetime64[{unit}]").astype(np.int64)
+        elif values.dtype.kind in "iu":
+            ticks = values.astype(np.int64)
+        else:
+            raise _fail(f"{name} must be datetime64 or integer ticks, not {values.dtype}")
+    else:
+        scale = 1000 if unit == "ms" else 1
+        out: list[int] = []
+        for v in values:
+            if isinstance(v, datetime):
+                aware = v if v.tzinfo is not None else v.replace(tzinfo=UTC)  # naive means UTC here
+                out.append(math.floor(aware.timestamp() * scale))
+            elif isinstance(v, int | np.integer):
+                out.append(int(v))
+            else:
+                raise _fail(f"{name} must hold datetimes or integer {unit} ticks, not {type(v).__name__}")
+        ticks = np.asarray(out, dtype=np.int64)
+    if unit == "s":
+        # DateTime is UInt32: a code expiring after 2106 (the payload allows 11 digits) would wrap to 1970
+        ticks = np.clip(ticks, 0, _UINT32_MAX)
+    return ticks.tolist()
+
+
+def _native_columns(columns: ScanColumns) -> tuple[list[list[Any]], int]:
+    """The batch as lists in ``SCAN_COLUMNS`` order, checked: names, equal lengths, types and enum values."""
+    missing = [c for c in SCAN_COLUMNS if c not in columns]
+    extra = sorted(set(columns) - set(SCAN_COLUMNS))
+    if missing or extra:
+        raise _fail(f"columns missing {missing} / unexpected {extra}")
+    lengths = {c: len(columns[c]) for c in SCAN_COLUMNS}
+    n = lengths["scan_id"]
+    if any(v != n for v in lengths.values()):
+        raise _fail(f"columns differ in length: {lengths}")
+    if n == 0:
+        return [], 0
+    out: list[list[Any]] = []
+    for name in SCAN_COLUMNS:
+        values = columns[name]
+        if name == "scan_id":
+            out.append(_scan_ids(values, n))
+        elif name == "person_key":
+            out.append(_person_keys(values, n))
+        elif name in _ENUM_CODES:
+            out.append(_enum_codes(name, values))
+        elif name in _MS_COLUMNS:
+            out.append(_ticks(name, values, "ms"))
+        elif name in _S_COLUMNS:
+            out.append(_ticks(name, values, "s"))
+        else:
+            out.append(values.tolist() if isinstance(values, np.ndarray) else list(values))
+    return out, n
+
+
+class Store:
+    """The engine's only door to ClickHouse; created once per process (the server owns it)."""
+
+    def __init__(self, client: Client, *, dsn: str, database: str, retention_days: int, cluster: str | None) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._closed = False
+        self.dsn = _redact(dsn)
+        self.database = database
+        self.retention_days = retention_days
+        self.cluster = cluster or None
+        self.is_embedded = dsn.startswith("chdb:")
+        # Column types of the scans table, learned once after migrate(): it spares clickhouse-connect a
+        # DESCRIBE round trip on every insert (one more network hop per batch on a server).
+        self._scan_types: list[str] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        dsn: str,
+        *,
+        database: str = "vnqr",
+        retention_days: int = 28,
+        cluster: str | None = None,
+        connect_timeout: float = 10.0,
+        insert_timeout: float = 30.0,
+    ) -> Store:
+        """Open the store; raise :class:`StoreError` with the reason if it cannot be reached or opened."""
+        render_migrations(database, retention_days, cluster)  # validates names early, as a ConfigError
+        try:
+            if dsn.startswith("chdb:"):
+                path = Path(urlparse(dsn).path or ".")
+                path.mkdir(parents=True, exist_ok=True)
+                client = clickhouse_connect.get_client(dsn=dsn, tz_mode="aware")
+            elif dsn.startswith(("http://", "https://")):
+                client = clickhouse_connect.get_client(
+                    dsn=dsn,
+                    tz_mode="aware",
+                    # clickhouse-connect takes whole seconds and refuses 0
+                    connect_timeout=max(1, math.ceil(connect_timeout)),
+                    send_receive_timeout=max(1, math.ceil(insert_timeout)),
+                    # a session would pin every call to one server behind a load balancer and make concurrent
+                    # processes fail with "session is locked"; nothing here needs session state
+                    autogenerate_session_id=False,
+                )
+            else:
+                raise StoreError(f"store DSN must start with chdb://, http:// or https://, not {_redact(dsn)!r}")
+        except StoreError:
+            raise
+        except Exception as exc:
+            holder = _lock_holder(Path(urlparse(dsn).path)) if dsn.startswith("chdb:") else None
+            if holder is not None:
+                raise StoreError(
+                    f"the embedded store {urlparse(dsn).path} is in use by another process (PID {holder}); "
+                    "stop it, or go through its admin API"
+                ) from exc
+            raise StoreError(f"cannot open the store {_redact(dsn)}: {_short(exc)}") from exc
+        store = cls(client, dsn=dsn, database=database, retention_days=retention_days, cluster=cluster)
+        with contextlib.suppress(StoreError):
+            if store._call("check database", lambda: client.command(f"EXISTS DATABASE {database}")) == 1:
+                client.database = database  # unqualified names (FROM scans) work before migrate() too
+        return store
+
+    def close(self) -> None:
+        """Release the client (and, for chdb, the directory, so another directory can be opened after)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._client.close()
+
+    # -- schema --------------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded, then the configured retention; return what was applied.
+
+        Every statement is ``IF NOT EXISTS``, so a migration interrupted half-way is simply run again. The first
+        migration creates the bookkeeping table and is run every time (it must exist before we can ask it).
+        A changed ``retention_days`` is applied with ``ALTER ... MODIFY TTL`` and reported as
+        ``retention_days=N``.
+        """
+        db = self.database
+        migrations = render_migrations(db, self.retention_days, self.cluster)
+        applied: list[str] = []
+        with self._lock:
+            for stmt in migrations[0][1]:
+                self._run("migrate", lambda s=stmt: self._client.command(s))
+            done = {
+                r[0]
+                for r in self._run(
+                    "read migrations",
+                    lambda: self._client.query(f"SELECT name FROM {db}.schema_migrations").result_rows,
+                )
+            }
+            for name, statements in migrations:
+                if name in done:
+                    continue
+                for stmt in statements:
+                    self._run(f"migration {name}", lambda s=stmt: self._client.command(s))
+                self._run(
+                    f"record migration {name}",
+                    lambda n=name: self._client.command(
+                        f"INSERT INTO {db}.schema_migrations (name) VALUES ({{n:String}})", parameters={"n": n}
+                    ),
+                )
+                log.info("applied migration %s", name)
+                applied.append(name)
+            self._client.database = db
+            if self._current_retention() != self.retention_days:
+                for stmt in retention_statements(db, self.retention_days, self.cluster):
+                    self._run("change retention", lambda s=stmt: self._client.command(s))
+                applied.append(f"retention_days={self.retention_days}")
+            self._scan_types = None
+        return applied
+
+    def _current_retention(self) -> int | None:
+        """The TTL (days) on the scans table as ClickHouse reports it; caller holds the lock."""
+        local = f"{TTL_TABLES[0]}_local" if self.cluster else TTL_TABLES[0]
+        rows = self._run(
+            "read retention",
+            lambda: (
+                self._client.query(
+                    "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                    parameters={"db": self.database, "t": local},
+                ).result_rows
+            ),
+        )
+        found = _TTL_DAYS.search(rows[0][0]) if rows else None
+        return int(found.group(1)) if found else None
+
+    # -- writes --------------------------------------------------------------------------------------------
+    def insert_scans(self, columns: ScanColumns, *, dedup_token: str | None = None) -> int:
+        """Insert one batch column-wise into ``scans``; return the rows sent (a deduplicated replay counts too).
+
+        Path chosen: ``client.insert(column_oriented=True)`` (the Native format) with column types cached, over
+        ``insert_arrow``. Measured on chdb with 10k-row batches the two are within noise of each other (the
+        engine's own part write dominates), and Native is the one every ClickHouse version reads the same way:
+        Arrow leans on server-side conversions (FixedSizeBinary(16) to UUID, Int8 to Enum8) that older servers
+        lack. With ``dedup_token`` ClickHouse drops a block it has already seen with that token (within
+        ``non_replicated_deduplication_window``/``replicated_deduplication_window``), so replaying a WAL batch
+        after a crash is a no-op, and the materialized view's block is deduplicated with it.
+        """
+        data, n = _native_columns(columns)
+        if n == 0:
+            return 0
+        settings: dict[str, Any] = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
+        if dedup_token:
+            settings["insert_deduplication_token"] = dedup_token
+        if self.cluster:
+            # return only once every shard has its rows: the WAL checkpoint moves on this call's return
+            settings["insert_distributed_sync"] = 1
+        with self._lock:
+            if self._scan_types is None:
+                described = self._run(
+                    "describe scans",
+                    lambda: self._client.query(f"DESCRIBE TABLE {self.database}.scans").result_rows,
+                )
+                types = {r[0]: r[1] for r in described}
+                self._scan_types = [types[c] for c in SCAN_COLUMNS]
+            type_names = self._scan_types
+            self._run(
+                f"insert of {n} scans",
+                lambda: self._client.insert(
+                    "scans",
+                    data,
+                    column_names=list(SCAN_COLUMNS),
+                    database=self.database,
+                    column_type_names=type_names,
+                    column_oriented=True,
+                    settings=settings,
+                ),
+            )
+        return n
+
+    def upsert_device(self, device_id: str, public_key: bytes, *, revoked: bool = False, label: str = "") -> None:
+        """Write a device's new state; its first ``registered_at`` is kept, ``updated_at`` always moves forward.
+
+        The forward move (at least 1 ms past the previous version) matters: ReplacingMergeTree keeps the row with
+        the highest ``updated_at``, and a revoke that landed in the same millisecond as a register must win.
+        """
+        key = bytes(public_key)
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            prev = self._run(
+                "read device",
+                lambda: (
+                    self._client.query(
+                        f"SELECT toUnixTimestamp64Milli(min(registered_at)), toUnixTimestamp64Milli(max(updated_at)), "
+                        f"count() FROM {self.database}.devices WHERE device_id = {{d:String}}",
+                        parameters={"d": device_id},
+                    ).result_rows
+                ),
+            )
+            registered, updated = now_ms, now_ms
+            if prev and prev[0][2]:
+                registered, updated = int(prev[0][0]), max(now_ms, int(prev[0][1]) + 1)
+            self._run(
+                f"upsert of device {device_id}",
+                lambda: self._client.insert(
+                    "devices",
+                    [[device_id], [key], [label], [1 if revoked else 0], [registered], [updated]],
+                    column_names=["device_id", "public_key", "label", "revoked", "registered_at", "updated_at"],
+                    database=self.database,
+                    column_type_names=_DEVICE_TYPES,
+                    column_oriented=True,
+                ),
+            )
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def devices(self) -> list[DeviceRecord]:
+        """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
+        rows = self.query(
+            "SELECT device_id, argMax(public_key, updated_at), argMax(revoked, updated_at), "
+            "argMax(label, updated_at), min(registered_at), max(updated_at) "
+            f"FROM {self.database}.devices GROUP BY device_id ORDER BY device_id"
+        )
+        return [
+            DeviceRecord(
+                r[0], r[1] if isinstance(r[1], bytes) else str(r[1]).encode("latin-1"), bool(r[2]), r[3], r[4], r[5]
+            )
+            for r in rows
+        ]
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""
+        return self.query_columns(sql, parameters)[1]
+
+    def query_columns(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Like :meth:`query`, with the result's column names (for tables printed by the CLI)."""
+        with self._lock:
+            result = self._run("query", lambda: self._client.query(sql, parameters=parameters))
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """A statement with no result set (``OPTIMIZE``, ``ALTER``, ``SYSTEM``): for operators and tests."""
+        with self._lock:
+            return self._run("command", lambda: self._client.command(sql, parameters=parameters))
+
+    def ping(self) -> bool:
+        """True if ClickHouse answers ``SELECT 1``; never raises (readiness probes call it)."""
+        try:
+            with self._lock:
+                return bool(self._run("ping", lambda: self._client.command("SELECT 1")) == 1)
+        except Exception:
+            return False
+
+    def stats(self) -> dict[str, Any]:
+        """What an operator wants at a glance, JSON-ready. Counts are rows before merges: a retried scan not yet
+        collapsed counts twice; exact numbers would need FINAL, which is too heavy for a dashboard call."""
+        db = self.database
+        days = self.query(
+            f"SELECT toString(toDate(scanned_at)) AS day, count() FROM {db}.scans GROUP BY day ORDER BY day"
+        )
+        verdicts = self.query(f"SELECT toString(verdict), count() FROM {db}.scans GROUP BY verdict ORDER BY verdict")
+        rejects = self.query(
+            f"SELECT toString(verdict), toString(reason), count() AS n FROM {db}.scans WHERE verdict != 'ok' "
+            "GROUP BY verdict, reason ORDER BY n DESC LIMIT 50"
+        )
+        venues = self.query(
+            f"SELECT venue_id, count() AS n, uniq(person_key) FROM {db}.scans "
+            "WHERE scanned_at > now64(3) - INTERVAL 1 DAY GROUP BY venue_id ORDER BY n DESC LIMIT 10"
+        )
+        devices = self.devices()
+        return {
+            "store": "embedded" if self.is_embedded else "server",
+            "database": db,
+            "cluster": self.cluster or "",
+            "retention_days": self.retention_days,
+            "rows": sum(int(r[1]) for r in days),
+            "rows_per_day": [{"day": r[0], "rows": int(r[1])} for r in days],
+            "verdicts": {r[0]: int(r[1]) for r in verdicts},
+            "rejects": [{"verdict": r[0], "reason": r[1], "rows": int(r[2])} for r in rejects],
+            "top_venues_24h": [{"venue_id": r[0], "rows": int(r[1]), "people": int(r[2])} for r in venues],
+            "devices": len(devices),
+            "devices_revoked": sum(1 for d in devices if d.revoked),
+        }
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any) -> Any:
+        with self._lock:
+            return self._run(what, fn)
+
+    def _run(self, what: str, fn: Any) -> Any:
+        """Run one driver call (caller holds the lock); any driver failure becomes a StoreError that says what."""
+        if self._closed:
+            raise StoreError(f"{what}: the store is closed")
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{what} failed on {self.dsn}: {_short(exc)}") from exc
+
+
+__all__ = ["SCAN_COLUMNS", "DeviceRecord", "Store"]
