@@ -222,10 +222,11 @@ def overlaps(
 
 def rank(contacts: Iterable[Contact]) -> list[Contact]:
     """Longest total overlap first; then more encounters; then earliest; person key last for a stable order."""
-    for c in contacts:
+    out = list(contacts)
+    for c in out:
         c.encounters.sort(key=lambda e: (e.contact_start_ms, e.venue_id))
     return sorted(
-        contacts,
+        out,
         key=lambda c: (-c.total_overlap_min, -len(c.encounters), c.encounters[0].contact_start_ms, c.person_key),
     )
 
