@@ -435,16 +435,12 @@ class Store:
     def devices(self) -> list[DeviceRecord]:
         """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
         rows = self.query(
-            "SELECT device_id, argMax(public_key, updated_at), argMax(revoked, updated_at), "
+            "SELECT device_id, hex(argMax(public_key, updated_at)), argMax(revoked, updated_at), "
             "argMax(label, updated_at), min(registered_at), max(updated_at) "
             f"FROM {self.database}.devices GROUP BY device_id ORDER BY device_id"
         )
-        return [
-            DeviceRecord(
-                r[0], r[1] if isinstance(r[1], bytes) else str(r[1]).encode("latin-1"), bool(r[2]), r[3], r[4], r[5]
-            )
-            for r in rows
-        ]
+        # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not
+        return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""
