@@ -195,15 +195,22 @@ class StatsRing:
         self._points: deque[dict[str, Any]] = deque(maxlen=max(1, round(history_s / interval_s)))
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
 
-    def tick(self, mono: float | None = None, wall: float | None = None) -> dict[str, Any]:
-        """Sample now, derive against the oldest sample still inside the window, keep and publish the point."""
+    def tick(self, mono: float | None = None, wall: float | None = None) -> dict[str, Any] | None:
+        """Sample now, derive against the oldest sample still inside the window, keep and publish the point.
+
+        The very first sample only starts the window: a rate needs two readings, and a point of zeros would
+        draw a false dip at the start of every chart.
+        """
         sample = read_sample(
             self.metrics, time.monotonic() if mono is None else mono, time.time() if wall is None else wall
         )
         self._raw.append(sample)
-        # keep one sample at or just beyond the window edge so the window is always fully covered
-        while len(self._raw) > 2 and sample.mono - self._raw[1].mono >= self.window_s:
+        # the oldest sample kept is the one nearest ``window_s`` ago (half an interval of slack absorbs tick
+        # jitter, which would otherwise flip the span between window and window + interval)
+        while len(self._raw) > 2 and sample.mono - self._raw[1].mono >= self.window_s - self.interval_s / 2:
             self._raw.popleft()
+        if len(self._raw) < 2:
+            return None
         point = derive(self._raw[0], sample)
         self._points.append(point)
         for queue in self._subscribers:

@@ -44,8 +44,10 @@ CHROMIUM_FLAGS = (
 def test_rates_and_quantiles_over_the_window() -> None:
     m = Metrics()
     ring = StatsRing(m, interval_s=1.0, window_s=5.0)
-    first = ring.tick(mono=100.0, wall=1000.0)
-    assert first["accepted_per_s"] == 0 and first["verify_p99_ms"] is None and first["batch_size_mean"] is None
+    assert ring.tick(mono=100.0, wall=1000.0) is None  # one reading is no rate: the window starts here
+    idle = ring.tick(mono=101.0, wall=1001.0)
+    assert idle is not None and idle["accepted_per_s"] == 0
+    assert idle["verify_p99_ms"] is None and idle["batch_size_mean"] is None
 
     m.scans_acked.labels(verdict="ok").inc(50)
     m.scans_acked.labels(verdict="bad_signature").inc(10)
@@ -60,7 +62,7 @@ def test_rates_and_quantiles_over_the_window() -> None:
         m.batch_size.observe(size)
     point = ring.tick(mono=105.0, wall=1005.0)
 
-    assert point["t"] == 1005.0 and point["window_s"] == 5.0
+    assert point is not None and point["t"] == 1005.0 and point["window_s"] == 5.0
     assert point["scans_per_s"]["ok"] == 10.0 and point["scans_per_s"]["bad_signature"] == 2.0
     assert set(point["scans_per_s"]) == set(VERDICTS)
     assert point["accepted_per_s"] == 12.0
@@ -86,15 +88,16 @@ def test_window_slides_and_old_activity_ages_out() -> None:
     assert steady is not None and steady["scans_per_s"]["ok"] == 20.0 and steady["window_s"] == 5.0
     # traffic stops: after one full window without increments the rate and the quantile are gone
     points = [ring.tick(mono=float(second), wall=1000.0 + second) for second in range(10, 16)]
+    assert all(p is not None for p in points)
     assert points[0]["scans_per_s"]["ok"] == 16.0  # 4 of the 5 window seconds still had traffic
     assert points[-1]["scans_per_s"]["ok"] == 0.0 and points[-1]["verify_p99_ms"] is None
-    assert len(ring.history()) == 16
+    assert len(ring.history()) == 15  # every tick but the first made a point
     for second in range(16, 60):
         ring.tick(mono=float(second), wall=1000.0 + second)
     assert len(ring.history()) == 30 and ring.history()[0]["t"] == 1030.0
 
 
-def test_gauges_are_refreshed_from_their_owners_and_counter_resets_do_not_go_negative() -> None:
+def test_gauges_are_refreshed_from_their_owners() -> None:
     m = Metrics()
     live = {"queue": 7, "records": 3}
     m.on_scrape(lambda: (m.queue_depth.set(live["queue"]), m.wal_backlog_records.set(live["records"])))
@@ -107,6 +110,7 @@ def test_gauges_are_refreshed_from_their_owners_and_counter_resets_do_not_go_neg
     m.cache_hits.set(130)
     live["queue"] = 11
     p = ring.tick(mono=1.0, wall=1.0)
+    assert p is not None
     assert p["queue_scans"] == 11 and p["wal_backlog_records"] == 3 and p["store_up"] is True
     assert p["cache_hit_rate"] == 0.9  # over the window (90 of 100), not since start (130 of 200)
 
@@ -132,11 +136,11 @@ def test_histogram_quantile_edges() -> None:
 async def test_subscribers_get_each_point_and_are_told_to_stop() -> None:
     ring = StatsRing(Metrics())
     queue = ring.subscribe()
-    ring.tick(mono=0.0, wall=0.0)
-    ring.tick(mono=1.0, wall=1.0)
-    assert [(await queue.get())["t"] for _ in range(2)] == [0.0, 1.0]  # type: ignore[index]
+    for second in range(3):
+        ring.tick(mono=float(second), wall=float(second))
+    assert [(await queue.get())["t"] for _ in range(2)] == [1.0, 2.0]  # type: ignore[index]
     for i in range(40):  # a reader that stalls keeps only the newest points
-        ring.tick(mono=2.0 + i, wall=2.0 + i)
+        ring.tick(mono=3.0 + i, wall=3.0 + i)
     assert queue.qsize() == 16
     ring.close_streams()
     items = [queue.get_nowait() for _ in range(queue.qsize())]
@@ -159,10 +163,8 @@ def test_metric_docs_and_grafana_board_match_the_registry() -> None:
     assert board["uid"] and board["schemaVersion"] >= 36 and board["title"]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    exported_samples = set()
-    for name, kind in families.items():
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}[kind]
-        exported_samples.update(name + s for s in suffixes)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    family_of = {name + sfx: name for name, kind in families.items() for sfx in suffixes[kind]}
     used: set[str] = set()
     ids = set()
     for panel in board["panels"]:
@@ -176,11 +178,29 @@ def test_metric_docs_and_grafana_board_match_the_registry() -> None:
             assert target["datasource"]["uid"] == "${datasource}"
             names = set(re.findall(r"\bengine_[a-z_]+", target["expr"]))
             assert names, target["expr"]
-            unknown = names - exported_samples
+            unknown = names - set(family_of)
             assert not unknown, f"panel {panel['title']!r} queries unknown series {unknown}"
             used |= names
-    # every family appears on the board somewhere
-    assert {n for n in families if not any(u.startswith(n) for u in used)} == set()
+    assert set(families) - {family_of[u] for u in used} == set(), "families missing from the Grafana board"
+
+
+def test_every_promql_expression_parses() -> None:
+    """The board's queries and the alert examples in docs/metrics.md are valid PromQL (a real parser, the
+    Rust one Prometheus-compatible databases use), so an operator can paste them as they are."""
+    promql = pytest.importorskip("promql_parser", reason="pip install promql-parser (a dev dependency)")
+    board = json.loads((ROOT / "grafana" / "engine-dashboard.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 20
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    # inline code that is a query (calls a function); a <placeholder> for a setting becomes a number
+    alerts = [re.sub(r"<[a-z_ ]+>", "1e9", c) for c in re.findall(r"`([^`\n]+)`", doc) if "engine_" in c and "(" in c]
+    assert len(alerts) > 15
+    for expr in exprs + alerts:
+        concrete = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+        try:
+            promql.parse(concrete)
+        except ValueError as exc:
+            raise AssertionError(f"not valid PromQL: {expr!r}: {exc}") from None
 
 
 # -- a real engine under load ------------------------------------------------------------------------------
@@ -351,6 +371,7 @@ async def chromium_page(binary: str, url: str, profile: Path) -> AsyncIterator[D
 
 
 READ_PAGE = """(() => {
+  if (!window.dashboard) return null;  // still loading
   const tile = (k) => {
     const n = document.querySelector(`[data-metric="${k}"]`);
     return {text: n.textContent, value: n.dataset.value};
@@ -380,7 +401,7 @@ async def test_dashboard_in_headless_chromium(loaded_engine: tuple[str, Any, Loa
         seen: dict[str, Any] = {}
 
         async def page_shows_traffic() -> bool:
-            seen.update(await page.evaluate(READ_PAGE))
+            seen.update(await page.evaluate(READ_PAGE) or {"connected": False})
             return bool(
                 seen["connected"]
                 and float(seen["accepted"]["value"] or 0) > 0
@@ -402,6 +423,8 @@ async def test_dashboard_in_headless_chromium(loaded_engine: tuple[str, Any, Loa
         before = seen["updates"]
         await wait_until(lambda: _updates_after(page, before), timeout=10, interval=0.25)
 
+        # a dozen seconds of history so the picture in the README shows a chart rather than a first tick
+        await wait_until(lambda: _chart_points(page, "chart-scans", 12), timeout=30, interval=0.5)
         metrics = await page.call("Page.getLayoutMetrics")
         size = metrics["cssContentSize"]
         shot = await page.call(
@@ -420,3 +443,7 @@ async def test_dashboard_in_headless_chromium(loaded_engine: tuple[str, Any, Loa
 
 async def _updates_after(page: DevTools, before: int) -> bool:
     return int(await page.evaluate("window.dashboard.updates")) > before
+
+
+async def _chart_points(page: DevTools, chart: str, at_least: int) -> bool:
+    return int(await page.evaluate(f"+(document.getElementById('{chart}').dataset.points || 0)")) >= at_least

@@ -201,7 +201,7 @@
       renderTiles(pts[pts.length - 1]);
       for (const c of charts) c.render(pts);
       if (pts.length) {
-        document.getElementById("window").textContent = num(pts[pts.length - 1].window_s);
+        document.getElementById("window").textContent = String(Math.round(pts[pts.length - 1].window_s));
         const span = pts[pts.length - 1].t - pts[0].t;
         document.getElementById("span").textContent = span >= 120 ? Math.round(span / 60) + " min" : Math.round(span) + " s";
       }
