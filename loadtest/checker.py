@@ -102,7 +102,9 @@ def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]
 
     store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}", database=database)
     try:
-        rows = store.query("SELECT toString(scan_id), toString(verdict), count() FROM scans GROUP BY 1, 2")
+        rows = store.query(
+            f"SELECT toString(scan_id), toString(verdict), count() FROM {store.database}.scans GROUP BY 1, 2"
+        )
     finally:
         store.close()
     out: dict[str, list[str]] = {}
@@ -110,6 +112,21 @@ def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]
         label = VERDICTS[int(verdict)] if str(verdict).isdigit() else str(verdict)
         out.setdefault(str(sid), []).extend([label] * int(n))
     return out
+
+
+def wal_backlog(data_dir: Path) -> int:
+    """Records still in the stopped engine's WAL: acknowledged but not drained (tells a slow drain from a loss)."""
+    from engine.wal import WriteAheadLog
+
+    wal_dir = data_dir / "wal"
+    if not wal_dir.exists():
+        return 0
+    wal = WriteAheadLog(wal_dir)
+    wal.open()
+    try:
+        return wal.backlog_records
+    finally:
+        wal.close()
 
 
 @dataclass
@@ -123,6 +140,7 @@ class Report:
     phantoms: list[str]
     unacked_stored: int
     confusion: Counter[tuple[str, str]]
+    wal_backlog_records: int = 0
 
     @property
     def ok(self) -> bool:
@@ -154,6 +172,7 @@ class Report:
             "duplicates": len(self.duplicates),
             "mismatched": len(self.mismatched),
             "phantoms": len(self.phantoms),
+            "wal_records_not_drained": self.wal_backlog_records,
             "answer_mismatches": s.answer_mismatches,
             "generator_conflicts": s.conflicts,
             "confusion": {f"{e}->{g}": n for (e, g), n in sorted(self.confusion.items())},
@@ -168,7 +187,7 @@ class Report:
         }
 
 
-def check(sent: Sent, stored: dict[str, list[str]]) -> Report:
+def check(sent: Sent, stored: dict[str, list[str]], wal_backlog_records: int = 0) -> Report:
     confusion: Counter[tuple[str, str]] = Counter()
     lost, duplicates, mismatched, phantoms = [], [], [], []
     for sid, expected in sent.acked.items():
@@ -203,6 +222,7 @@ def check(sent: Sent, stored: dict[str, list[str]]) -> Report:
         phantoms=phantoms,
         unacked_stored=unacked_stored,
         confusion=confusion,
+        wal_backlog_records=wal_backlog_records,
     )
 
 
@@ -224,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, required=True, help="the stopped engine's data directory")
     ap.add_argument("--database", default="vnqr")
     args = ap.parse_args(argv)
-    report = check(load_results(args.results_dir), stored_scans(args.data_dir, args.database))
+    report = check(
+        load_results(args.results_dir), stored_scans(args.data_dir, args.database), wal_backlog(args.data_dir)
+    )
     print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     print(format_confusion(report.confusion))
     return 0 if report.ok else 1

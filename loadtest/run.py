@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.payload import b64url_encode  # noqa: E402
-from loadtest.checker import check, format_confusion, load_results, stored_scans  # noqa: E402
-from loadtest.scenario import Keyring  # noqa: E402
+from loadtest.checker import check, format_confusion, load_results, stored_scans, wal_backlog  # noqa: E402
+from loadtest.scenario import BASE_PEAK_USERS, Keyring  # noqa: E402
 
 HOST = "127.0.0.1"
 LOCUST_FILE = ROOT / "loadtest" / "locustfile.py"
@@ -210,7 +210,8 @@ def print_summary(summary: dict[str, Any], confusion: str) -> None:
     print(f"throughput          {ck['acknowledged_scans_per_s']} acknowledged scans/s over {ck['span_s']} s")
     print(
         f"LOST {ck['lost']}   DUPLICATES {ck['duplicates']}   MISMATCHED {ck['mismatched']}   "
-        f"PHANTOMS {ck['phantoms']}   ANSWER MISMATCHES {ck['answer_mismatches']}"
+        f"PHANTOMS {ck['phantoms']}   ANSWER MISMATCHES {ck['answer_mismatches']}   "
+        f"(WAL records not drained at exit: {ck['wal_records_not_drained']})"
     )
     print(confusion)
     print("RESULT: " + ("PASS" if summary["ok"] else "FAIL"))
@@ -234,7 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"the run must last 1..{MAX_RUN_S} seconds")
     if args.users < 1 or args.workers < 0 or args.peak_factor <= 0:
         ap.error("--users >= 1, --workers >= 0 and --peak-factor > 0 please")
-    peak_users = round(20 * args.peak_factor) if args.shape == "morning" else args.users
+    peak_users = round(BASE_PEAK_USERS * args.peak_factor) if args.shape == "morning" else args.users
     args.devices = args.devices or max(1, peak_users)
     args.duration = duration
     return args
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load test not carried out: {exc}", file=sys.stderr)
         return 2
     engine_exit = engine.stop()
-    report = check(load_results(run_dir / "results"), stored_scans(data_dir))
+    report = check(load_results(run_dir / "results"), stored_scans(data_dir), wal_backlog(data_dir))
     summary = {
         "run_dir": str(run_dir),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -11,6 +11,9 @@ are scanned many times a day while most are scanned once or twice, so the person
 follows a Zipf law. The rest are the things the field actually shows: expired and not-yet-valid codes,
 edited screenshots (bad signature), codes from unknown or revoked issuer keys, revoked codes, legacy
 unsigned codes, citizen ID card (CCCD) codes, and text that is not a code at all.
+
+The morning-peak curve (``users_at``) lives here too, free of Locust imports, so the test suite can check it
+without letting gevent monkey-patch the test process; ``shapes.py`` wraps it in a ``LoadTestShape``.
 """
 
 from __future__ import annotations
@@ -278,3 +281,31 @@ def require_loopback(url: str) -> None:
         loopback = host in LOOPBACK_NAMES
     if not loopback:
         raise ValueError(f"refusing to load {url!r}: the load test only targets 127.0.0.1 / localhost")
+
+
+# -- the morning peak (locust-free, so tests can check it without gevent's monkey-patching) ------------
+MAX_DURATION_S = 3600
+BASE_PEAK_USERS = 20
+
+# Morning shape: (end of phase as a fraction of the duration, users at the end as a fraction of the peak)
+PHASES: tuple[tuple[float, float], ...] = (
+    (0.20, 0.50),  # ramp: venues open, scanners come online
+    (0.45, 0.50),  # plateau: steady arrivals
+    (0.55, 1.00),  # burst: offices and schools open at once
+    (0.65, 1.00),  # the burst holds briefly
+    (1.00, 0.15),  # decline
+)
+
+
+def users_at(t: float, duration: float, peak_users: int) -> int | None:
+    """Users wanted ``t`` seconds in; None once the morning is over (Locust then stops the test)."""
+    if t >= duration:
+        return None
+    start_frac, start_users = 0.0, 0.0
+    for end_frac, end_users in PHASES:
+        if t < end_frac * duration:
+            span = (end_frac - start_frac) * duration
+            share = start_users + (end_users - start_users) * (t - start_frac * duration) / span
+            return max(1, round(share * peak_users))
+        start_frac, start_users = end_frac, end_users
+    return None

@@ -8,21 +8,15 @@ scales time; the duration is capped so a mistyped number cannot leave a load tes
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from locust import LoadTestShape, events
 
-MAX_DURATION_S = 3600
-BASE_PEAK_USERS = 20
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# (end of phase as a fraction of the duration, users at the end as a fraction of the peak)
-PHASES: tuple[tuple[float, float], ...] = (
-    (0.20, 0.50),  # ramp: venues open, scanners come online
-    (0.45, 0.50),  # plateau: steady arrivals
-    (0.55, 1.00),  # burst: offices and schools open at once
-    (0.65, 1.00),  # the burst holds briefly
-    (1.00, 0.15),  # decline
-)
+from loadtest.scenario import BASE_PEAK_USERS, MAX_DURATION_S, users_at
 
 
 @events.init_command_line_parser.add_listener
@@ -41,20 +35,6 @@ def _arguments(parser: Any) -> None:
         default=120.0,
         help=f"total seconds of the morning shape (at most {MAX_DURATION_S})",
     )
-
-
-def users_at(t: float, duration: float, peak_users: int) -> int | None:
-    """Users wanted ``t`` seconds in; None once the morning is over (Locust then stops the test)."""
-    if t >= duration:
-        return None
-    start_frac, start_users = 0.0, 0.0
-    for end_frac, end_users in PHASES:
-        if t < end_frac * duration:
-            span = (end_frac - start_frac) * duration
-            share = start_users + (end_users - start_users) * (t - start_frac * duration) / span
-            return max(1, round(share * peak_users))
-        start_frac, start_users = end_frac, end_users
-    return None
 
 
 class MorningPeak(LoadTestShape):
