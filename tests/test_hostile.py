@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
+import socket
 import time
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from engine.client import make_scan, sign_request
 from engine.errors import TrustListError
 from engine.payload import DOMAIN, Person, b64url_encode, key_id, key_id_text, mint
 from engine.trust import TrustList, TrustTable
 from engine.verdicts import Verdict
 from engine.verify import CodeBatch, PyVerifier
 from engine.verify import CVerifier as _CVerifier
+from harness import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
 
 # -- a minimal Edwards25519, only to *construct* hostile inputs and to model a permissive verifier ------------
 P = 2**255 - 19
@@ -231,3 +238,227 @@ def _trusted(public: bytes, now: int) -> Any:
     from engine.trust import TrustedKey
 
     return TrustedKey(key_id(public), "hostile", public, now - 86_400, now + 86_400)
+
+
+# -- the HTTP envelope, through a real engine process ----------------------------------------------------------
+class Live:
+    """One real engine for the module (the fuzzers send thousands of requests; restarting per test is waste)."""
+
+    def __init__(self, proc: EngineProcess, fx: Fixture) -> None:
+        self.proc, self.fx = proc, fx
+
+    def send(self, body: bytes, *, content_type: str = "application/json", sign: bool = True) -> tuple[int, Any]:
+        headers = sign_request(self.fx.device, DEVICE_ID, "POST", "/v1/scans", body) if sign else {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        conn = http.client.HTTPConnection("127.0.0.1", self.proc.port, timeout=30)
+        try:
+            conn.request("POST", "/v1/scans", body, headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            return resp.status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return resp.status, raw
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    fx = make_fixture(tmp_path_factory.mktemp("hostile"))
+    env = {
+        "ENGINE_DEVICE_RATE": "100000",
+        "ENGINE_DEVICE_BURST": "100000",
+        "ENGINE_VERIFY_THREADS": "2",
+        "ENGINE_BATCH_AGE_MS": "1",
+        "ENGINE_MAX_SCANS_PER_REQUEST": "100",
+        "ENGINE_MAX_BODY_BYTES": "262144",
+    }
+    proc = EngineProcess(fx.data_dir, **env).start()
+    try:
+        proc.post_json("/v1/admin/devices", device_registration(fx), admin_headers(fx.data_dir))
+        yield Live(proc, fx)
+    finally:
+        proc.terminate()
+
+
+COUNTS: dict[str, int] = {}
+
+
+def _check_answer(status: int, answer: Any, n_items: int | None) -> None:
+    assert status in (202, 400, 413), (status, answer)
+    assert isinstance(answer, dict), answer
+    if status == 202:
+        assert n_items is not None and len(answer["results"]) == n_items
+        for i, r in enumerate(answer["results"]):
+            assert r["index"] == i and r["status"] in ("stored", "duplicate", "rejected")
+            assert ("error" in r) == (r["status"] == "rejected")
+            assert r["status"] == "rejected" or r["verdict"]
+    else:
+        assert answer["error"] and answer["message"]
+    COUNTS[str(status)] = COUNTS.get(str(status), 0) + 1
+
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+json_value = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12
+)
+NOW_MS = int(time.time() * 1000)
+item = st.fixed_dictionaries(
+    {},
+    optional={
+        "scan_id": st.one_of(st.uuids().map(str), st.text(max_size=40), json_leaf),
+        "qr": st.one_of(st.text(max_size=300), st.sampled_from(["", "x" * 2100, "a|b|c|0|Q|VS1.a.b.c.d"]), json_leaf),
+        "venue_id": st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True), st.text(max_size=70), json_leaf),
+        "direction": st.one_of(st.sampled_from(["in", "out", "IN", ""]), json_leaf),
+        "scanned_at": st.one_of(
+            st.integers(NOW_MS - 40 * 86_400_000, NOW_MS + 10**6),
+            st.datetimes().map(lambda d: d.isoformat()),
+            json_leaf,
+        ),
+        "extra": json_value,
+    },
+)
+envelope = st.one_of(
+    json_value,
+    st.fixed_dictionaries(
+        {"scans": st.one_of(st.lists(st.one_of(item, json_value), max_size=12), json_value)},
+        optional={"device_id": st.one_of(st.just(DEVICE_ID), st.text(max_size=10), json_leaf)},
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(doc=envelope)
+def test_fuzzed_envelopes_get_a_specific_answer(live: Live, doc: Any) -> None:
+    status, answer = live.send(orjson.dumps(doc))
+    scans = doc.get("scans") if isinstance(doc, dict) else None
+    _check_answer(status, answer, len(scans) if isinstance(scans, list) else None)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=st.binary(max_size=400))
+def test_fuzzed_raw_bodies_get_a_specific_answer(live: Live, raw: bytes) -> None:
+    status, answer = live.send(raw)
+    assert status in (202, 400), (status, answer)
+    _check_answer(status, answer, len(orjson.loads(raw)["scans"]) if status == 202 else None)
+
+
+def test_fuzz_counts_are_reported(live: Live) -> None:
+    print(f"\n[hostile] envelope fuzzing: {sum(COUNTS.values())} requests, answers by status {COUNTS}; 5xx: 0")
+
+
+def test_oversized_deep_and_huge_bodies(live: Live) -> None:
+    big = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan("x" * 2000, "v")] * 200})
+    assert len(big) > 262_144
+    status, answer = live.send(big)
+    assert status == 413 and answer["error"], answer
+    timings = {}
+    for name, body in {
+        "nested_list": b"[" * 100_000 + b"]" * 100_000,
+        "nested_object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "nested_in_scans": b'{"device_id":"' + DEVICE_ID.encode() + b'","scans":[' + b"[" * 5000 + b"]" * 5001 + b"}",
+        "huge_number": b'{"device_id":"' + DEVICE_ID.encode() + b'","scans":[{"scanned_at":' + b"9" * 100_000 + b"}]}",
+        "many_items": orjson.dumps({"device_id": DEVICE_ID, "scans": [{}] * 101}),
+        "long_strings": orjson.dumps({"device_id": DEVICE_ID, "scans": ["y" * 200_000]}),
+    }.items():
+        t0 = time.perf_counter()
+        status, answer = live.send(body)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        # a specific refusal of the envelope, or a 202 that rejects the item with its reason
+        assert status in (400, 413) or (status == 202 and answer["rejected"] == 1), (name, status, answer)
+        assert timings[name] < 5, timings  # bounded: a generous ceiling, not a benchmark
+    print(f"\n[hostile] oversized/deep/huge bodies answered 400/413; seconds each: {timings}")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", ""],
+)
+def test_wrong_content_types_are_400(live: Live, content_type: str) -> None:
+    body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(live.fx.code(1), "v")]})
+    status, answer = live.send(body, content_type=content_type)
+    assert status == 400 and "Content-Type" in answer["message"], answer
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_clients_cost_bounded_memory_and_do_not_block_others(live: Live) -> None:
+    """Slowloris: 200 sockets trickling headers byte by byte; others are still served, memory stays flat."""
+    assert live.proc.proc is not None
+    pid = live.proc.proc.pid
+    base = _rss_kib(pid)
+    socks = []
+    head = b"POST /v1/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Pad: "
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", live.proc.port), timeout=5)
+        socks.append(s)
+    t_end = time.monotonic() + 3
+    pos = 0
+    served = 0
+    while time.monotonic() < t_end:
+        for s in socks:
+            s.send(head[pos % len(head) : pos % len(head) + 1] if pos < len(head) else b"a")
+        pos += 1
+        body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(live.fx.code(2), "v")]})
+        status, _answer = live.send(body)  # an honest device is served while they trickle
+        assert status == 202
+        served += 1
+        time.sleep(0.05)
+    peak = _rss_kib(pid)
+    for s in socks:
+        s.close()
+    assert peak - base < 64 * 1024, (base, peak)
+    print(
+        f"\n[hostile] slowloris: 200 trickling sockets x {pos} bytes; {served} honest requests served; "
+        f"RSS {base // 1024} -> {peak // 1024} MiB"
+    )
+
+
+def test_slow_body_is_cut_off_by_a_read_timeout(live: Live) -> None:
+    """A client that sends headers, then the body one byte at a time, must not hold a handler forever.
+
+    aiohttp has no body read timeout of its own (its keep-alive timer only closes *idle* connections), and
+    ``request.read()`` in engine/api.py waits as long as bytes keep coming: each such socket pins a handler
+    and its buffer indefinitely. Expected: the engine answers 408 (or closes) within a bounded time.
+    """
+    body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(live.fx.code(3), "v")]})
+    headers = sign_request(live.fx.device, DEVICE_ID, "POST", "/v1/scans", body)
+    head = "POST /v1/scans HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    s = socket.create_connection(("127.0.0.1", live.proc.port), timeout=1)
+    s.sendall(head.encode())
+    cut_after = None
+    t0 = time.monotonic()
+    try:
+        for b in body:
+            if time.monotonic() - t0 > 10:
+                break
+            try:
+                s.send(bytes([b]))
+                s.settimeout(0.5)
+                got = s.recv(4096)
+                cut_after = time.monotonic() - t0
+                assert got == b"" or got.startswith(b"HTTP/1.1 408") or got.startswith(b"HTTP/1.1 4"), got[:80]
+                break
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                cut_after = time.monotonic() - t0
+                break
+    finally:
+        s.close()
+    assert cut_after is not None and cut_after < 10, "a byte-by-byte body held its handler for 10 s and more"
+    print(f"\n[hostile] slow body cut after {cut_after:.1f} s")
