@@ -300,8 +300,8 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 2000\nevent: history\ndata: " + orjson.dumps(ring.history()) + b"\n\n")
         while (point := await queue.get()) is not None:
             await response.write(b"event: stats\ndata: " + orjson.dumps(point) + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the page went away or the engine is stopping; either way this stream is done
+    except ConnectionResetError:
+        pass  # the page went away; nothing to answer
     finally:
         ring.unsubscribe(queue)
     return response
@@ -314,6 +314,14 @@ def _static(name: str, content_type: str) -> web.Response:
 
 async def dashboard_page(request: web.Request) -> web.Response:
     return _static("dashboard.html", "text/html")
+
+
+async def dashboard_slash(request: web.Request) -> web.Response:
+    """``/dashboard/`` would resolve the page's relative asset URLs one level too deep: send it to ``/dashboard``.
+
+    The location is relative so it also works behind a proxy that mounts the engine under a path prefix.
+    """
+    raise web.HTTPFound("../dashboard")
 
 
 async def dashboard_asset(request: web.Request) -> web.Response:
@@ -329,6 +337,7 @@ def setup(app: web.Application, *, interval_s: float = 1.0, window_s: float = 5.
     app.cleanup_ctx.append(_stats_ctx)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/dashboard/", dashboard_slash)
     app.router.add_get("/dashboard/{name}", dashboard_asset)
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/v1/stats/stream", stats_stream)

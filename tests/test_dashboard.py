@@ -299,7 +299,22 @@ async def test_stats_endpoint_and_stream_follow_the_load(loaded_engine: tuple[st
                 assert r.status == 200 and r.content_type == ctype
         async with http.get(url + "/dashboard/..%2Fdashboard.py") as r:
             assert r.status == 404
+        async with http.get(url + "/dashboard/", allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "../dashboard"
     assert ring.latest()["duplicate_per_s"] > 0 or load.sent > 0
+
+
+async def test_open_streams_do_not_hold_up_shutdown(tmp_path: Path, aiohttp_server: Any) -> None:
+    """A dashboard left open must not make a SIGTERM wait for the full shutdown timeout: on_shutdown ends it."""
+    fx = make_fixture(tmp_path / "engine")
+    server = await aiohttp_server(create_app(engine_config(fx.data_dir)), shutdown_timeout=60.0)
+    async with aiohttp.ClientSession() as http, http.get(str(server.make_url("/v1/stats/stream"))) as r:
+        assert (await r.content.readline()).startswith(b"retry:")
+        closing = asyncio.create_task(server.close())
+        rest = await asyncio.wait_for(r.content.read(), 30)  # returns at end of stream, not at the timeout
+        await asyncio.wait_for(closing, 30)
+    assert b"event: history" in rest
+    assert server.app[STATS]._subscribers == set()
 
 
 # -- the page in real headless Chromium ---------------------------------------------------------------------
