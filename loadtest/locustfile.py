@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,6 +62,13 @@ def _arguments(parser: Any) -> None:
         type=int,
         default=1,
         help="number of worker processes, so workers take disjoint devices from the keys file",
+    )
+    parser.add_argument(
+        "--max-wait",
+        env_var="LOADTEST_MAX_WAIT",
+        type=float,
+        default=1.0,
+        help="a device waits between max/5 and max seconds between uploads (lower = more load per device)",
     )
 
 
@@ -129,7 +136,6 @@ class Scanner(FastHttpUser):
     """One venue scanner with its own registered Ed25519 device key."""
 
     host = DEFAULT_HOST
-    wait_time = between(0.2, 1.0)
     connection_timeout = 10.0
     network_timeout = 60.0
     abstract = False
@@ -152,6 +158,10 @@ class Scanner(FastHttpUser):
         self.rng = random.Random()
         self.last: tuple[list[dict[str, Any]], list[str]] | None = None
         self.pending: tuple[str, list[dict[str, Any]], list[str]] | None = None
+
+    def wait_time(self) -> float:
+        longest = max(0.0, float(self.environment.parsed_options.max_wait))
+        return self.rng.uniform(longest / 5, longest)
 
     # -- tasks ----------------------------------------------------------------------------------------------
     @task(20)

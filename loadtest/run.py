@@ -122,7 +122,7 @@ def locust_commands(args: argparse.Namespace, url: str, run_dir: Path) -> list[l
     files = f"{LOCUST_FILE},{SHAPE_FILE}" if args.shape == "morning" else str(LOCUST_FILE)
     common = [sys.executable, "-m", "locust", "-f", files, "--host", url, "--loglevel", "WARNING"]
     common += ["--keys-file", str(run_dir / "keys.json"), "--results-dir", str(run_dir / "results")]
-    common += ["--device-stride", str(max(1, args.workers))]
+    common += ["--device-stride", str(max(1, args.workers)), "--max-wait", str(args.max_wait)]
     driver = ["--headless", "--csv", str(run_dir / "locust"), "--html", str(run_dir / "report.html")]
     driver += ["--stop-timeout", "15", "--only-summary"]
     if args.shape == "morning":
@@ -223,6 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--users", type=int, default=10, help="simulated scanners (flat shape)")
     ap.add_argument("--spawn-rate", type=float, default=5.0)
     ap.add_argument("--run-time", type=int, default=30, help="seconds of load (flat shape)")
+    ap.add_argument("--max-wait", type=float, default=1.0, help="seconds a device waits between uploads, at most")
     ap.add_argument("--devices", type=int, default=0, help="devices to register; default: enough for every user")
     ap.add_argument("--shape", choices=("flat", "morning"), default="flat")
     ap.add_argument("--peak-factor", type=float, default=1.0, help="morning shape: peak = 20 users x factor")
