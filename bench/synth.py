@@ -32,7 +32,13 @@ SCANS_PER_PERSON_MONTH = 50  # ~1 visit a day, most with an entry and an exit
 PEOPLE_PER_VENUE = 40
 AREA_VENUES = 100  # venues per neighbourhood: people shop near home
 MISSING_EXIT = 0.15
-UNVERIFIED = (("unsigned_code", "unsigned", 0.015), ("id_card", "id_card", 0.01), ("expired", "signed", 0.005))
+#: (verdict, code kind, share of people): ~3% of people show a code that cannot be verified
+UNVERIFIED_CLASSES = (
+    ("ok", "signed", 0.97),
+    ("unsigned_code", "unsigned", 0.015),
+    ("id_card", "id_card", 0.01),
+    ("expired", "signed", 0.005),
+)
 
 
 @dataclass
@@ -62,7 +68,9 @@ class World:
         rng.shuffle(self._popularity)  # popular venues are spread over areas, not all in area 0
         areas = max(1, self.venues // AREA_VENUES)
         self.home_area = rng.integers(0, areas, self.people)
-        self.workplace = rng.choice(self.venues, self.people, p=self._popularity)
+        # employers are less skewed than shoppers' favourites: a hot mall is not everyone's office
+        jobs = 1.0 / ranks**0.6
+        self.workplace = rng.choice(self.venues, self.people, p=jobs / jobs.sum())
         # three shops in the home area, chosen by popularity within it
         local = rng.random((self.people, 3)) ** 2  # skewed towards the area's first (busiest) venues
         span = np.minimum(AREA_VENUES, self.venues)
@@ -70,6 +78,8 @@ class World:
             self.home_area[:, None] * AREA_VENUES + (local * span).astype(np.int64), self.venues - 1
         )
         self.works = rng.random(self.people) < 0.6
+        shares = np.array([c[2] for c in UNVERIFIED_CLASSES])
+        self.code_class = rng.choice(len(shares), self.people, p=shares / shares.sum())
         self.activity = rng.gamma(2.0, 0.5, self.people)  # some people go out far more than others
         self._activity_p = self.activity / self.activity.sum()
         self._keys = np.frombuffer(
@@ -97,7 +107,7 @@ class World:
             done += n
 
     def _chunk(self, rng: np.random.Generator, n: int, day_from: float, day_to: float) -> dict[str, Any]:
-        visits = int(n / (2 - MISSING_EXIT)) + 8
+        visits = int(n / (2 - MISSING_EXIT) * 1.05) + 16  # enough visits to fill n scans whatever is drawn
         person = rng.choice(self.people, visits, p=self._activity_p)
         day = np.floor(rng.uniform(day_from, day_to, visits)).astype(np.int64).clip(0, self.days - 1)
         weekday = (day + 3) % 7 < 5  # the epoch day 0 was a Thursday
@@ -114,19 +124,22 @@ class World:
         t_in = self.start_ms + day * DAY_MS + arrive.astype(np.int64)
         t_out = t_in + dwell.clip(60_000, 11 * HOUR_MS).astype(np.int64)
         has_out = rng.random(visits) >= MISSING_EXIT
-        who = np.concatenate([person, person[has_out]])[:n]
-        where = np.concatenate([venue, venue[has_out]])[:n]
-        at = np.concatenate([t_in, t_out[has_out]])[:n]
-        direction = np.concatenate([np.zeros(visits, np.int8), np.ones(int(has_out.sum()), np.int8)])[:n]
+        # keep whole visits up to n scans; if one scan is left over, the next visit has no exit
+        cum = np.cumsum(1 + has_out)
+        k = int(np.searchsorted(cum, n, side="right"))
+        if k < visits and (cum[k - 1] if k else 0) < n:
+            has_out[k] = False
+            k += 1
+        person, venue, t_in, t_out, has_out = person[:k], venue[:k], t_in[:k], t_out[:k], has_out[:k]
+        who = np.concatenate([person, person[has_out]])
+        where = np.concatenate([venue, venue[has_out]])
+        at = np.concatenate([t_in, t_out[has_out]])
+        direction = np.concatenate([np.zeros(k, np.int8), np.ones(int(has_out.sum()), np.int8)])
         m = len(who)
-        verdict = np.array(["ok"] * m, dtype=object)
-        kind = np.array(["signed"] * m, dtype=object)
-        u = rng.random(m)
-        edge = 0.0
-        for label, code_kind, share in UNVERIFIED:
-            sel = (u >= edge) & (u < edge + share)
-            verdict[sel], kind[sel] = label, code_kind
-            edge += share
+        # a person shows the same kind of code at every venue: most a signed one, a few an unsigned one or a card
+        cls = self.code_class[who]
+        verdict = np.array([v for v, _k, _s in UNVERIFIED_CLASSES], dtype=object)[cls]
+        kind = np.array([k for _v, k, _s in UNVERIFIED_CLASSES], dtype=object)[cls]
         ids = rng.bytes(16 * m)
         keys = self._keys[who]
         return {

@@ -51,6 +51,37 @@ _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
     "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
 )
+# Pairing in SQL, row by row as pair_stays does: an entry ends at the next scan if that is an exit within
+# max_stay, else after the default dwell (or at the next entry, if sooner); an exit is a stay of its own unless
+# the scan before it was an entry within max_stay. Window frames are whole partitions, so lead/lag see all.
+_PAIR_SQL = """
+SELECT person, if(paired AND next_qr != '', next_qr, qr_id), venue_id,
+       if(direction = 'in', t, t - {{dwell:Int64}}) AS start_ms,
+       if(direction = 'in', if(paired, next_t, least(t + {{dwell:Int64}}, next_t)), t) AS end_ms,
+       multiIf(direction = 'out', 'exit_without_entry', paired, '', 'inferred_exit'),
+       if(paired AND {trusted}, next_verdict, verdict)
+FROM (
+    SELECT *, direction = 'in' AND next_dir = 'out' AND next_t - t <= {{max_stay:Int64}} AS paired
+    FROM (
+        SELECT person, venue_id, direction, t, verdict, qr_id,
+               lagInFrame(direction) OVER w AS prev_dir, lagInFrame(t) OVER w AS prev_t,
+               leadInFrame(direction) OVER w AS next_dir,
+               leadInFrame(t, 1, toInt64(9000000000000000000)) OVER w AS next_t,
+               leadInFrame(verdict) OVER w AS next_verdict, leadInFrame(qr_id) OVER w AS next_qr
+        FROM (
+            SELECT hex(person_key) AS person, venue_id, toString(direction) AS direction,
+                   toUnixTimestamp64Milli(scanned_at) AS t, toString(verdict) AS verdict, qr_id,
+                   toString(scan_id) AS sid
+            FROM scans {final} WHERE ({ranges}) AND {verdicts} {dedup}
+        )
+        WINDOW w AS (PARTITION BY person, venue_id ORDER BY t, direction, sid
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    )
+)
+WHERE (direction = 'in' OR NOT (prev_dir = 'in' AND t - prev_t <= {{max_stay:Int64}}))
+  AND arrayExists((wv_, wa_, wb_) -> wv_ = venue_id AND end_ms >= wa_ AND start_ms <= wb_,
+                  {{wv:Array(String)}}, {{wa:Array(Int64)}}, {{wb:Array(Int64)}})
+"""
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 
 
@@ -284,7 +315,7 @@ class TraceQueries:
         from_ms, to_ms = period(from_ms, to_ms, opt.days)
         if not venue_id or len(venue_id) > 128:
             raise PayloadError("venue_id must be 1-128 characters")
-        stays = self._venue_stays([(venue_id, from_ms, to_ms)], opt)
+        stays = self.stays_at([(venue_id, from_ms, to_ms)], opt)
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, _within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -293,30 +324,43 @@ class TraceQueries:
 
     def _contacts_of(self, stays: Sequence[Stay], opt: TraceOptions, degree: int) -> dict[str, Contact]:
         margin = round(opt.margin_min * MINUTE_MS)
-        others = self._venue_stays([(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays], opt)
+        others = self.stays_at([(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays], opt)
         return overlaps(stays, others, margin_min=opt.margin_min, degree=degree)
 
-    def _venue_stays(self, windows: Iterable[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
-        """Stays that touch any (venue, from, to) window: scans from ``max_stay`` before it, so entries pair."""
+    def stays_at(self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
+        """Everyone's stays touching any (venue, from, to) window, paired inside ClickHouse.
+
+        Hot venues hold thousands of scans in the ``max_stay`` either side of a window that pairing has to
+        read; shipping them to Python cost more than everything else in a trace, so the server pairs them
+        (``_PAIR_SQL``, the rule of :func:`pair_stays`, which the tests hold it to) and returns only the stays
+        that touch a window.
+        """
         slack = round(opt.max_stay_min * MINUTE_MS)
         ranges = _merge((v, lo - slack, hi + slack) for v, lo, hi in windows)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
-        scans: list[Scan] = []
+        stays: list[Stay] = []
         for start in range(0, len(ranges), _RANGES_PER_QUERY):
             chunk = ranges[start : start + _RANGES_PER_QUERY]
-            params: dict[str, Any] = {}
+            venues = {v for v, _lo, _hi in chunk}
+            mine = [w for w in windows if w[0] in venues]
+            params: dict[str, Any] = {
+                "dwell": round(opt.default_dwell_min * MINUTE_MS),
+                "max_stay": slack,
+                "wv": [w[0] for w in mine],
+                "wa": [w[1] for w in mine],
+                "wb": [w[2] for w in mine],
+            }
             terms = []
             for i, (venue, lo, hi) in enumerate(chunk):
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
-            sql = f"SELECT {_COLUMNS} FROM scans {_FINAL} WHERE ({' OR '.join(terms)}) AND {verdicts} {_DEDUP}"
-            scans.extend(Scan(*r) for r in self._query(sql, params))
-        stays = self._pair(scans, opt)
-        return [
-            st
-            for st in stays
-            if any(v == st.venue_id and st.end_ms >= lo and st.start_ms <= hi for v, lo, hi in windows)
-        ]
+            sql = _PAIR_SQL.format(
+                final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP, trusted=_TRUSTED_SQL
+            )
+            for person, qr, venue, t0, t1, flag, verdict in self._query(sql, params):
+                stays.append(Stay(person, qr, venue, int(t0), int(t1), (flag,) if flag else (), verdict))
+        stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
+        return stays
 
     def _second_degree(
         self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions

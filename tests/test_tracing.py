@@ -313,3 +313,55 @@ def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest
     finally:
         engine.terminate()
     assert "trace by alice-tracer" in engine.log_path.read_text()
+
+
+def test_sql_pairing_matches_the_python_rule(tmp_path: Path) -> None:
+    """The venue reads pair inside ClickHouse; the Python rule is the reference they must reproduce exactly."""
+    import random
+
+    rnd = random.Random(4)
+    scans = [
+        scan(
+            f"p{rnd.randrange(6)}",
+            f"v{rnd.randrange(3)}",
+            rnd.choice(("in", "in", "out")),
+            rnd.randrange(0, 3000, 5),  # coarse minutes, so equal timestamps happen
+            rnd.choice(("ok",) * 8 + ("unsigned_code", "id_card")),
+        )
+        for _ in range(400)
+    ]
+    scans += scans[:40]  # duplicates, as before a merge
+    s = Store.connect(f"chdb://{(tmp_path / 'store').resolve()}", database="vnqr", retention_days=28)
+    try:
+        s.migrate()
+        s.insert_scans(columns(scans))
+        opt = TraceOptions(include_unverified=True, default_dwell_min=45, max_stay_min=300)
+        lo, hi = T0 + 500 * MINUTE_MS, T0 + 2000 * MINUTE_MS
+        got = TraceQueries(s.query).stays_at([("v0", lo, hi), ("v2", lo, lo + HOUR)], opt)
+    finally:
+        s.close()
+    cols = columns(scans)
+    reference = pair_stays(
+        (
+            Scan(
+                str(cols["scan_id"][i]),
+                kh(x["person"]),
+                f"QR-{x['person']}",
+                x["venue"],
+                x["direction"],
+                x["at"],
+                x["verdict"],
+            )
+            for i, x in enumerate(scans)
+        ),
+        default_dwell_min=45,
+        max_stay_min=300,
+    )
+    want = [
+        st
+        for st in reference
+        if (st.venue_id == "v0" and st.end_ms >= lo and st.start_ms <= hi)
+        or (st.venue_id == "v2" and st.end_ms >= lo and st.start_ms <= lo + HOUR)
+    ]
+    assert len(want) > 50
+    assert sorted(got, key=repr) == sorted(want, key=repr)
