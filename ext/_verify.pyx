@@ -464,7 +464,9 @@ cdef class CVerifier:
         cdef int threads = self._threads
         npending = self._phase1(buf, off, n, out, &nwork)
         if threads > 1 and nwork > 1:
-            for w in prange(nwork, num_threads=threads, schedule="static"):
+            # guided, not static: every verify costs the same, but on a busy host one thread may be descheduled,
+            # and then the other should take over its share instead of waiting for it at the barrier.
+            for w in prange(nwork, num_threads=threads, schedule="guided"):
                 _verify_work(&self._works[w], buf, self._pkp)
         else:
             for w in range(nwork):
