@@ -4,11 +4,12 @@
     python loadtest/run.py --shape morning --peak-factor 2 --peak-duration 300
     python loadtest/run.py --workers 2 --users 40 --run-time 120      # one Locust master, two workers
 
-Each run gets a fresh folder ``<out>/<timestamp>/`` holding the engine's data directory (``data/``, kept for
-inspection), its log, the keys file, the generators' per-process results (``results/*.jsonl``), Locust's CSV
-and HTML reports, and ``summary.json``. The engine is a real ``python -m engine serve`` child on 127.0.0.1
-(nothing else is ever targeted), stopped with SIGTERM so it drains its WAL into the store, which is then
-opened directly and compared scan by scan with what the generators were acknowledged (``checker.py``).
+Each run gets a fresh folder ``<out>/<timestamp>/`` (``--out`` defaults to ``reports/loadtest``) holding the
+engine's data directory (``data/``, kept for inspection), its log, the keys file, the generators' per-process
+results (``results/*.jsonl``), Locust's CSV and HTML reports, and ``summary.json``. The engine is a real
+``python -m engine serve`` child on 127.0.0.1 (nothing else is ever targeted), stopped with SIGTERM so it
+drains its WAL into the store, which is then opened directly and compared scan by scan with what the
+generators were acknowledged (``checker.py``).
 
 Exit status: 0 when nothing was lost, duplicated or judged differently than expected; 1 otherwise; 2 when the
 run itself could not be carried out (engine did not start, Locust did not finish in time).
@@ -219,7 +220,7 @@ def print_summary(summary: dict[str, Any], confusion: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "loadtest" / "out", help="parent of the run folder")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "loadtest", help="parent of the run folder")
     ap.add_argument("--users", type=int, default=10, help="simulated scanners (flat shape)")
     ap.add_argument("--spawn-rate", type=float, default=5.0)
     ap.add_argument("--run-time", type=int, default=30, help="seconds of load (flat shape)")
