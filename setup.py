@@ -61,7 +61,7 @@ def extensions() -> list:
     ext = Extension(
         "engine._verify",
         ["ext/_verify.pyx"],
-        depends=["ext/_parse.pxi"],  # included by _verify.pyx: rebuild on change, ship in the sdist
+        depends=["ext/_parse.pxi", "ext/_cache.pxi"],  # included by _verify.pyx: rebuild on change, ship in the sdist
         include_dirs=[numpy.get_include(), "ext"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3", "-fopenmp"],

@@ -23,7 +23,7 @@ pointers, so there is no ctypes or cffi overhead per call. ``import nacl.binding
 from cpython.bytes cimport PyBytes_AS_STRING
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 import ctypes
@@ -37,6 +37,9 @@ import numpy as np
 from engine.verdicts import CodeKind, Reason, Verdict
 
 include "_parse.pxi"
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 # -- libsodium, bound once ------------------------------------------------------------------------------------
 ctypedef int (*sign_verify_fn)(const uint8_t* sig, const uint8_t* m, unsigned long long mlen,
@@ -65,10 +68,6 @@ cdef size_t _HMAC_STATE_BYTES = (<size_fn><uintptr_t>_address("crypto_auth_hmacs
 cdef enum:
     DOMAIN_LEN = 17
     PERSON_KEY_BYTES = 16
-    WAYS = 4
-    # The longest code that can parse as signed: 20 + 80 + 10 + 1 + 32 + 126 (block) + 5 separators = 274
-    # bytes; only such codes reach the cache, so a slot never needs the full 512.
-    SLOT_BYTES = 280
 
 # Verdict numbers: engine/verdicts.py.
 cdef enum:
@@ -120,59 +119,7 @@ def verify_loop(signature: bytes, message: bytes, public_key: bytes, long iterat
     return ok
 
 
-# -- verified-code cache ---------------------------------------------------------------------------------------
-cdef struct Bucket:  # 64 bytes: one cache line of metadata for 4 ways
-    uint64_t tag[WAYS]     # SipHash-2-4 of the payload
-    uint32_t stamp[WAYS]   # last use, from the cache clock (LRU within the bucket)
-    uint16_t length[WAYS]  # payload length; 0 = empty way
-    uint8_t pad[8]
-
-
-cdef struct Cache:
-    Bucket* buckets
-    uint8_t* data          # nbuckets * WAYS * SLOT_BYTES payload bytes
-    uint64_t nbuckets
-    uint32_t clock
-    uint8_t key[16]
-
-
-cdef inline uint64_t _bucket_of(const Cache* c, uint64_t h) noexcept nogil:
-    # Lemire's multiply-shift range reduction: any bucket count, no modulo.
-    return ((h >> 32) * c.nbuckets) >> 32
-
-
-cdef bint _cache_find(Cache* c, const uint8_t* code, Py_ssize_t n, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _bucket_of(c, h)
-    cdef Bucket* bk = &c.buckets[b]
-    cdef int w
-    for w in range(WAYS):
-        if bk.length[w] == n and bk.tag[w] == h and memcmp(c.data + (b * WAYS + w) * SLOT_BYTES, code, n) == 0:
-            c.clock += 1
-            bk.stamp[w] = c.clock
-            return True
-    return False
-
-
-cdef void _cache_insert(Cache* c, const uint8_t* code, Py_ssize_t n, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _bucket_of(c, h)
-    cdef Bucket* bk = &c.buckets[b]
-    cdef int w, victim = 0
-    cdef uint32_t age, oldest = 0
-    if n > SLOT_BYTES:  # cannot happen for a code that parsed as signed; never cache a truncated copy
-        return
-    for w in range(WAYS):
-        if bk.length[w] == 0:
-            victim = w
-            break
-        age = c.clock - bk.stamp[w]  # unsigned: correct across clock wrap-around
-        if age >= oldest:
-            oldest = age
-            victim = w
-    c.clock += 1
-    bk.tag[victim] = h
-    bk.length[victim] = <uint16_t>n
-    bk.stamp[victim] = c.clock
-    memcpy(c.data + (b * WAYS + victim) * SLOT_BYTES, code, n)
+include "_cache.pxi"
 
 
 # -- per-batch work --------------------------------------------------------------------------------------------
@@ -293,10 +240,13 @@ cdef class CVerifier:
         self._cache_on = cache_size > 0
         if self._cache_on:
             nbuckets = (cache_size + WAYS - 1) // WAYS
-            self._cache.buckets = <Bucket*>calloc(nbuckets, sizeof(Bucket))
+            # Line-aligned so each bucket's metadata is exactly one cache line.
+            if posix_memalign(<void**>&self._cache.buckets, 64, nbuckets * sizeof(Bucket)) != 0:
+                self._cache.buckets = NULL
             self._cache.data = <uint8_t*>malloc(nbuckets * WAYS * SLOT_BYTES)
             if self._cache.buckets == NULL or self._cache.data == NULL:
                 raise MemoryError(f"verified-code cache of {cache_size} entries")
+            memset(self._cache.buckets, 0, nbuckets * sizeof(Bucket))
             self._cache.nbuckets = nbuckets
             self._cache.clock = 0
             memcpy(self._cache.key, PyBytes_AS_STRING(os.urandom(16)), 16)
