@@ -140,13 +140,13 @@ def _assert_clean(proc: subprocess.CompletedProcess[str], summary: dict[str, Any
 
 
 def test_short_load_run_loses_nothing(tmp_path: Path) -> None:
-    proc, summary, run_dir = _run(tmp_path, "--users", "3", "--spawn-rate", "3", "--run-time", "4")
+    proc, summary, run_dir = _run(tmp_path, "--users", "3", "--spawn-rate", "3", "--run-time", "3")
     _assert_clean(proc, summary, run_dir)
     assert len(list((run_dir / "results").glob("*.jsonl"))) == 1
 
 
 def test_distributed_run_merges_every_workers_results(tmp_path: Path) -> None:
-    proc, summary, run_dir = _run(tmp_path, "--users", "4", "--spawn-rate", "4", "--run-time", "4", "--workers", "2")
+    proc, summary, run_dir = _run(tmp_path, "--users", "4", "--spawn-rate", "4", "--run-time", "3", "--workers", "2")
     _assert_clean(proc, summary, run_dir)
     files = list((run_dir / "results").glob("*.jsonl"))
     assert len(files) == 2
