@@ -118,7 +118,8 @@ def _take_item(out: Intake, i: int, item: Any, oldest_ms: int, newest_ms: int) -
         or any(c not in _VENUE_CHARS for c in venue)
     ):
         return f"venue_id must be 1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
-    direction = DIRECTIONS.get(item.get("direction"))  # type: ignore[arg-type]
+    raw_direction = item.get("direction")
+    direction = DIRECTIONS.get(raw_direction) if isinstance(raw_direction, str) else None
     if direction is None:
         return 'direction must be "in" or "out"'
     scanned = _scan_time_ms(item.get("scanned_at"))
