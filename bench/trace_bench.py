@@ -170,7 +170,7 @@ def main() -> int:
         [
             one(lambda c=c: q.person(person_key=world.person_key(int(c)).hex(), from_ms=from_ms, to_ms=to_ms,
                                      options=second))
-            for c in cases[:20]
+            for c in cases[:10]
         ],
     )  # fmt: skip
     venues = rng.choice(world.venues, args.cases, replace=False)

@@ -498,40 +498,35 @@ def to_json(trace: PersonTrace | VenueTrace) -> dict[str, Any]:
     }
     if isinstance(trace, VenueTrace):
         return {"venue_id": trace.venue_id, **head, "stays": [_stay_json(s) for s in trace.stays]}
-    contacts = [
-        {
-            "rank": i + 1,
-            "person_key": c.person_key,
-            "qr_id": c.qr_id,
-            "degree": c.degree,
-            "total_overlap_min": c.total_overlap_min,
-            "trusted": c.trusted,
-            "via": c.via,
-            "encounters": [
-                {
-                    **asdict(e),
-                    "index_start": iso(e.index_start_ms),
-                    "index_end": iso(e.index_end_ms),
-                    "contact_start": iso(e.contact_start_ms),
-                    "contact_end": iso(e.contact_end_ms),
-                    "trusted": e.verdict in _TRUSTED_LABELS,
-                }
-                for e in c.encounters
-            ],
-        }
-        for i, c in enumerate(x for x in trace.contacts if x.degree == 1)
-    ]
-    second = [
-        {"rank": i + 1, "person_key": c.person_key, "qr_id": c.qr_id, "total_overlap_min": c.total_overlap_min,
-         "trusted": c.trusted, "via": c.via, "venues": sorted({e.venue_id for e in c.encounters})}
-        for i, c in enumerate(x for x in trace.contacts if x.degree == 2)
-    ]  # fmt: skip
     return {
         "person_keys": trace.person_keys,
         **head,
         "visits": [_stay_json(s) for s in trace.visits],
-        "exposures": contacts,
-        "second_degree": second,
+        "exposures": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 1)],
+        "second_degree": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)],
+    }
+
+
+def _contact_json(rank: int, c: Contact) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "person_key": c.person_key,
+        "qr_id": c.qr_id,
+        "degree": c.degree,
+        "total_overlap_min": c.total_overlap_min,
+        "trusted": c.trusted,
+        "via": c.via,
+        "encounters": [
+            {
+                **asdict(e),
+                "index_start": iso(e.index_start_ms),
+                "index_end": iso(e.index_end_ms),
+                "contact_start": iso(e.contact_start_ms),
+                "contact_end": iso(e.contact_end_ms),
+                "trusted": e.verdict in _TRUSTED_LABELS,
+            }
+            for e in c.encounters
+        ],
     }
 
 
@@ -549,18 +544,21 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
 
     if "venue_id" in doc:
         return VenueTrace(doc["venue_id"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["stays"]])
-    contacts = []
-    for c in doc["exposures"]:
-        encounters = [
-            Encounter(e["venue_id"], e["index_start_ms"], e["index_end_ms"], e["contact_start_ms"],
-                      e["contact_end_ms"], e["overlap_min"], tuple(e["flags"]), e["verdict"])
-            for e in c["encounters"]
-        ]  # fmt: skip
-        contacts.append(Contact(c["person_key"], c["qr_id"], 1, c["total_overlap_min"], encounters, c["via"]))
-    for c in doc["second_degree"]:
-        verdict = "ok" if c["trusted"] else "unverified"
-        encounters = [Encounter(v, 0, 0, 0, 0, 0.0, (), verdict) for v in c["venues"]]
-        contacts.append(Contact(c["person_key"], c["qr_id"], 2, c["total_overlap_min"], encounters, c["via"]))
+    contacts = [
+        Contact(
+            c["person_key"],
+            c["qr_id"],
+            c["degree"],
+            c["total_overlap_min"],
+            [
+                Encounter(e["venue_id"], e["index_start_ms"], e["index_end_ms"], e["contact_start_ms"],
+                          e["contact_end_ms"], e["overlap_min"], tuple(e["flags"]), e["verdict"])
+                for e in c["encounters"]
+            ],
+            c["via"],
+        )
+        for c in doc["exposures"] + doc["second_degree"]
+    ]  # fmt: skip
     return PersonTrace(doc["person_keys"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["visits"]],
                        contacts)  # fmt: skip
 

@@ -226,7 +226,8 @@ def test_venue_view(store: Store) -> None:
 
 
 def test_csv_json_table_output(store: Store) -> None:
-    trace = TraceQueries(store.query).person(person_key=kh("alice"), options=TraceOptions(include_unverified=True))
+    opt = TraceOptions(include_unverified=True, second_degree=True)
+    trace = TraceQueries(store.query).person(person_key=kh("alice"), options=opt)
     rows = list(csv.DictReader(io.StringIO(render(trace, "csv"))))
     assert [r["section"] for r in rows].count("visit") == 4
     exposures = [r for r in rows if r["section"] == "exposure"]
@@ -234,6 +235,7 @@ def test_csv_json_table_output(store: Store) -> None:
     assert {r["trusted"] for r in rows if r["person_key"] == kh("gina")} == {"False"}
     doc = json.loads(render(trace, "json"))
     assert doc["exposures"][0]["total_overlap_min"] == 70.0 and doc["include_unverified"] is True
+    assert doc["second_degree"][0]["person_key"] == kh("hank") and doc["second_degree"][0]["via"] == [kh("bob")]
     assert (
         json.loads(render(from_json(doc), "json")) == doc
     )  # what a CLI rebuilds from the engine's answer prints the same
