@@ -262,7 +262,7 @@ async def loaded_engine(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[tu
 async def test_stats_endpoint_and_stream_follow_the_load(loaded_engine: tuple[str, Any, Load]) -> None:
     url, app, load = loaded_engine
     ring = app[STATS]
-    await wait_until(lambda: (ring.latest() or {}).get("accepted_per_s", 0) > 0, timeout=20)
+    await wait_until(lambda: len(ring.history()) >= 2 and ring.history()[-1]["accepted_per_s"] > 0, timeout=20)
     async with aiohttp.ClientSession() as http:
         async with http.get(url + "/v1/stats") as r:
             assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
@@ -389,7 +389,7 @@ READ_PAGE = """(() => {
   if (!window.dashboard) return null;  // still loading
   const tile = (k) => {
     const n = document.querySelector(`[data-metric="${k}"]`);
-    return {text: n.textContent, value: n.dataset.value};
+    return {text: n.textContent, value: n.dataset.value ?? ""};  // unset until the first point is drawn
   };
   const chart = (id) => {
     const s = document.getElementById(id);
