@@ -328,7 +328,7 @@ item = st.fixed_dictionaries(
         "direction": _mostly(st.sampled_from(["in", "out"]), st.one_of(st.sampled_from(["IN", ""]), json_value)),
         "scanned_at": _mostly(
             st.integers(NOW_MS - 20 * 86_400_000, NOW_MS),
-            st.one_of(st.integers(), st.datetimes().map(lambda d: d.isoformat()), json_value),
+            st.one_of(st.integers(-(2**63), 2**63 - 1), st.datetimes().map(lambda d: d.isoformat()), json_value),
         ),
     },
     optional={"extra": json_value},
