@@ -19,7 +19,7 @@ from aiohttp import web
 from engine.devices import Device
 from engine.errors import AuthError, EngineError, ForbiddenError, PayloadError
 from engine.payload import b64url_decode_canonical, b64url_encode
-from engine.server import RUNTIME, Runtime
+from engine.server import RUNTIME, Runtime, read_body
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def require_admin(request: web.Request) -> Runtime:
 
 async def _json_body(request: web.Request) -> dict[str, object]:
     try:
-        doc = orjson.loads(await request.read())
+        doc = orjson.loads(await read_body(request))
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

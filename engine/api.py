@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from engine.errors import PayloadError
 from engine.intake import parse_body
 from engine.openapi import openapi_document
-from engine.server import METRICS, RUNTIME
+from engine.server import METRICS, RUNTIME, read_body
 from engine.verdicts import REASONS, VERDICTS
 
 DAY_MS = 86_400_000
@@ -28,7 +28,7 @@ async def post_scans(request: web.Request) -> web.Response:
     cfg = rt.config
     if request.content_type != "application/json":
         raise PayloadError("Content-Type must be application/json")
-    body = await request.read()  # bounded by client_max_size: larger bodies are 413 before we see them
+    body = await read_body(request)  # size bounded by client_max_size (413), time by body_timeout_s (408)
     device = rt.devices.authenticate(request.method, request.path_qs, request.headers, body)
     now_ms = int(time.time() * 1000)
     intake = parse_body(

@@ -36,6 +36,8 @@ class Config:
     queue_scans: int = field(default=50_000, metadata={"help": "max scans queued before answering 503"})
     max_scans_per_request: int = field(default=1000, metadata={"help": "max scans in one POST"})
     max_body_bytes: int = field(default=2 << 20, metadata={"help": "max request body (bytes); larger is 413"})
+    body_timeout_s: float = field(default=10.0, metadata={"help": "max time to receive a request body (s)"})
+    keepalive_timeout_s: float = field(default=15.0, metadata={"help": "idle keep-alive / header timeout (s)"})
     wal_dir: Path = field(default=Path(""), metadata={"help": "WAL directory; default <data_dir>/wal"})
     wal_budget_mb: int = field(default=1024, metadata={"help": "WAL disk budget (MiB); over it answers 503"})
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL (off only for benchmarks)"})
@@ -79,6 +81,8 @@ class Config:
             (self.queue_scans >= self.max_scans_per_request, "queue_scans must be >= max_scans_per_request"),
             (1 <= self.max_scans_per_request <= 100_000, "max_scans_per_request must be 1..100000"),
             (self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024"),
+            (0 < self.body_timeout_s <= 600, "body_timeout_s must be in (0, 600]"),
+            (0 < self.keepalive_timeout_s <= 3600, "keepalive_timeout_s must be in (0, 3600]"),
             (self.wal_budget_mb >= 1, "wal_budget_mb must be >= 1"),
             (1 <= self.retention_days <= 3650, "retention_days must be 1..3650"),
             (0 <= self.verify_threads <= 256, "verify_threads must be 0..256"),

@@ -59,6 +59,13 @@ class PayloadError(EngineError):
     code = "bad_request"
 
 
+class RequestTimeoutError(EngineError):
+    """The client did not finish sending its request in time (slow or stalled upload)."""
+
+    http_status = 408
+    code = "request_timeout"
+
+
 class AuthError(EngineError):
     """The caller did not prove who it is (missing/invalid signature, stale or replayed request)."""
 

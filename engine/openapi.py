@@ -116,6 +116,7 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error_response("Malformed envelope"),
                         "401": _error_response("Missing, invalid, stale or replayed request signature"),
                         "403": _error_response("Unknown or revoked device"),
+                        "408": _error_response("Request body not received in time"),
                         "413": _error_response("Body too large"),
                         "429": _error_response("Device rate limit; see Retry-After"),
                         "503": _error_response("Overloaded or WAL over budget; see Retry-After"),

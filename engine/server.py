@@ -29,7 +29,7 @@ from engine.batcher import Batcher
 from engine.config import Config
 from engine.devices import Device, DeviceRegistry
 from engine.drain import Drain
-from engine.errors import EngineError, OverloadedError, RateLimitedError
+from engine.errors import EngineError, OverloadedError, RateLimitedError, RequestTimeoutError
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.trust import TrustList
@@ -195,6 +195,20 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     )
     ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
     return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+
+
+async def read_body(request: web.Request) -> bytes:
+    """Read a request body within the configured time: a client trickling bytes cannot hold a handler forever.
+
+    aiohttp bounds the size (``client_max_size``) and the idle time between requests, but not how long one
+    body may take to arrive once its headers are in (slowloris on the body).
+    """
+    timeout = request.app[CONFIG].body_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {timeout:g} s") from None
 
 
 def _admin_token(path: Path) -> str:

@@ -274,6 +274,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "ENGINE_BATCH_AGE_MS": "1",
         "ENGINE_MAX_SCANS_PER_REQUEST": "100",
         "ENGINE_MAX_BODY_BYTES": "262144",
+        "ENGINE_BODY_TIMEOUT_S": "3",
     }
     proc = EngineProcess(fx.data_dir, **env).start()
     try:

@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         shutdown_timeout=config.shutdown_timeout_s,
+        keepalive_timeout=config.keepalive_timeout_s,
         access_log=None,
         loop=loop,
         print=lambda msg: logging.getLogger("engine").info(msg.strip()),
