@@ -121,6 +121,12 @@ class Drain:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._pool.shutdown(wait=True)
+        if self._wal.backlog_records:
+            log.warning(
+                "%d acknowledged WAL records are not in the store yet (%s); they are replayed at the next start",
+                self._wal.backlog_records,
+                self.last_error or "drain did not finish in time",
+            )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -219,6 +219,9 @@ NO_EXTENSIONS = os.environ.get("ENGINE_NO_EXTENSIONS", "") not in ("", "0")
 VerifierImpl: type
 CVerifier: type | None
 EXTENSION_ERROR: str | None
+# libgomp reads this when the extension loads it. Between two batches its idle threads would otherwise spin,
+# burning a core on a 2-core machine for nothing: the server's CPU per scan is the capacity figure, so sleep.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     from engine._verify import CVerifier as _CVerifier
 except ImportError as _exc:  # not built: the reference is complete, only slower
