@@ -134,12 +134,15 @@ class Drain:
         while True:
             try:
                 moved = await loop.run_in_executor(self._pool, self.step)
-            except EngineError as exc:
+            except Exception as exc:  # noqa: BLE001 - the drain must never die silently: retry whatever failed
                 self.store_ok = False
-                self.last_error = str(exc)
+                self.last_error = str(exc) or type(exc).__name__
                 self._metrics.store_up.set(0)
                 self._metrics.store_errors.inc()
-                log.warning("store insert failed, retrying in %.1fs: %s", backoff, exc)
+                if isinstance(exc, EngineError):
+                    log.warning("store insert failed, retrying in %.1fs: %s", backoff, exc)
+                else:
+                    log.exception("drain step failed unexpectedly, retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
