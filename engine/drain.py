@@ -134,7 +134,7 @@ class Drain:
         while True:
             try:
                 moved = await loop.run_in_executor(self._pool, self.step)
-            except Exception as exc:  # noqa: BLE001 - the drain must never die silently: retry whatever failed
+            except Exception as exc:  # the drain must never die silently: retry whatever failed
                 self.store_ok = False
                 self.last_error = str(exc) or type(exc).__name__
                 self._metrics.store_up.set(0)
