@@ -109,6 +109,7 @@ class Drain:
         self._kick.set()
 
     def start(self) -> None:
+        self._metrics.store_up.set(1)  # the store was just opened and migrated; the drain reports failures
         self._task = asyncio.create_task(self._run(), name="drain")
 
     async def close(self, timeout: float) -> None:
