@@ -14,6 +14,9 @@ one thread, cold codes) — and the same load against ``bench/naive_server.py``,
 might have written, as scans per server CPU-second.
 
 Usage: python bench/e2e_bench.py [--quick] [--requests N] [--scans N] [--concurrency N] [--json FILE]
+                                 [--batch-size N] [--repeat-shares 0,0.8]
+
+``run(args) -> dict`` is the same run without printing, for ``bench/suite.py``; ``parser()`` gives its arguments.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -59,6 +63,7 @@ def cpu_seconds(pid: int) -> float:
 class Result:
     target: str
     repeat_share: float
+    batch_size: int | None  # ENGINE_BATCH_SIZE given to the engine; None: the engine's default (or naive)
     scans: int
     wall_s: float
     scans_per_s: float
@@ -163,6 +168,8 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             "ENGINE_DEVICE_BURST": "100000",
             "ENGINE_LOG_LEVEL": "WARNING",
         }
+        if target == "engine" and args.batch_size:
+            env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
         if target == "engine":
             cmd = [sys.executable, "-m", "engine", "serve"]
         else:
@@ -206,6 +213,7 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
     return Result(
         target=target,
         repeat_share=repeat_share,
+        batch_size=args.batch_size if target == "engine" else None,
         scans=n,
         wall_s=round(wall, 3),
         scans_per_s=round(n / wall, 1),
@@ -231,24 +239,47 @@ def verify_only_us(n: int) -> float:
     return statistics.median(samples)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--scans", type=int, default=100, help="scans per request")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="small run (for smoke tests)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference server")
+    ap.add_argument("--batch-size", type=int, default=None, help="ENGINE_BATCH_SIZE for the engine (default: its own)")
+    ap.add_argument(
+        "--repeat-shares",
+        type=lambda v: [float(x) for x in v.split(",") if x.strip()],
+        default=[0.0, 0.8],
+        help="comma-separated shares of repeated codes, one scenario each (default 0,0.8)",
+    )
     ap.add_argument("--json", type=Path, help="also write results as JSON")
-    args = ap.parse_args()
+    return ap
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every scenario of ``args`` (engine, then naive unless ``no_naive``), as the dict ``--json`` writes.
+
+    ``args`` is what :func:`parser` returns (``quick`` already applied by the caller or not at all): the suite
+    builds one per batch size and calls this, so the figures and the CLI's come from the same code.
+    """
+    verify_us = verify_only_us(300 if args.quick else 2000)
+    results = [run_scenario("engine", share, args) for share in args.repeat_shares]
+    if not args.no_naive:
+        results += [run_scenario("naive", share, args) for share in args.repeat_shares]
+    return {"machine": collect(), "verify_us": verify_us, "results": [asdict(r) for r in results]}
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.quick:
         args.requests, args.concurrency = 40, 8
     info = collect()
     print("machine:", ", ".join(f"{k}={v}" for k, v in info.items() if k != "extension_error"))
-    verify_us = verify_only_us(2000 if not args.quick else 300)
+    doc = run(args)
+    verify_us = float(doc["verify_us"])
+    results = [Result(**r) for r in doc["results"]]
     print(f"verify-only (active verifier, 1 thread, cold): {verify_us:.1f} µs CPU per code")
-    results = [run_scenario("engine", share, args) for share in (0.0, 0.8)]
-    if not args.no_naive:
-        results += [run_scenario("naive", share, args) for share in (0.0, 0.8)]
     print()
     print(
         f"{'target':8} {'repeats':>7} {'scans':>7} {'scans/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
@@ -261,19 +292,14 @@ def main() -> None:
         )
     by = {(r.target, r.repeat_share): r for r in results}
     if not args.no_naive:
-        for share in (0.0, 0.8):
+        for share in args.repeat_shares:
             e, n = by[("engine", share)], by[("naive", share)]
             print(
                 f"scans per server CPU-second at {share:.0%} repeats: engine {1e6 / e.cpu_us_per_scan:,.0f}, "
                 f"naive {1e6 / n.cpu_us_per_scan:,.0f}  → ratio {n.cpu_us_per_scan / e.cpu_us_per_scan:.2f}×"
             )
     if args.json:
-        args.json.write_text(
-            orjson.dumps(
-                {"machine": info, "verify_us": verify_us, "results": [asdict(r) for r in results]},
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-        )
+        args.json.write_text(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":
