@@ -78,8 +78,8 @@ def demo_codes(issuer: KeyFile, people: int = 300) -> list[str]:
         mint(
             Person("******000001", "TRAN THI B", "1985-**-**", "DEMOEXPIRED"),
             issuer.signing_key,
-            iat=now - 2 * YEAR,
-            exp=now - YEAR,
+            iat=now - 200 * 86_400,
+            exp=now - 10 * 86_400,
         )
     )
     codes.append("******123456|LE VAN C|1970-05-20|0|LEGACY000001|")
