@@ -1,0 +1,92 @@
+"""The benchmark suite in its quickest mode, so the benches never rot: a broken bench fails here, not on the day
+someone needs the figures. It runs the real thing (engine subprocesses, chdb, the C loop) on tiny sizes and checks
+what the report is made of; the figures themselves are meaningless at these sizes and nothing here times anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = (
+    "## Machine",
+    "## Verify throughput by path",
+    "## End-to-end: scans/s, ack latency, server CPU per scan",
+    "## WAL group commit",
+    "## Store inserts",
+    "## Tracing latency vs table size",
+    "## Capacity plan",
+)
+PLOTS = ("verify.png", "e2e_batch.png", "cpu_per_scan.png", "trace.png")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("bench") / "report"
+    done = subprocess.run(
+        [sys.executable, "bench/suite.py", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    return out, done
+
+
+@pytest.mark.slow
+def test_quick_suite_succeeds(report: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, done = report
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (list(out.glob("*.error.txt"))), [p.read_text()[-2000:] for p in out.glob("*.error.txt")]
+
+
+@pytest.mark.slow
+def test_report_has_every_section(report: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = report
+    md = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in md, section
+    assert "Not measured" not in md and "## Errors" not in md, md
+    assert "python bench/suite.py --quick --out" in md, "the exact command is in the report"
+    assert "load average" in md and "| verifier |" in md
+    for plot in PLOTS:
+        assert f"]({plot})" in md, f"{plot} is linked from the report"
+
+
+@pytest.mark.slow
+def test_plots_are_pngs(report: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = report
+    for plot in PLOTS:
+        data = (out / plot).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert len(data) > 5_000, f"{plot} looks empty"
+
+
+@pytest.mark.slow
+def test_results_json_holds_every_figure(report: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = report
+    doc = orjson.loads((out / "results.json").read_bytes())
+    assert doc["errors"] == {}
+    assert set(doc["steps"]) == {"verify", "e2e", "wal", "store", "trace"}
+    assert {"cpu", "cores", "python", "verifier"} <= set(doc["machine"])
+    verify_paths = {r["path"] for r in doc["steps"]["verify"]["rows"]}
+    assert any(p.startswith("C loop") for p in verify_paths) and any("PyNaCl" in p for p in verify_paths)
+    e2e = doc["steps"]["e2e"]["results"]
+    assert {r["target"] for r in e2e} == {"engine", "naive"}
+    assert {r["batch_size"] for r in e2e if r["target"] == "engine"} == {256, 1024}
+    for r in e2e:
+        if r["target"] == "engine":
+            assert r["statuses"] == {"202": r["rounds"] * doc["steps"]["e2e"]["requests"]}, r
+        assert r["scans_per_s"] > 0 and r["cpu_us_per_scan"] > 0
+    assert all(r["rows_per_s"] > 0 for r in doc["steps"]["store"]["results"])
+    assert doc["steps"]["store"]["rows_stored"] > 0
+    assert [s["rows"] for s in doc["steps"]["trace"]["sizes"]] == [20_000]
+    assert any(q["query"].startswith("by person key") for q in doc["steps"]["trace"]["sizes"][0]["queries"])
+    plan = doc["capacity"]
+    assert {r["scenario"] for r in plan["rows"]} == {"derived peak", "design point"}
+    assert all(r["nodes"] >= 1 and r["headroom_x"] >= 1 for r in plan["rows"])
