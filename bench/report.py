@@ -347,10 +347,10 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
             ],
         ),
     ]
-    for key, title, fn in SECTIONS:
+    for key, title, section in SECTIONS:
         md += ["", f"## {title}", ""]
         if key in doc["steps"]:
-            md += [_load(doc["steps"][key]), "", *fn(doc["steps"][key])]
+            md += [_load(doc["steps"][key]), "", *section(doc["steps"][key])]
         else:
             md.append(f"**Not measured**: {doc['errors'].get(key, 'step not selected')}")
     md += ["", "## Capacity plan", ""]

@@ -153,7 +153,7 @@ def step_e2e(args: argparse.Namespace) -> dict[str, Any]:
             r = e2e_bench.run_scenario("naive", s, argparse.Namespace(**{**vars(base), "batch_size": None}))
             cells.setdefault(("naive", None, s), []).append(dataclasses.asdict(r))
     results = []
-    for (target, b, share), runs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
+    for (target, batch, share), runs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
         med = {k: statistics.median(r[k] for r in runs) for k in ("scans_per_s", "p50_ms", "p99_ms", "cpu_us_per_scan")}
         statuses: dict[str, int] = {}
         for r in runs:
@@ -162,7 +162,7 @@ def step_e2e(args: argparse.Namespace) -> dict[str, Any]:
         results.append(
             {
                 "target": target,
-                "batch_size": b,
+                "batch_size": batch,
                 "repeat_share": share,
                 "rounds": len(runs),
                 "scans": runs[0]["scans"],
