@@ -291,9 +291,10 @@ class TraceQueries:
                 raise PayloadError("qr_id must be 1-64 characters")
             params["qr"] = qr_id
             who = (
-                "person_key IN (SELECT person_key FROM scans_by_person WHERE qr_id = {qr:String} AND "
-                + (_TIME % ("lo", "hi"))
-                + f" AND {verdicts})"
+                # person_by_qr keeps each pair's latest scan, so only the lower bound applies: a person scanned
+                # since the period ended is still found; who was not scanned since it began cannot be in it.
+                "person_key IN (SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} "
+                "AND scanned_at >= fromUnixTimestamp64Milli({lo:Int64}))"
             )
         else:
             raise PayloadError("give exactly one of person_key or qr_id")

@@ -205,14 +205,16 @@ def test_missing_or_ragged_columns_raise(store: Store) -> None:
 
 
 def test_replayed_batch_with_the_same_dedup_token_is_stored_once(store: Store) -> None:
-    # spans midnight, so the block is split over two partitions: the replay must still be dropped whole
-    midnight = (NOW_MS // DAY_MS) * DAY_MS
-    batch = scans(40, at_ms=midnight - 20_000, step_ms=1000)
+    # spans Monday 00:00 (partitions are weekly), so the block is split over two partitions: the replay must
+    # still be dropped whole. 1970-01-01 was a Thursday, so day 4 was a Monday.
+    today = NOW_MS // DAY_MS
+    monday = (today - (today - 4) % 7) * DAY_MS
+    batch = scans(40, at_ms=monday - 20_000, step_ms=1000)
     assert store.insert_scans(batch, dedup_token="wal-1-4-abcd") == 40
     assert store.insert_scans(batch, dedup_token="wal-1-4-abcd") == 40
     assert count(store, "scans") == 40
     assert count(store, "scans_by_person") == 40
-    assert int(store.query("SELECT uniqExact(toDate(scanned_at)) FROM scans")[0][0]) == 2
+    assert int(store.query("SELECT uniqExact(_partition_id) FROM scans")[0][0]) == 2
     # a different token is a different batch: both land (and would then collapse, next test)
     store.insert_scans(batch, dedup_token="wal-5-9-ef01")
     assert count(store, "scans") == 80

@@ -175,6 +175,15 @@ def test_visits_pair_entries_and_exits(store: Store) -> None:
     assert _stays(by_key.visits) == _stays(trace.visits)
 
 
+def test_qr_id_lookup_finds_a_past_period_after_later_scans(store: Store) -> None:
+    """person_by_qr keeps only each person's latest scan: tracing an earlier period by QR id must still work."""
+    store.insert_scans(columns([scan("alice", "cafe", "in", 5000), scan("alice", "cafe", "out", 5030)]))
+    store.command("OPTIMIZE TABLE person_by_qr FINAL")
+    assert store.query("SELECT count() FROM person_by_qr WHERE qr_id = 'QR-alice'") == [(1,)]
+    early = TraceQueries(store.query).person(qr_id="QR-alice", from_ms=T0 - MINUTE_MS, to_ms=T0 + 400 * MINUTE_MS)
+    assert [v.venue_id for v in early.visits] == ["cafe", "gym", "library"]
+
+
 def test_exposures_overlap_margin_and_rank(store: Store) -> None:
     trace = TraceQueries(store.query).person(person_key=kh("alice"))
     ranked = [(c.person_key, c.total_overlap_min) for c in trace.contacts]

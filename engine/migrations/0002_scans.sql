@@ -1,6 +1,8 @@
 -- Every scan the engine acknowledged, verdict included (rejects too: they are the fraud signal).
 -- ReplacingMergeTree keyed on scan_id (within venue and time) so a scan a device retried collapses to one row;
 -- the dedup window makes a replayed WAL batch with the same insert_deduplication_token a no-op.
+-- Weekly partitions: a 14-day tracing lookup touches 2-3 partitions instead of 14+ (measured: parts touched, not
+-- rows, dominate a person lookup on chdb); TTL still removes rows by the day.
 CREATE TABLE IF NOT EXISTS {db}.{local:scans}{on_cluster}
 (
     scan_id UUID,
@@ -20,7 +22,7 @@ CREATE TABLE IF NOT EXISTS {db}.{local:scans}{on_cluster}
     code_exp DateTime('UTC')
 )
 ENGINE = {replacing:scans}
-PARTITION BY toDate(scanned_at)
+PARTITION BY toMonday(scanned_at)
 ORDER BY (venue_id, scanned_at, scan_id)
 TTL toDateTime(scanned_at) + INTERVAL {retention_days} DAY
 SETTINGS {dedup_window};
