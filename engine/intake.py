@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
 
+from engine.clock import parse_iso
 from engine.errors import PayloadError
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
@@ -53,12 +53,9 @@ def _scan_time_ms(value: Any) -> int | None:
         return value
     if isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return int(parse_iso(value).timestamp() * 1000)
         except ValueError:
             return None
-        if dt.tzinfo is None:
-            return None
-        return int(dt.timestamp() * 1000)
     return None
 
 

@@ -24,12 +24,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
 
+from engine.clock import iso_utc, parse_iso
 from engine.errors import AuthError, ForbiddenError, PayloadError
 from engine.server import CONFIG, RUNTIME
 from engine.tracers import TracerRegistry
@@ -400,15 +400,12 @@ def period(from_ms: int | None, to_ms: int | None, days: float) -> tuple[int, in
 def parse_time(text: str) -> int:
     """ISO 8601 (naive means UTC; a bare date means its midnight) or Unix seconds, as milliseconds."""
     text = text.strip()
+    if text.isdigit():
+        return int(text) * 1000
     try:
-        if text.isdigit():
-            return int(text) * 1000
-        dt = datetime.fromisoformat(text)
+        return int(parse_iso(text, naive_is_utc=True).timestamp() * 1000)
     except ValueError:
         raise PayloadError(f"{text!r} is not an ISO 8601 time or Unix seconds") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def _person_key_hex(text: str) -> str:
@@ -441,7 +438,7 @@ FIELDS = (
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(ms / 1000)
 
 
 def _stay_row(section: str, st: Stay) -> dict[str, Any]:

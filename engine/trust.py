@@ -13,7 +13,6 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import orjson
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
+from engine.clock import iso_utc, parse_iso
 from engine.errors import TrustListError
 from engine.payload import KID_BYTES, b64url_decode_canonical, b64url_encode, key_id
 
@@ -71,17 +71,10 @@ def _time(value: Any, what: str) -> int:
         return value
     if isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise TrustListError(f"{what}: {value!r} is not an ISO-8601 time") from None
-        if dt.tzinfo is None:
-            raise TrustListError(f"{what}: {value!r} has no time zone; write it with Z")
-        return int(dt.timestamp())
+            return int(parse_iso(value).timestamp())
+        except ValueError as exc:
+            raise TrustListError(f"{what}: {exc}") from None
     raise TrustListError(f"{what}: expected an ISO-8601 time or Unix seconds")
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_public_key(public_key: bytes, what: str = "public key") -> None:
@@ -193,8 +186,8 @@ class TrustList:
                     "kid": k.kid_text,
                     "issuer": k.issuer,
                     "public_key": b64url_encode(k.public_key),
-                    "valid_from": _iso(k.valid_from),
-                    "valid_until": _iso(k.valid_until),
+                    "valid_from": iso_utc(k.valid_from),
+                    "valid_until": iso_utc(k.valid_until),
                     "revoked": k.revoked,
                 }
                 for k in self.keys

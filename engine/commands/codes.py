@@ -12,7 +12,6 @@ import secrets
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 from nacl.signing import SigningKey
 
 from engine import qr
+from engine.clock import iso_utc, parse_iso
 from engine.errors import ConfigError
 from engine.keys import read_key_file, write_key_file
 from engine.payload import Person, key_id, key_id_text, mint
@@ -39,16 +39,12 @@ def parse_time(text: str | None, default: int) -> int:
     if text.isdigit():
         return int(text)
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an ISO-8601 time") from None
-    if dt.tzinfo is None:
-        raise ConfigError(f"{text!r} has no time zone; write it with Z")
-    return int(dt.timestamp())
+        return int(parse_iso(text).timestamp())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+iso = iso_utc
 
 
 def _load_or_empty(path: Path) -> TrustList:
