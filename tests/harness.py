@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
+from engine.client import ScannerClient
 from engine.config import Config
 from engine.payload import Person, b64url_encode, key_id, mint
 from engine.trust import TrustedKey, TrustList
@@ -148,3 +150,50 @@ async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+class InProcessEngine:
+    """An engine inside the test process (aiohttp test server), with its fixture and a signed scanner client."""
+
+    def __init__(self, server: Any, fx: Fixture) -> None:
+        from engine.server import RUNTIME
+
+        self.server, self.fx, self.app = server, fx, server.app
+        self._runtime_key = RUNTIME
+        self.url = str(server.make_url("")).rstrip("/")
+        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
+
+    @property
+    def rt(self) -> Any:
+        return self.app[self._runtime_key]
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Read the engine's own store on its store thread (the embedded store belongs to the engine)."""
+        return await self.rt.in_store_thread(self.rt.store.query, sql, params)
+
+    async def drained(self) -> None:
+        await wait_until(lambda: self.rt.wal.backlog_records == 0)
+
+
+async def in_process_engines(
+    tmp_path: Path, aiohttp_server: Any, cls: type[InProcessEngine] = InProcessEngine, **defaults: Any
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Yield a starter of fresh engines (each with its own data directory and registered device); close them after."""
+    from engine.server import create_app
+
+    engines: list[InProcessEngine] = []
+
+    async def start(**overrides: Any) -> Any:
+        fx = make_fixture(tmp_path / f"e{len(engines)}")
+        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **{**defaults, **overrides})))
+        e = cls(server, fx)
+        status, body = await e.client.request(
+            "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
+        )
+        assert status == 201, body
+        engines.append(e)
+        return e
+
+    yield start
+    for e in engines:
+        await e.client.close()

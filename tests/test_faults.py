@@ -32,15 +32,15 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.client import ScannerClient, make_scan, sign_request
-from engine.server import RUNTIME, create_app
+from engine.client import make_scan, sign_request
 from harness import (
     DEVICE_ID,
     EngineProcess,
     Fixture,
+    InProcessEngine,
     admin_headers,
     device_registration,
-    engine_config,
+    in_process_engines,
     make_fixture,
     wait_until,
 )
@@ -85,16 +85,7 @@ def assert_stored_once(rows_count: int, unique: int, stored_ids: set[str], acked
 
 
 # -- in-process engines (need the runtime: the store thread) --------------------------------------------------
-class Engine:
-    def __init__(self, server: Any, fx: Fixture) -> None:
-        self.server, self.fx, self.app = server, fx, server.app
-        self.url = str(server.make_url("")).rstrip("/")
-        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
-
-    @property
-    def rt(self) -> Any:
-        return self.app[RUNTIME]
-
+class Engine(InProcessEngine):
     async def store(self, fn: str, sql: str) -> Any:
         return await self.rt.in_store_thread(getattr(self.rt.store, fn), sql)
 
@@ -117,24 +108,10 @@ class Engine:
 
 @pytest.fixture
 async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    engines: list[Engine] = []
-
-    async def start(**overrides: Any) -> Engine:
-        fx = make_fixture(tmp_path / f"e{len(engines)}")
-        overrides.setdefault("device_rate", 100_000.0)
-        overrides.setdefault("device_burst", 100_000.0)
-        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **overrides)))
-        e = Engine(server, fx)
-        status, body = await e.client.request(
-            "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
-        )
-        assert status == 201, body
-        engines.append(e)
-        return e
-
-    yield start
-    for e in engines:
-        await e.client.close()
+    async for start in in_process_engines(
+        tmp_path, aiohttp_server, Engine, device_rate=100_000.0, device_burst=100_000.0
+    ):
+        yield start
 
 
 async def test_store_unavailable_mid_load_loses_nothing(engine: Any) -> None:

@@ -11,57 +11,18 @@ import orjson
 import pytest
 
 from engine.client import ScannerClient, make_scan, sign_request
-from engine.server import RUNTIME, create_app
 from harness import (
     DEVICE_ID,
-    Fixture,
     admin_headers,
-    device_registration,
-    engine_config,
-    make_fixture,
+    in_process_engines,
     wait_until,
 )
 
 
-class Engine:
-    """An in-process engine with its test server, fixture and a signed scanner client."""
-
-    def __init__(self, server: Any, fx: Fixture) -> None:
-        self.server = server
-        self.fx = fx
-        self.app = server.app
-        self.url = str(server.make_url("")).rstrip("/")
-        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
-
-    @property
-    def rt(self) -> Any:
-        return self.app[RUNTIME]
-
-    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return await self.rt.in_store_thread(self.rt.store.query, sql, params)
-
-    async def drained(self) -> None:
-        await wait_until(lambda: self.rt.wal.backlog_records == 0)
-
-
 @pytest.fixture
 async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    engines: list[Engine] = []
-
-    async def start(**overrides: Any) -> Engine:
-        fx = make_fixture(tmp_path / f"e{len(engines)}")
-        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **overrides)))
-        e = Engine(server, fx)
-        status, body = await e.client.request(
-            "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
-        )
-        assert status == 201, body
-        engines.append(e)
-        return e
-
-    yield start
-    for e in engines:
-        await e.client.close()
+    async for start in in_process_engines(tmp_path, aiohttp_server):
+        yield start
 
 
 async def test_round_trip_verdicts_are_persisted(engine: Any) -> None:
