@@ -35,6 +35,7 @@ import nacl._sodium
 from nacl.signing import SigningKey, VerifyKey
 
 from engine import verify as verify_mod
+from engine.commands.info import cpu_model
 from engine.payload import DOMAIN, Person, key_id, mint, parse
 from engine.trust import TrustedKey, TrustList, TrustTable
 from engine.verify import CodeBatch, PyVerifier
@@ -42,16 +43,6 @@ from engine.verify import CodeBatch, PyVerifier
 NOW = 1_767_225_600
 DAY = 86_400
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 Timing = tuple[float, float]  # (wall seconds, CPU seconds of this process, all threads)

@@ -9,6 +9,15 @@ import platform
 import orjson
 
 
+def cpu_model() -> str:
+    """The CPU's model name, printed beside every benchmark figure (figures drift between machines)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or "unknown"
+
+
 def collect() -> dict[str, object]:
     """Facts about this installation; the benchmarks print the same dict beside their figures."""
     import aiohttp
@@ -17,18 +26,12 @@ def collect() -> dict[str, object]:
 
     from engine import verify
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
     return {
         "verifier": verify.IMPLEMENTATION,
         "extension_error": verify.EXTENSION_ERROR,
         "no_extensions_env": verify.NO_EXTENSIONS,
         "python": platform.python_version(),
-        "cpu": cpu or platform.processor(),
+        "cpu": cpu_model() or platform.processor(),
         "cores": os.cpu_count(),
         "numpy": numpy.__version__,
         "pynacl": nacl.__version__,
