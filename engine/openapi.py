@@ -32,7 +32,7 @@ _AUTH_HEADERS = [
         "in": "header",
         "required": True,
         "description": "base64url Ed25519 signature of the request (see engine/devices.py)",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"},
     },
 ]
 
