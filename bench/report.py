@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import orjson
+from matplotlib import ticker
 
 NOISE = (
     "Absolute figures come from a shared, noisy machine (other processes compete for the same cores; see the load "
@@ -112,7 +113,7 @@ def plot_cpu(step: dict[str, Any], path: Path) -> None:
 
 
 def plot_trace(step: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     series: dict[str, list[tuple[int, float]]] = {}
     for size in step["sizes"]:
         for q in size["queries"]:
@@ -122,10 +123,13 @@ def plot_trace(step: dict[str, Any], path: Path) -> None:
     ax.axhline(50, color="red", lw=0.8, ls="--", label="target: person trace p50 < 50 ms at 10M")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("rows in the store")
     ax.set_ylabel("p50 latency, ms (log)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Tracing latency vs table size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

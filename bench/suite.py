@@ -172,7 +172,8 @@ def step_e2e(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     warnings = [
-        f"{r['target']} at batch {r['batch_size'] or '-'}, {r['repeat_share']:.0%} repeats answered {r['statuses']}: "
+        f"{r['target']}{f' at batch {b}' if (b := r['batch_size']) else ''}, {r['repeat_share']:.0%} repeats "
+        f"answered {r['statuses']}: "
         "its figures are of failing requests (see the server's log)"
         for r in results
         if set(r["statuses"]) != {"202"}
