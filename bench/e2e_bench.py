@@ -59,6 +59,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
 
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (verify, wal, store, OpenMP and chdb's own threads), to show where it goes."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        name = name.rstrip("0123456789_") or name  # "verify_0" / "BgSchPool12" → one group
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 @dataclass
 class Result:
     target: str
@@ -72,6 +87,7 @@ class Result:
     server_cpu_s: float
     cpu_us_per_scan: float
     statuses: dict[str, int]
+    cpu_us_by_thread: dict[str, float]
 
 
 def make_codes(issuer: SigningKey, n_scans: int, repeat_share: float, rng: random.Random) -> list[str]:
@@ -202,9 +218,11 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             payloads = bodies(codes, args.scans)
             # warm-up outside the measurement: connections, code paths, first chdb parts
             asyncio.run(drive(url, fx.device, bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans), 4))
+            threads0 = cpu_by_thread(proc.pid)
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency))
             wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+            threads1 = cpu_by_thread(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=120)
@@ -222,6 +240,11 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
         server_cpu_s=round(cpu, 3),
         cpu_us_per_scan=round(cpu / n * 1e6, 2),
         statuses=statuses,
+        cpu_us_by_thread={
+            k: round((v - threads0.get(k, 0.0)) / n * 1e6, 2)
+            for k, v in sorted(threads1.items(), key=lambda kv: -(kv[1] - threads0.get(kv[0], 0.0)))
+            if v - threads0.get(k, 0.0) > 0
+        },
     )
 
 
@@ -290,6 +313,10 @@ def main() -> None:
             f"{r.target:8} {r.repeat_share:>7.0%} {r.scans:>7} {r.scans_per_s:>9.0f} {r.p50_ms:>8.1f} "
             f"{r.p99_ms:>8.1f} {r.cpu_us_per_scan:>11.1f} {r.cpu_us_per_scan / verify_us:>9.2f}  {r.statuses}"
         )
+    print("\nserver CPU µs per scan by thread (verify = the batch thread; python = event loop and OpenMP workers):")
+    for r in results:
+        top = ", ".join(f"{k} {v:.1f}" for k, v in list(r.cpu_us_by_thread.items())[:6])
+        print(f"  {r.target:6} {r.repeat_share:>4.0%}: {top}")
     by = {(r.target, r.repeat_share): r for r in results}
     if not args.no_naive:
         for share in args.repeat_shares:

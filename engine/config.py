@@ -45,7 +45,8 @@ class Config:
     verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = all cores"})
     cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
     skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})
-    insert_batch_rows: int = field(default=20_000, metadata={"help": "max rows per store insert"})
+    insert_batch_rows: int = field(default=50_000, metadata={"help": "about the most rows per store insert"})
+    insert_interval_ms: float = field(default=1000.0, metadata={"help": "pace of store inserts under load (ms)"})
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
@@ -89,6 +90,7 @@ class Config:
             (self.cache_size >= 0, "cache_size must be >= 0"),
             (0 <= self.skew_s <= 86_400, "skew_s must be 0..86400"),
             (self.insert_batch_rows >= 1, "insert_batch_rows must be >= 1"),
+            (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
             (

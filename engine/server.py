@@ -39,6 +39,9 @@ from engine.wal import WriteAheadLog
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: A scan's WAL record size, about (orjson columns): turns "rows per insert" into the WAL read's byte bound.
+WAL_BYTES_PER_ROW = 250
+
 ROUTE_MODULES: tuple[str, ...] = ("engine.api", "engine.admin", "engine.tracing", "engine.dashboard")
 
 
@@ -146,7 +149,13 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         rate=cfg.device_rate,
         burst=cfg.device_burst,
     )
-    drain = Drain(wal, store, metrics, max_records=max(1, cfg.insert_batch_rows // cfg.batch_size))
+    drain = Drain(
+        wal,
+        store,
+        metrics,
+        max_bytes=cfg.insert_batch_rows * WAL_BYTES_PER_ROW,
+        interval_s=cfg.insert_interval_ms / 1000,
+    )
     batcher = Batcher(
         verifier=verifier,
         trust=trust.table(),

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ def engine_config(data_dir: Path, **overrides: Any) -> Config:
         "batch_size": 512,
         "verify_threads": 2,
         "shutdown_timeout_s": 10.0,
+        "insert_interval_ms": 50.0,  # tests wait for the store; production paces inserts at 1 s
     }
     base.update(overrides)
     return Config(**base).validate()
@@ -175,25 +175,28 @@ class InProcessEngine:
         await wait_until(lambda: self.rt.wal.backlog_records == 0)
 
 
-async def in_process_engines(
-    tmp_path: Path, aiohttp_server: Any, cls: type[InProcessEngine] = InProcessEngine, **defaults: Any
-) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """Yield a starter of fresh engines (each with its own data directory and registered device); close them after."""
-    from engine.server import create_app
+class EngineStarter:
+    """Starts fresh in-process engines (own data directory, registered device); ``close`` closes their clients."""
 
-    engines: list[InProcessEngine] = []
+    def __init__(
+        self, tmp_path: Path, aiohttp_server: Any, cls: type[InProcessEngine] = InProcessEngine, **defaults: Any
+    ) -> None:
+        self.tmp_path, self.aiohttp_server, self.cls, self.defaults = tmp_path, aiohttp_server, cls, defaults
+        self.engines: list[InProcessEngine] = []
 
-    async def start(**overrides: Any) -> Any:
-        fx = make_fixture(tmp_path / f"e{len(engines)}")
-        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **{**defaults, **overrides})))
-        e = cls(server, fx)
+    async def __call__(self, **overrides: Any) -> Any:
+        from engine.server import create_app
+
+        fx = make_fixture(self.tmp_path / f"e{len(self.engines)}")
+        app = create_app(engine_config(fx.data_dir, **{**self.defaults, **overrides}))
+        e = self.cls(await self.aiohttp_server(app), fx)
         status, body = await e.client.request(
             "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
         )
         assert status == 201, body
-        engines.append(e)
+        self.engines.append(e)
         return e
 
-    yield start
-    for e in engines:
-        await e.client.close()
+    async def close(self) -> None:
+        for e in self.engines:
+            await e.client.close()

@@ -36,11 +36,11 @@ from engine.client import make_scan, sign_request
 from harness import (
     DEVICE_ID,
     EngineProcess,
+    EngineStarter,
     Fixture,
     InProcessEngine,
     admin_headers,
     device_registration,
-    in_process_engines,
     make_fixture,
     wait_until,
 )
@@ -108,10 +108,9 @@ class Engine(InProcessEngine):
 
 @pytest.fixture
 async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    async for start in in_process_engines(
-        tmp_path, aiohttp_server, Engine, device_rate=100_000.0, device_burst=100_000.0
-    ):
-        yield start
+    starter = EngineStarter(tmp_path, aiohttp_server, Engine, device_rate=100_000.0, device_burst=100_000.0)
+    yield starter
+    await starter.close()
 
 
 async def test_store_unavailable_mid_load_loses_nothing(engine: Any) -> None:

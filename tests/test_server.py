@@ -13,16 +13,17 @@ import pytest
 from engine.client import ScannerClient, make_scan, sign_request
 from harness import (
     DEVICE_ID,
+    EngineStarter,
     admin_headers,
-    in_process_engines,
     wait_until,
 )
 
 
 @pytest.fixture
 async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    async for start in in_process_engines(tmp_path, aiohttp_server):
-        yield start
+    starter = EngineStarter(tmp_path, aiohttp_server)
+    yield starter
+    await starter.close()
 
 
 async def test_round_trip_verdicts_are_persisted(engine: Any) -> None:
