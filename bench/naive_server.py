@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import UTC, datetime
 import uuid
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def build_app(data_dir: Path, devices: list[Device]) -> web.Application:
                     device.device_id,
                     item["venue_id"],
                     item["direction"],
-                    item["scanned_at"] / 1000,
+                    datetime.fromtimestamp(item["scanned_at"] / 1000, UTC),
                     verdict.label,
                     qid,
                 ]
