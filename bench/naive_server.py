@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import clickhouse_connect
