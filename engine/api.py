@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import orjson
 from aiohttp import web
@@ -52,7 +51,7 @@ async def post_scans(request: web.Request) -> web.Response:
             index = intake.index[pos]
             results[index] = {
                 "index": index,
-                "scan_id": str(uuid.UUID(bytes=intake.scan_ids[pos])),
+                "scan_id": intake.scan_texts[pos],
                 "status": o.status,
                 "verdict": VERDICTS[o.verdict],
                 "reason": REASONS[o.reason],

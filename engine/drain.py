@@ -59,7 +59,7 @@ def records_to_columns(records: list[WALRecord]) -> dict[str, Any]:
     scanned = np.array(cat("scanned_ms"), dtype="datetime64[ms]")
     received = np.array(cat("received_ms"), dtype="datetime64[ms]")
     return {
-        "scan_id": [uuid.UUID(bytes=raw_ids[i * 16 : (i + 1) * 16]) for i in range(n)],
+        "scan_id": np.frombuffer(raw_ids, np.uint8).reshape(n, 16),
         "device_id": cat("device_id"),
         "venue_id": cat("venue_id"),
         "direction": [_DIRECTIONS[d] for d in cat("direction")],

@@ -13,7 +13,6 @@ the verdict ``malformed`` and its reason, which is exactly what tracing and frau
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ class Intake:
     count: int = 0  # items in the request
     index: list[int] = field(default_factory=list)  # request index of each accepted item
     scan_ids: list[bytes] = field(default_factory=list)  # 16 raw bytes each
+    scan_texts: list[str] = field(default_factory=list)  # as the device wrote them, echoed in the answer
     codes: list[bytes] = field(default_factory=list)
     venues: list[str] = field(default_factory=list)
     directions: list[int] = field(default_factory=list)
@@ -44,6 +44,19 @@ class Intake:
 
     def __len__(self) -> int:
         return len(self.scan_ids)
+
+
+def _uuid_bytes(value: Any) -> bytes | None:
+    """The canonical 36-character form only, parsed without building a uuid.UUID (~3x cheaper per scan)."""
+    if type(value) is not str or len(value) != 36:
+        return None
+    if value[8] != "-" or value[13] != "-" or value[18] != "-" or value[23] != "-":
+        return None
+    try:
+        raw = bytes.fromhex(value.replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
 
 
 def _scan_time_ms(value: Any) -> int | None:
@@ -97,12 +110,9 @@ def parse_body(
 def _take_item(out: Intake, i: int, item: Any, oldest_ms: int, newest_ms: int) -> str | None:
     if not isinstance(item, dict):
         return "item must be an object"
-    try:
-        scan_id = uuid.UUID(item["scan_id"]).bytes
-    except KeyError:
-        return "scan_id is missing"
-    except (ValueError, TypeError, AttributeError):
-        return "scan_id is not a UUID"
+    scan_id = _uuid_bytes(item.get("scan_id"))
+    if scan_id is None:
+        return "scan_id is missing" if "scan_id" not in item else "scan_id is not a UUID (8-4-4-4-12 hex digits)"
     qr = item.get("qr")
     if not isinstance(qr, str):
         return "qr must be a string (the text the scanner read)"
@@ -130,6 +140,7 @@ def _take_item(out: Intake, i: int, item: Any, oldest_ms: int, newest_ms: int) -
         return "qr is not valid Unicode"
     out.index.append(i)
     out.scan_ids.append(scan_id)
+    out.scan_texts.append(item["scan_id"])
     out.codes.append(code)
     out.venues.append(venue)
     out.directions.append(direction)
