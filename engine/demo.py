@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEMO_ISSUER = "demo-platform"
 DEMO_DEVICE = "demo-scanner-1"
 YEAR = 365 * 86_400
+ODD_CODES = 4  # appended by demo_codes after the genuine ones
 
 
 def _key(path: Path, owner: str) -> KeyFile:
@@ -103,7 +104,8 @@ def demo_scanner_ctx(
                 await asyncio.sleep(1.0)
                 while True:
                     n = max(1, int(rng.expovariate(1 / rate_per_s)))
-                    weights = [1.0 / (i + 1) for i in range(len(codes))]  # a few people scanned very often
+                    # a few people scanned very often; the odd codes (forged, expired, legacy, CCCD) now and then
+                    weights = [1.0 / (i + 1) for i in range(len(codes) - ODD_CODES)] + [0.05] * ODD_CODES
                     picks = rng.choices(codes, weights=weights, k=n)
                     scans = [
                         make_scan(c, f"venue-{rng.randrange(20):03d}", direction=rng.choice(("in", "out")))
