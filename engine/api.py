@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.errors import PayloadError
+from engine.errors import OverloadedError, PayloadError
 from engine.intake import parse_body
 from engine.openapi import openapi_document
 from engine.server import METRICS, RUNTIME, read_body
@@ -25,6 +25,8 @@ def _json(data: object, status: int = 200) -> web.Response:
 async def post_scans(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     cfg = rt.config
+    if rt.shutting_down:
+        raise OverloadedError("the engine is shutting down; retry", 5.0)
     if request.content_type != "application/json":
         raise PayloadError("Content-Type must be application/json")
     body = await read_body(request)  # size bounded by client_max_size (413), time by body_timeout_s (408)

@@ -59,6 +59,7 @@ class Runtime:
     batcher: Batcher
     admin_token: str
     started: float
+    shutting_down: bool = False
 
     async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on the one store thread (chdb is single-process, one call at a time)."""
@@ -217,7 +218,15 @@ async def read_body(request: web.Request) -> bytes:
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
+        if request.app[RUNTIME].shutting_down:  # aiohttp stops reading while it drains: not the client's fault
+            raise OverloadedError("the engine is shutting down; retry", 5.0) from None
         raise RequestTimeoutError(f"request body not received within {timeout:g} s") from None
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Runs when the listener has closed, before in-flight handlers are awaited: refuse new work cleanly."""
+    if RUNTIME in app:
+        app[RUNTIME].shutting_down = True
 
 
 def _admin_token(path: Path) -> str:
@@ -271,6 +280,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app[_PARTS] = {}
     app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx])
+    app.on_shutdown.append(_on_shutdown)
     for name in ROUTE_MODULES:
         try:
             module = importlib.import_module(name)
