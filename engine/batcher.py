@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -42,8 +43,10 @@ log = logging.getLogger(__name__)
 RECORD_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):
+    """One scan's answer. A NamedTuple, not a frozen dataclass: one is built per scan on the event loop,
+    and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) showed up in py-spy."""
+
     status: str  # "stored" (durable now) or "duplicate" (durable earlier)
     verdict: int
     reason: int
@@ -91,9 +94,10 @@ def encode_record(subs: list[_Submission], batch: CodeBatch, result: BatchResult
     buf = batch.buf
     qid = [buf[a:b].decode("ascii") for a, b in zip(result.qid_start.tolist(), result.qid_end.tolist(), strict=True)]
     key_ids, issuers = [], []
+    kid_texts = [trust.kid_text(k) for k in range(len(trust))]  # once per batch, not once per scan
     for i, k in enumerate(result.key_index.tolist()):
         if k >= 0:
-            key_ids.append(trust.kid_text(k))
+            key_ids.append(kid_texts[k])
             issuers.append(trust.issuers[k])
         else:
             key_ids.append(_claimed_kid(batch.code(i)) if result.verdict[i] == Verdict.UNKNOWN_KEY else "")
@@ -238,8 +242,8 @@ class Batcher:
                     if isinstance(self._recent.get(intake.scan_ids[pos]), tuple):
                         del self._recent[intake.scan_ids[pos]]
                 raise
-            for k, pos in enumerate(fresh):
-                outcomes[pos] = ItemOutcome("stored", int(verdicts[k]), int(reasons[k]))
+            for pos, v, r in zip(fresh, verdicts.tolist(), reasons.tolist(), strict=True):
+                outcomes[pos] = ItemOutcome("stored", v, r)
         for pos, prev in earlier.items():
             outcomes[pos] = await self._earlier_outcome(prev, outcomes)
         self._metrics.scans_duplicate.inc(len(earlier))
@@ -272,9 +276,10 @@ class Batcher:
     def _set_recent(self, sid: bytes, value: int | tuple[_Submission, int]) -> None:
         if self._recent_max <= 0:
             return
+        # First-in first-out is enough: an id is inserted when accepted and updated in place with its verdict;
+        # a retry of a forgotten id is still collapsed by the store (no move_to_end on the hot path).
         self._recent[sid] = value
-        self._recent.move_to_end(sid)
-        while len(self._recent) > self._recent_max:
+        if len(self._recent) > self._recent_max:
             self._recent.popitem(last=False)
 
     # -- stage 1: cut and verify ----------------------------------------------------------------------------
