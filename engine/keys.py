@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,25 @@ class KeyFile:
         return f"KeyFile(owner={self.owner!r}, public_key={self.public_key.hex()[:16]}…)"
 
 
+def create_private_file(path: Path, data: bytes) -> None:
+    """Write a new secret file: ``O_EXCL`` and mode 0600 in one call, fsync'd. FileExistsError if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_or_create_private_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The file's bytes, creating it from ``make()`` first if it does not exist yet (secrets made at first start)."""
+    data = make()
+    try:
+        create_private_file(path, data)
+    except FileExistsError:
+        return path.read_bytes()
+    return data
+
+
 def write_key_file(path: str | Path, owner: str, signing_key: SigningKey | None = None) -> KeyFile:
     """Create a new key file (0600); refuses to overwrite an existing one."""
     key = signing_key or SigningKey.generate()
@@ -44,13 +64,9 @@ def write_key_file(path: str | Path, owner: str, signing_key: SigningKey | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_private_file(path, body + b"\n")
     except FileExistsError:
         raise KeyFileError(f"{path} exists; refusing to overwrite a private key") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(body + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
     return KeyFile(owner, key)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +29,7 @@ from engine.config import Config
 from engine.devices import Device, DeviceRegistry
 from engine.drain import Drain
 from engine.errors import EngineError, OverloadedError, RateLimitedError, RequestTimeoutError
+from engine.keys import read_or_create_private_file
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.trust import TrustList
@@ -82,18 +82,9 @@ _PARTS = web.AppKey("parts", dict)
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
     """The person-key HMAC secret: created once (0600), never stored in ClickHouse, never logged."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        data = path.read_bytes()
-        if len(data) < 16:
-            raise EngineError(f"secret file {path} is too short") from None
-        return data
-    with os.fdopen(fd, "wb") as f:
-        data = secrets.token_bytes(nbytes)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    data = read_or_create_private_file(path, lambda: secrets.token_bytes(nbytes))
+    if len(data) < 16:
+        raise EngineError(f"secret file {path} is too short")
     return data
 
 
@@ -231,13 +222,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def _admin_token(path: Path) -> str:
     """Bearer token for operator calls (admin CLI on this host); created 0600 at first start."""
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    return read_or_create_private_file(path, lambda: secrets.token_urlsafe(32).encode() + b"\n").decode().strip()
 
 
 # -- error mapping ------------------------------------------------------------------------------------------
