@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.durable import replace_file
 from engine.errors import EngineError, WALError
 from engine.metrics import Metrics
 from engine.store import Store
@@ -227,14 +227,4 @@ class Drain:
             return None
 
     def _write_intent(self, first: int, last: int, token: str) -> None:
-        tmp = self._intent_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps({"first": first, "last": last, "token": token}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._intent_path)
-        dir_fd = os.open(self._intent_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self._intent_path, orjson.dumps({"first": first, "last": last, "token": token}))

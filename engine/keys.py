@@ -8,15 +8,14 @@ overwritten by accident. Loading refuses group/other-readable files, the way ssh
 from __future__ import annotations
 
 import base64
-import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from nacl.signing import SigningKey
 
+from engine.durable import create_private_file
 from engine.errors import KeyFileError
 
 
@@ -33,25 +32,6 @@ class KeyFile:
 
     def __repr__(self) -> str:  # never let a seed reach a log line
         return f"KeyFile(owner={self.owner!r}, public_key={self.public_key.hex()[:16]}…)"
-
-
-def create_private_file(path: Path, data: bytes) -> None:
-    """Write a new secret file: ``O_EXCL`` and mode 0600 in one call, fsync'd. FileExistsError if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_or_create_private_file(path: Path, make: Callable[[], bytes]) -> bytes:
-    """The file's bytes, creating it from ``make()`` first if it does not exist yet (secrets made at first start)."""
-    data = make()
-    try:
-        create_private_file(path, data)
-    except FileExistsError:
-        return path.read_bytes()
-    return data
 
 
 def write_key_file(path: str | Path, owner: str, signing_key: SigningKey | None = None) -> KeyFile:

@@ -28,8 +28,8 @@ from engine.batcher import Batcher
 from engine.config import Config
 from engine.devices import Device, DeviceRegistry
 from engine.drain import Drain
+from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError, RequestTimeoutError
-from engine.keys import read_or_create_private_file
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.trust import TrustList

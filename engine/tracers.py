@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from engine.durable import replace_file
 from engine.errors import ConfigError
 
 TRACERS_FILE = "tracers.json"
@@ -103,12 +103,5 @@ class TracerRegistry:
     def _write(self) -> None:
         """Write a new file beside the old one and rename it over: readers see the old or the new, never half."""
         doc = {"tracers": [t.__dict__ for t in sorted(self._tracers.values(), key=lambda t: t.name)]}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        replace_file(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         self._stamp = None

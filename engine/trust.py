@@ -9,8 +9,6 @@ validity windows. A bad file raises :class:`TrustListError` and the engine keeps
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +19,7 @@ import orjson
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from engine.clock import iso_utc, parse_iso
+from engine.durable import replace_file
 from engine.errors import TrustListError
 from engine.payload import KID_BYTES, b64url_decode_canonical, b64url_encode, key_id
 
@@ -198,14 +197,7 @@ class TrustList:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so a reloading engine never reads half a list."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trust-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(Path(path), self.to_json())
 
     def table(self) -> TrustTable:
         return TrustTable(
