@@ -133,7 +133,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     trust = load_or_create_trust(cfg.trust_list_path)
     secret = read_or_create_secret(cfg.secret_path)
     admin_token = _admin_token(cfg.data_dir / "admin.token")
-    verifier = make_verifier(trust.table(), secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
+    table = trust.table()  # one snapshot shared by the verifier and the batcher's record encoder
+    verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
     records = await asyncio.to_thread(store.devices)
     devices = DeviceRegistry(
         (Device(r.device_id, r.public_key, r.revoked, r.label) for r in records),
@@ -150,7 +151,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     batcher = Batcher(
         verifier=verifier,
-        trust=trust.table(),
+        trust=table,
         wal=wal,
         metrics=metrics,
         batch_size=cfg.batch_size,
