@@ -44,9 +44,6 @@ def parse_time(text: str | None, default: int) -> int:
         raise ConfigError(str(exc)) from None
 
 
-iso = iso_utc
-
-
 def _load_or_empty(path: Path) -> TrustList:
     return TrustList.load(path) if path.exists() else TrustList()
 
@@ -68,7 +65,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     else:
         print("trust list entry (add it to the engine's trust list):")
         print(updated.to_json().decode(), end="")
-    print(f"private key written to {args.out} (mode 0600); valid {iso(valid_from)} .. {iso(valid_until)}")
+    print(f"private key written to {args.out} (mode 0600); valid {iso_utc(valid_from)} .. {iso_utc(valid_until)}")
     return 0
 
 
@@ -122,7 +119,7 @@ def verify_one(code: bytes, trust: TrustList, secret: bytes, now: int) -> dict[s
         if idx >= 0:
             table = trust.table()
             out["kid"], out["issuer"] = table.kid_text(idx), table.issuers[idx]
-        out["iat"], out["exp"] = iso(int(r.iat[0])), iso(int(r.exp[0]))
+        out["iat"], out["exp"] = iso_utc(int(r.iat[0])), iso_utc(int(r.exp[0]))
     out["person_key"] = bytes(r.person_key[0]).hex()
     return out
 
