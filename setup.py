@@ -1,8 +1,9 @@
-"""Build script: the package is pure Python plus one optional compiled module, ``engine._verify``.
+"""Build script: the package is pure Python plus two optional compiled modules, ``engine._verify`` (the batch
+verifier) and ``engine._intake`` (the per-item check of device requests).
 
 Build switches (environment variables), in the manner of asyncpg/clickhouse-connect:
 
-* ``ENGINE_NO_EXTENSIONS=1``: skip the Cython extension; the engine runs on the pure-Python reference path.
+* ``ENGINE_NO_EXTENSIONS=1``: skip the Cython extensions; the engine runs on the pure-Python reference path.
 * ``ENGINE_CYTHON_ANNOTATE=1``: also write the Cython HTML annotation next to the source.
 
 A failed compile does not fail the install: the reference path is complete, and ``python -m engine info``
@@ -67,8 +68,15 @@ def extensions() -> list:
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],
     )
+    intake = Extension(
+        "engine._intake",
+        ["ext/_intake.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"],
+    )
     return cythonize(
-        [ext],
+        [ext, intake],
         language_level=3,
         annotate=os.environ.get("ENGINE_CYTHON_ANNOTATE", "") not in ("", "0"),
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from engine.batcher import SubmitResult
 from engine.errors import OverloadedError, PayloadError
-from engine.intake import parse_body
+from engine.intake import Intake, parse_body
 from engine.openapi import openapi_document
 from engine.server import METRICS, RUNTIME, read_body
 from engine.verdicts import REASONS, VERDICTS
@@ -42,29 +44,39 @@ async def post_scans(request: web.Request) -> web.Response:
     )
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
+    for _index, error in intake.rejected:
+        metrics.scans_rejected.labels(reason=error.split(" ", 1)[0]).inc()
+    if len(intake):
+        answer = await rt.batcher.submit(intake, now_ms)
+    else:
+        answer = SubmitResult(np.zeros(0, np.bool_), np.zeros(0, np.uint8), np.zeros(0, np.uint8))
+    return web.Response(body=render_answer(intake, answer), status=202, content_type="application/json")
+
+
+def render_answer(intake: Intake, answer: SubmitResult) -> bytes:
+    """The 202 body: counts, then one result per item in request order (stored / duplicate / rejected)."""
     results: list[dict[str, object] | None] = [None] * intake.count
     for index, error in intake.rejected:
-        metrics.scans_rejected.labels(reason=error.split(" ", 1)[0]).inc()
         results[index] = {"index": index, "status": "rejected", "error": error}
-    stored = duplicates = 0
-    if len(intake):
-        outcomes = await rt.batcher.submit(intake, now_ms)
-        for pos, o in enumerate(outcomes):
-            index = intake.index[pos]
-            results[index] = {
-                "index": index,
-                "scan_id": intake.scan_texts[pos],
-                "status": o.status,
-                "verdict": VERDICTS[o.verdict],
-                "reason": REASONS[o.reason],
-            }
-            if o.status == "stored":
-                stored += 1
-            else:
-                duplicates += 1
-    return _json(
-        {"stored": stored, "duplicates": duplicates, "rejected": len(intake.rejected), "results": results},
-        status=202,
+    stored = answer.stored.tolist()
+    for index, text, new, v, r in zip(
+        intake.index.tolist(), intake.scan_texts, stored, answer.verdict.tolist(), answer.reason.tolist(), strict=True
+    ):
+        results[index] = {
+            "index": index,
+            "scan_id": text,
+            "status": "stored" if new else "duplicate",
+            "verdict": VERDICTS[v],
+            "reason": REASONS[r],
+        }
+    n_stored = sum(stored)
+    return orjson.dumps(
+        {
+            "stored": n_stored,
+            "duplicates": len(stored) - n_stored,
+            "rejected": len(intake.rejected),
+            "results": results,
+        }
     )
 
 

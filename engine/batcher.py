@@ -28,44 +28,43 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import orjson
 
+from engine import record
 from engine.errors import EngineError, OverloadedError, WALError
 from engine.intake import Intake
 from engine.metrics import Metrics
+from engine.record import batch_rows
+from engine.rows import Strings, concat_offsets
 from engine.trust import TrustTable
-from engine.verdicts import VERDICTS, Verdict
+from engine.verdicts import VERDICTS
 from engine.verify import BatchResult, CodeBatch, Verifier
 from engine.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
 
+class SubmitResult(NamedTuple):
+    """The answer for every accepted item of one request, column-wise (aligned with ``Intake.index``)."""
 
-class ItemOutcome(NamedTuple):
-    """One scan's answer. A NamedTuple, not a frozen dataclass: one is built per scan on the event loop,
-    and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) showed up in py-spy."""
-
-    status: str  # "stored" (durable now) or "duplicate" (durable earlier)
-    verdict: int
-    reason: int
+    stored: np.ndarray  # bool: True "stored" (durable now), False "duplicate" (durable earlier)
+    verdict: np.ndarray  # uint8
+    reason: np.ndarray  # uint8
 
 
 class _Submission:
     """One request's new scans waiting for a verdict and durability."""
 
-    __slots__ = ("future", "intake", "positions", "received_ms", "t0")
+    __slots__ = ("future", "intake", "keys", "received_ms", "t0")
 
-    def __init__(self, intake: Intake, positions: list[int], received_ms: int) -> None:
-        self.intake = intake
-        self.positions = positions  # positions in intake.* columns that are new scans
+    def __init__(self, intake: Intake, keys: list[bytes], received_ms: int) -> None:
+        self.intake = intake  # only the scans that are new
+        self.keys = keys  # their scan ids, the recent-id map's keys
         self.received_ms = received_ms
         self.t0 = time.perf_counter()
         self.future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.keys)
 
 
 @dataclass
@@ -75,59 +74,31 @@ class _Verified:
     record: bytes
 
 
-def encode_record(subs: list[_Submission], batch: CodeBatch, result: BatchResult, trust: TrustTable) -> bytes:
-    """One WAL record per verified batch: every column the store needs, nothing the law says to drop.
-
-    orjson with numpy serialisation keeps this well under a microsecond per row; names, birth dates and
-    addresses never reach it (only the person key, QR id and key id do).
-    """
-    device, scan_id, venue, direction, scanned, received = [], [], [], [], [], []
-    for s in subs:
-        it = s.intake
-        for p in s.positions:
-            device.append(it.device_id)
-            scan_id.append(it.scan_ids[p])
-            venue.append(it.venues[p])
-            direction.append(it.directions[p])
-            scanned.append(it.scanned_ms[p])
-            received.append(s.received_ms)
-    buf = batch.buf
-    qid = [buf[a:b].decode("ascii") for a, b in zip(result.qid_start.tolist(), result.qid_end.tolist(), strict=True)]
-    key_ids, issuers = [], []
-    kid_texts = [trust.kid_text(k) for k in range(len(trust))]  # once per batch, not once per scan
-    for i, k in enumerate(result.key_index.tolist()):
-        if k >= 0:
-            key_ids.append(kid_texts[k])
-            issuers.append(trust.issuers[k])
-        else:
-            key_ids.append(_claimed_kid(batch.code(i)) if result.verdict[i] == Verdict.UNKNOWN_KEY else "")
-            issuers.append("")
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "scan_id": b"".join(scan_id).hex(),
-            "device_id": device,
-            "venue_id": venue,
-            "direction": direction,
-            "scanned_ms": scanned,
-            "received_ms": received,
-            "verdict": result.verdict,
-            "reason": result.reason,
-            "kind": result.kind,
-            "person_key": result.person_key.tobytes().hex(),
-            "qr_id": qid,
-            "key_id": key_ids,
-            "issuer": issuers,
-            "iat": result.iat,
-            "exp": result.exp,
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
+def encode_batch(subs: list[_Submission], trust: TrustTable, verifier: Verifier, now: int) -> tuple[BatchResult, bytes]:
+    """Verify the submissions' codes as one batch and encode the WAL record: whole columns, no per-scan loop."""
+    its = [s.intake for s in subs]
+    if len(its) == 1:
+        batch = CodeBatch(its[0].codes, its[0].code_offsets)
+    else:
+        offsets = concat_offsets([i.code_offsets for i in its], [len(i.codes) for i in its])
+        batch = CodeBatch(b"".join(i.codes for i in its), offsets)
+    result = verifier.verify_batch(batch, now)
+    devices: dict[str, int] = {}
+    per_sub = np.array([devices.setdefault(i.device_id, len(devices)) for i in its], np.int32)
+    lengths = [len(s) for s in subs]
+    rows = batch_rows(
+        scan_id=b"".join(i.scan_ids for i in its),
+        device_code=np.repeat(per_sub, lengths),
+        devices=list(devices),
+        venue_id=Strings.concat([Strings(i.venues, i.venue_offsets) for i in its]),
+        direction=np.concatenate([i.directions for i in its]),
+        scanned_ms=np.concatenate([i.scanned_ms for i in its]),
+        received_ms=np.repeat(np.array([s.received_ms for s in subs], np.int64), lengths),
+        batch=batch,
+        result=result,
+        trust=trust,
     )
-
-
-def _claimed_kid(code: bytes) -> str:
-    """The key id an unknown-key code claims, kept for forensics (which fake or retired key is in use)."""
-    return code.rsplit(b"|", 1)[-1].split(b".")[1].decode("ascii")
+    return result, record.encode(rows)
 
 
 class Batcher:
@@ -210,12 +181,17 @@ class Batcher:
         return self._verifier
 
     # -- intake ---------------------------------------------------------------------------------------------
-    async def submit(self, intake: Intake, received_ms: int) -> list[ItemOutcome]:
+    async def submit(self, intake: Intake, received_ms: int) -> SubmitResult:
+        """Queue the request's new scans; answer every accepted item once its scan is durable (now or before)."""
+        n = len(intake)
+        ids = intake.scan_ids
+        keys = [ids[16 * i : 16 * i + 16] for i in range(n)]
+        recent = self._recent
         fresh: list[int] = []
         earlier: dict[int, int | tuple[_Submission, int]] = {}
         seen_here: dict[bytes, int] = {}
-        for pos, sid in enumerate(intake.scan_ids):
-            prev = self._recent.get(sid)
+        for pos, sid in enumerate(keys):
+            prev = recent.get(sid)
             if prev is not None:
                 earlier[pos] = prev
             elif sid in seen_here:  # the same id twice in one request: store once
@@ -223,44 +199,46 @@ class Batcher:
             else:
                 seen_here[sid] = pos
                 fresh.append(pos)
-        sub = None
+        stored = np.zeros(n, np.bool_)
+        verdict = np.zeros(n, np.uint8)
+        reason = np.zeros(n, np.uint8)
         if fresh:
             self._admit(len(fresh))
-            sub = _Submission(intake, fresh, received_ms)
-            for k, pos in enumerate(fresh):
-                self._set_recent(intake.scan_ids[pos], (sub, k))
+            fresh_keys = keys if len(fresh) == n else [keys[p] for p in fresh]
+            sub = _Submission(intake.take(fresh), fresh_keys, received_ms)
+            for k, sid in enumerate(fresh_keys):
+                self._set_recent(sid, (sub, k))
             self._queue.append(sub)
             self._queued_scans += len(sub)
             self._waiting_scans += len(sub)
             self._wake.set()
-        outcomes: list[ItemOutcome | None] = [None] * len(intake)
-        if sub is not None:
             try:
-                verdicts, reasons = await asyncio.shield(sub.future)
+                vs, rs = await asyncio.shield(sub.future)
             except BaseException:
-                for pos in fresh:  # let the device's retry be accepted as new
-                    if isinstance(self._recent.get(intake.scan_ids[pos]), tuple):
-                        del self._recent[intake.scan_ids[pos]]
+                for sid in fresh_keys:  # let the device's retry be accepted as new
+                    if isinstance(recent.get(sid), tuple):
+                        del recent[sid]
                 raise
-            for pos, v, r in zip(fresh, verdicts.tolist(), reasons.tolist(), strict=True):
-                outcomes[pos] = ItemOutcome("stored", v, r)
+            if not earlier:
+                return SubmitResult(np.ones(n, np.bool_), vs, rs)
+            stored[fresh] = True
+            verdict[fresh] = vs
+            reason[fresh] = rs
         for pos, prev in earlier.items():
-            outcomes[pos] = await self._earlier_outcome(prev, outcomes)
+            verdict[pos], reason[pos] = await self._earlier_verdict(prev, verdict, reason)
         self._metrics.scans_duplicate.inc(len(earlier))
-        return [o for o in outcomes if o is not None]
+        return SubmitResult(stored, verdict, reason)
 
-    async def _earlier_outcome(
-        self, prev: int | tuple[_Submission, int], mine: list[ItemOutcome | None]
-    ) -> ItemOutcome:
+    async def _earlier_verdict(
+        self, prev: int | tuple[_Submission, int], verdict: np.ndarray, reason: np.ndarray
+    ) -> tuple[int, int]:
         if isinstance(prev, tuple):
             other, k = prev
             verdicts, reasons = await asyncio.shield(other.future)
-            return ItemOutcome("duplicate", int(verdicts[k]), int(reasons[k]))
+            return int(verdicts[k]), int(reasons[k])
         if prev < 0:  # duplicate of an earlier item in this same request
-            first = mine[-1 - prev]
-            assert first is not None
-            return ItemOutcome("duplicate", first.verdict, first.reason)
-        return ItemOutcome("duplicate", prev >> 8, prev & 0xFF)
+            return int(verdict[-1 - prev]), int(reason[-1 - prev])
+        return prev >> 8, prev & 0xFF
 
     def _admit(self, n: int) -> None:
         if self._closing:
@@ -314,13 +292,11 @@ class Batcher:
         return subs
 
     def _verify(self, subs: list[_Submission]) -> _Verified:
-        """Runs on the verify thread: pack, verify (GIL released inside), encode the WAL record."""
+        """Runs on the verify thread: verify (GIL released inside) and encode the WAL record."""
         t0 = time.perf_counter()
-        codes = [s.intake.codes[p] for s in subs for p in s.positions]
-        batch = CodeBatch.from_codes(codes)
-        result = self._verifier.verify_batch(batch, int(time.time()))
+        result, rec = encode_batch(subs, self._trust, self._verifier, int(time.time()))
         self._metrics.verify_seconds.observe(time.perf_counter() - t0)
-        return _Verified(subs, result, encode_record(subs, batch, result, self._trust))
+        return _Verified(subs, result, rec)
 
     # -- stage 2: group commit ------------------------------------------------------------------------------
     async def _wal_loop(self) -> None:
@@ -350,11 +326,14 @@ class Batcher:
             if c:
                 self._metrics.scans_acked.labels(verdict=label).inc(c)
         now = time.perf_counter()
+        recent = self._recent
         for s in v.subs:
             end = start + len(s)
             vs, rs = verdicts[start:end], reasons[start:end]
-            for k, pos in enumerate(s.positions):
-                self._set_recent(s.intake.scan_ids[pos], (int(vs[k]) << 8) | int(rs[k]))
+            if self._recent_max > 0:  # the ids are in the map already (FIFO): this only swaps in the verdict
+                recent.update(zip(s.keys, ((vs.astype(np.int64) << 8) | rs).tolist(), strict=True))
+                while len(recent) > self._recent_max:  # ids forgotten meanwhile came back: stay bounded
+                    recent.popitem(last=False)
             self._queued_scans -= len(s)
             self._metrics.ack_seconds.observe(now - s.t0)
             if not s.future.done():

@@ -23,58 +23,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import orjson
 
+from engine import record
 from engine.durable import replace_file
 from engine.errors import EngineError, WALError
 from engine.metrics import Metrics
 from engine.store import Store
-from engine.verdicts import KINDS, REASONS, VERDICTS
 from engine.wal import WALRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
-
-_DIRECTIONS = ("", "in", "out")
-
-
-def records_to_columns(records: list[WALRecord]) -> dict[str, Any]:
-    """Concatenate WAL records (see ``engine.batcher.encode_record``) into the store's insert columns."""
-    docs = [orjson.loads(r.payload) for r in records]
-    for d in docs:
-        if d.get("v") != 1:
-            raise WALError(f"WAL record version {d.get('v')!r} is not understood by this engine")
-
-    def cat(name: str) -> list[Any]:
-        out: list[Any] = []
-        for d in docs:
-            out.extend(d[name])
-        return out
-
-    raw_ids = bytes.fromhex("".join(d["scan_id"] for d in docs))
-    person = bytes.fromhex("".join(d["person_key"] for d in docs))
-    n = len(raw_ids) // 16
-    scanned = np.array(cat("scanned_ms"), dtype="datetime64[ms]")
-    received = np.array(cat("received_ms"), dtype="datetime64[ms]")
-    return {
-        "scan_id": np.frombuffer(raw_ids, np.uint8).reshape(n, 16),
-        "device_id": cat("device_id"),
-        "venue_id": cat("venue_id"),
-        "direction": [_DIRECTIONS[d] for d in cat("direction")],
-        "scanned_at": scanned,
-        "received_at": received,
-        "verdict": [VERDICTS[v] for v in cat("verdict")],
-        "reason": [REASONS[r] for r in cat("reason")],
-        "code_kind": [KINDS[k] for k in cat("kind")],
-        "person_key": [person[i * 16 : (i + 1) * 16] for i in range(n)],
-        "qr_id": cat("qr_id"),
-        "key_id": cat("key_id"),
-        "issuer": cat("issuer"),
-        "code_iat": np.array(cat("iat"), dtype="datetime64[s]"),
-        "code_exp": np.array(cat("exp"), dtype="datetime64[s]"),
-    }
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -181,9 +140,9 @@ class Drain:
         if first == 0:
             return 0
         records = self._read_range(first, last)
-        columns = records_to_columns(records)
+        batch = record.decode_many([r.payload for r in records])
         t0 = time.perf_counter()
-        rows = self._store.insert_scans(columns, dedup_token=token)
+        rows = self._store.insert_scans(batch, dedup_token=token)
         self._metrics.insert_seconds.observe(time.perf_counter() - t0)
         self._metrics.insert_rows.observe(rows)
         self._metrics.scans_stored.inc(rows)

@@ -9,13 +9,21 @@ Two kinds of bad input are told apart on purpose:
 
 A QR text that fails to parse is *not* a broken item: it is a real scan of a bad code, so it is stored with
 the verdict ``malformed`` and its reason, which is exactly what tracing and fraud analysis want to see.
+
+The accepted items come out column-wise (packed buffers and numpy arrays, no object per scan): the verify
+stage, the WAL record and the store insert all work on whole columns, so the per-scan Python work of the
+whole pipeline is the item check itself. That check has two implementations with one contract:
+:func:`take_items_py` here, the reference, and ``engine._intake.take_items`` (``ext/_intake.pyx``), which
+reads orjson's objects through the C API; the tests hold them to the same output, field for field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from engine.clock import parse_iso
@@ -26,28 +34,90 @@ MAX_VENUE_CHARS = 64
 _VENUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 DIRECTIONS = {"in": 1, "out": 2}
 
+# The item errors, word for word (the compiled path imports them from here, so both say the same thing).
+E_NOT_OBJECT = "item must be an object"
+E_SCAN_ID_MISSING = "scan_id is missing"
+E_SCAN_ID = "scan_id is not a UUID (8-4-4-4-12 hex digits)"
+E_QR_TYPE = "qr must be a string (the text the scanner read)"
+E_QR_LONG = f"qr is longer than {MAX_QR_CHARS} characters"
+E_VENUE = f"venue_id must be 1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
+E_DIRECTION = 'direction must be "in" or "out"'
+E_TIME = "scanned_at must be epoch milliseconds or an ISO-8601 time with a zone"
+E_WINDOW = "scanned_at is outside the accepted window (retention period .. now + clock skew)"
+E_UNICODE = "qr is not valid Unicode"
+
+
+def _empty_offsets() -> np.ndarray:
+    return np.zeros(1, np.int64)
+
 
 @dataclass
 class Intake:
-    """The accepted items of one request, column-wise, plus the rejected ones with reasons."""
+    """The accepted items of one request, column-wise, plus the rejected ones with reasons.
+
+    ``codes``/``code_offsets`` are exactly a :class:`engine.verify.CodeBatch`; ``venues`` is packed the same
+    way. ``scan_texts`` keeps the device's own scan id strings (no copies), echoed in the answer.
+    """
 
     device_id: str
     count: int = 0  # items in the request
-    index: list[int] = field(default_factory=list)  # request index of each accepted item
-    scan_ids: list[bytes] = field(default_factory=list)  # 16 raw bytes each
-    scan_texts: list[str] = field(default_factory=list)  # as the device wrote them, echoed in the answer
-    codes: list[bytes] = field(default_factory=list)
-    venues: list[str] = field(default_factory=list)
-    directions: list[int] = field(default_factory=list)
-    scanned_ms: list[int] = field(default_factory=list)
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # request index of each accepted
+    scan_ids: bytes = b""  # 16 raw bytes each
+    scan_texts: list[str] = field(default_factory=list)
+    codes: bytes = b""
+    code_offsets: np.ndarray = field(default_factory=_empty_offsets)  # int64, n + 1
+    venues: bytes = b""
+    venue_offsets: np.ndarray = field(default_factory=_empty_offsets)  # int64, n + 1
+    directions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # 1 in, 2 out
+    scanned_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.scan_ids)
+        return len(self.scan_texts)
+
+    def scan_id(self, i: int) -> bytes:
+        return self.scan_ids[16 * i : 16 * i + 16]
+
+    def code(self, i: int) -> bytes:
+        return self.codes[self.code_offsets[i] : self.code_offsets[i + 1]]
+
+    def venue(self, i: int) -> str:
+        return self.venues[self.venue_offsets[i] : self.venue_offsets[i + 1]].decode("utf-8")
+
+    def take(self, positions: list[int]) -> Intake:
+        """The accepted items at ``positions`` only (a request that repeats scans already seen): rare, so
+        plain Python; the common all-new request never copies."""
+        if len(positions) == len(self):
+            return self
+        pos = np.asarray(positions, np.int64)
+        codes, code_offsets = _pack([self.code(i) for i in positions])
+        venues, venue_offsets = _pack(
+            [self.venues[self.venue_offsets[i] : self.venue_offsets[i + 1]] for i in positions]
+        )
+        return Intake(
+            device_id=self.device_id,
+            count=self.count,
+            index=self.index[pos],
+            scan_ids=b"".join(self.scan_id(i) for i in positions),
+            scan_texts=[self.scan_texts[i] for i in positions],
+            codes=codes,
+            code_offsets=code_offsets,
+            venues=venues,
+            venue_offsets=venue_offsets,
+            directions=self.directions[pos],
+            scanned_ms=self.scanned_ms[pos],
+        )
+
+
+def _pack(parts: list[bytes]) -> tuple[bytes, np.ndarray]:
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    if parts:
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+    return b"".join(parts), offsets
 
 
 def _uuid_bytes(value: Any) -> bytes | None:
-    """The canonical 36-character form only, parsed without building a uuid.UUID (~3x cheaper per scan)."""
+    """The canonical 36-character form only (any case), parsed without building a uuid.UUID."""
     if type(value) is not str or len(value) != 36:
         return None
     if value[8] != "-" or value[13] != "-" or value[18] != "-" or value[23] != "-":
@@ -59,7 +129,8 @@ def _uuid_bytes(value: Any) -> bytes | None:
     return raw if len(raw) == 16 else None
 
 
-def _scan_time_ms(value: Any) -> int | None:
+def scan_time_ms(value: Any) -> int | None:
+    """``scanned_at`` as epoch ms: an int as is, an ISO-8601 time with a zone parsed; None if neither."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -69,6 +140,88 @@ def _scan_time_ms(value: Any) -> int | None:
             return int(parse_iso(value).timestamp() * 1000)
         except ValueError:
             return None
+    return None
+
+
+class _Columns:
+    __slots__ = ("codes", "directions", "index", "rejected", "scan_ids", "scan_texts", "scanned", "venues")
+
+    def __init__(self) -> None:
+        self.index: list[int] = []
+        self.scan_ids: list[bytes] = []
+        self.scan_texts: list[str] = []
+        self.codes: list[bytes] = []
+        self.venues: list[bytes] = []
+        self.directions: list[int] = []
+        self.scanned: list[int] = []
+        self.rejected: list[tuple[int, str]] = []
+
+
+def take_items_py(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any, ...]:
+    """The reference item check: every item of ``scans`` accepted into columns or rejected with its reason.
+
+    Returns ``(index, scan_ids, scan_texts, codes, code_offsets, venues, venue_offsets, directions,
+    scanned_ms, rejected)``, the fields of :class:`Intake` in that order.
+    """
+    out = _Columns()
+    for i, item in enumerate(scans):
+        error = _take_item(out, i, item, oldest_ms, newest_ms)
+        if error is not None:
+            out.rejected.append((i, error))
+    codes, code_offsets = _pack(out.codes)
+    venues, venue_offsets = _pack(out.venues)
+    return (
+        np.asarray(out.index, np.int32),
+        b"".join(out.scan_ids),
+        out.scan_texts,
+        codes,
+        code_offsets,
+        venues,
+        venue_offsets,
+        np.asarray(out.directions, np.uint8),
+        np.asarray(out.scanned, np.int64),
+        out.rejected,
+    )
+
+
+def _take_item(out: _Columns, i: int, item: Any, oldest_ms: int, newest_ms: int) -> str | None:
+    if not isinstance(item, dict):
+        return E_NOT_OBJECT
+    scan_id = _uuid_bytes(item.get("scan_id"))
+    if scan_id is None:
+        return E_SCAN_ID_MISSING if "scan_id" not in item else E_SCAN_ID
+    qr = item.get("qr")
+    if not isinstance(qr, str):
+        return E_QR_TYPE
+    if len(qr) > MAX_QR_CHARS:
+        return E_QR_LONG
+    venue = item.get("venue_id")
+    if (
+        not isinstance(venue, str)
+        or not 1 <= len(venue) <= MAX_VENUE_CHARS
+        or any(c not in _VENUE_CHARS for c in venue)
+    ):
+        return E_VENUE
+    raw_direction = item.get("direction")
+    direction = DIRECTIONS.get(raw_direction) if isinstance(raw_direction, str) else None
+    if direction is None:
+        return E_DIRECTION
+    scanned = scan_time_ms(item.get("scanned_at"))
+    if scanned is None:
+        return E_TIME
+    if not oldest_ms <= scanned <= newest_ms:
+        return E_WINDOW
+    try:
+        code = qr.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
+        return E_UNICODE
+    out.index.append(i)
+    out.scan_ids.append(scan_id)
+    out.scan_texts.append(item["scan_id"])
+    out.codes.append(code)
+    out.venues.append(venue.encode("ascii"))
+    out.directions.append(direction)
+    out.scanned.append(scanned)
     return None
 
 
@@ -98,51 +251,19 @@ def parse_body(
         raise PayloadError('"scans" is empty')
     if len(scans) > max_items:
         raise PayloadError(f"{len(scans)} scans in one request; the limit is {max_items}")
-    out = Intake(device_id=device_id, count=len(scans))
-    newest_ms = now_ms + skew_ms
-    for i, item in enumerate(scans):
-        error = _take_item(out, i, item, oldest_ms, newest_ms)
-        if error is not None:
-            out.rejected.append((i, error))
-    return out
+    cols = take_items(scans, oldest_ms, now_ms + skew_ms)
+    return Intake(device_id, len(scans), *cols)
 
 
-def _take_item(out: Intake, i: int, item: Any, oldest_ms: int, newest_ms: int) -> str | None:
-    if not isinstance(item, dict):
-        return "item must be an object"
-    scan_id = _uuid_bytes(item.get("scan_id"))
-    if scan_id is None:
-        return "scan_id is missing" if "scan_id" not in item else "scan_id is not a UUID (8-4-4-4-12 hex digits)"
-    qr = item.get("qr")
-    if not isinstance(qr, str):
-        return "qr must be a string (the text the scanner read)"
-    if len(qr) > MAX_QR_CHARS:
-        return f"qr is longer than {MAX_QR_CHARS} characters"
-    venue = item.get("venue_id")
-    if (
-        not isinstance(venue, str)
-        or not 1 <= len(venue) <= MAX_VENUE_CHARS
-        or any(c not in _VENUE_CHARS for c in venue)
-    ):
-        return f"venue_id must be 1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
-    raw_direction = item.get("direction")
-    direction = DIRECTIONS.get(raw_direction) if isinstance(raw_direction, str) else None
-    if direction is None:
-        return 'direction must be "in" or "out"'
-    scanned = _scan_time_ms(item.get("scanned_at"))
-    if scanned is None:
-        return "scanned_at must be epoch milliseconds or an ISO-8601 time with a zone"
-    if not oldest_ms <= scanned <= newest_ms:
-        return "scanned_at is outside the accepted window (retention period .. now + clock skew)"
-    try:
-        code = qr.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
-        return "qr is not valid Unicode"
-    out.index.append(i)
-    out.scan_ids.append(scan_id)
-    out.scan_texts.append(item["scan_id"])
-    out.codes.append(code)
-    out.venues.append(venue)
-    out.directions.append(direction)
-    out.scanned_ms.append(scanned)
-    return None
+# -- the one switch (as in engine.verify) ----------------------------------------------------------------------
+from engine.verify import NO_EXTENSIONS  # noqa: E402  (constants above are what the compiled module imports)
+
+TakeItems = Callable[[list[Any], int, int], tuple[Any, ...]]
+_c_take_items: TakeItems | None
+try:
+    from engine._intake import take_items as _c_take_items
+except ImportError:  # not built: the reference is complete, only slower
+    _c_take_items = None
+
+take_items: TakeItems = _c_take_items if _c_take_items is not None and not NO_EXTENSIONS else take_items_py
+TAKE_ITEMS_IMPLEMENTATION = "cython" if take_items is not take_items_py else "python"

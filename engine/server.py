@@ -39,8 +39,8 @@ from engine.wal import WriteAheadLog
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: A scan's WAL record size, about (orjson columns): turns "rows per insert" into the WAL read's byte bound.
-WAL_BYTES_PER_ROW = 250
+#: A scan's share of a WAL batch record, about (engine.record): turns "rows per insert" into the read's byte bound.
+WAL_BYTES_PER_ROW = 130
 
 ROUTE_MODULES: tuple[str, ...] = ("engine.api", "engine.admin", "engine.tracing", "engine.dashboard")
 

@@ -37,3 +37,11 @@ def test_make_verifier_builds_the_compiled_one(trust_list, person_secret: bytes)
     verifier = make_verifier(trust_list.table(), person_secret, threads=2)
     assert isinstance(verifier, CVerifier)
     assert verifier.threads == 2
+
+
+def test_intake_check_is_compiled() -> None:
+    from engine import intake
+    from engine._intake import take_items
+
+    assert intake.TAKE_ITEMS_IMPLEMENTATION == "cython"
+    assert intake.take_items is take_items

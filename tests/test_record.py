@@ -1,0 +1,206 @@
+"""WAL batch records and store rows: real codes, a real verifier, a real chdb store.
+
+A verified batch goes through exactly what the engine does with it (``batch_rows`` → ``encode`` → WAL bytes →
+``decode`` → ``Store.insert_scans``) and what lands in ClickHouse is compared with what the verifier said and
+what the friendly column form stores. A record written by an earlier engine (version 1, JSON) must still
+drain after an upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from nacl.signing import SigningKey
+
+from engine import record
+from engine.errors import WALError
+from engine.payload import Person, mint
+from engine.rows import Rows, Strings, rows_from_columns, to_arrow
+from engine.store import Store
+from engine.trust import TrustList
+from engine.verdicts import CodeKind, Verdict
+from engine.verify import CodeBatch, PyVerifier
+
+NOW_S = 1_767_225_600
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.connect(f"chdb://{tmp_path / 'store'}", retention_days=3650)
+    try:
+        s.migrate()
+        yield s
+    finally:
+        s.close()
+
+
+def verified_rows(
+    issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes, *, device: str = "dev-1", seed: int = 0
+) -> tuple[Rows, list[bytes]]:
+    """Six scans: two genuine codes, a forged one, one signed by an unknown key, an unsigned one, garbage."""
+    stranger = SigningKey(hashlib.sha256(b"stranger").digest())
+    p = [Person(f"******{seed}{i:05d}", "NGUYEN VAN AN", "1990-01-**", f"QID{seed}{i:09d}") for i in range(4)]
+    genuine = [mint(p[i], issuer_key, iat=NOW_S - 60, exp=NOW_S + 86_400) for i in range(2)]
+    forged = genuine[1][:-2] + ("AA" if not genuine[1].endswith("AA") else "BA")
+    codes = [c.encode() for c in [*genuine, forged]]
+    codes.append(mint(p[3], stranger, iat=NOW_S - 60, exp=NOW_S + 86_400).encode())
+    codes.append(b"******000001|NGUYEN VAN AN|1990-01-**|0|QID000000001|")  # the legacy unsigned code
+    codes.append(b"not a code")
+    batch = CodeBatch.from_codes(codes)
+    result = PyVerifier(trust_list.table(), person_secret).verify_batch(batch, NOW_S)
+    n = len(codes)
+    rows = record.batch_rows(
+        scan_id=b"".join(uuid.UUID(int=seed * 100 + i + 1).bytes for i in range(n)),
+        device_code=np.zeros(n, np.int32),
+        devices=[device],
+        venue_id=Strings.pack([f"venue-{i}".encode() for i in range(n)]),
+        direction=np.array([1, 2] * (n // 2), np.uint8),
+        scanned_ms=np.arange(n, dtype=np.int64) + NOW_S * 1000,
+        received_ms=np.full(n, NOW_S * 1000 + 250, np.int64),
+        batch=batch,
+        result=result,
+        trust=trust_list.table(),
+    )
+    return rows, codes
+
+
+def test_batch_rows_carry_the_verdicts_and_no_personal_text(
+    issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    verdicts = [Verdict(v) for v in rows.verdict.tolist()]
+    assert verdicts == [
+        Verdict.OK,
+        Verdict.OK,
+        Verdict.BAD_SIGNATURE,
+        Verdict.UNKNOWN_KEY,
+        Verdict.UNSIGNED_CODE,
+        Verdict.MALFORMED,
+    ]
+    assert rows.qr_id.to_list()[:2] == ["QID0000000000", "QID0000000001"] and rows.qr_id[5] == ""
+    keys = [(rows.key_ids[k], rows.issuers[k]) for k in rows.key_code.tolist()]
+    assert keys[0] == (trust_list.table().kid_text(0), "test-issuer")
+    assert keys[3][0] not in ("", keys[0][0]) and keys[3][1] == ""  # the key id the forger claimed
+    assert keys[4] == keys[5] == ("", "")
+    encoded = record.encode(rows)
+    assert b"NGUY" not in encoded and b"1990" not in encoded and b"******" not in encoded
+
+
+def test_encode_decode_round_trip_is_exact(issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    back = record.decode(record.encode(rows))
+    assert to_arrow(back).equals(to_arrow(rows))
+    assert len(record.encode(rows)) < 200 * len(rows)
+
+
+def test_concat_merges_dictionaries(issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes) -> None:
+    a, _ = verified_rows(issuer_key, trust_list, person_secret, device="dev-a", seed=1)
+    b, _ = verified_rows(issuer_key, trust_list, person_secret, device="dev-b", seed=2)
+    both = record.decode_many([record.encode(a), record.encode(b), record.encode(a)])
+    table = to_arrow(both).to_pydict()
+    assert table["device_id"] == ["dev-a"] * 6 + ["dev-b"] * 6 + ["dev-a"] * 6
+    assert table["key_id"][:6] == table["key_id"][6:12] == table["key_id"][12:]
+    assert table["venue_id"][6:12] == [f"venue-{i}" for i in range(6)]
+    assert sorted(both.devices) == ["dev-a", "dev-b"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-1],
+        lambda b: b + b"x",
+        lambda b: b"VQR9" + b[4:],
+        lambda b: b[:8] + b"{not json" + b[17:],
+        lambda b: b[:12],
+    ],
+)
+def test_damaged_record_raises_wal_error(
+    damage: object, issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    with pytest.raises(WALError):
+        record.decode(damage(record.encode(rows)))  # type: ignore[operator]
+
+
+def v1_record(rows: Rows) -> bytes:
+    """What ``encode_record`` of engines before record version 2 wrote for the same rows."""
+    n = len(rows)
+    return orjson.dumps(
+        {
+            "v": 1,
+            "scan_id": rows.scan_id.hex(),
+            "device_id": [rows.devices[c] for c in rows.device_code.tolist()],
+            "venue_id": rows.venue_id.to_list(),
+            "direction": rows.direction.tolist(),
+            "scanned_ms": rows.scanned_ms.tolist(),
+            "received_ms": rows.received_ms.tolist(),
+            "verdict": rows.verdict.tolist(),
+            "reason": rows.reason.tolist(),
+            "kind": rows.kind.tolist(),
+            "person_key": rows.person_key.hex(),
+            "qr_id": [rows.qr_id[i] for i in range(n)],
+            "key_id": [rows.key_ids[c] for c in rows.key_code.tolist()],
+            "issuer": [rows.issuers[c] for c in rows.key_code.tolist()],
+            "iat": rows.iat_s.tolist(),
+            "exp": rows.exp_s.tolist(),
+        }
+    )
+
+
+def test_a_version_1_record_from_an_older_engine_still_drains(
+    store: Store, issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    newer, _ = verified_rows(issuer_key, trust_list, person_secret, seed=3)
+    mixed = record.decode_many([v1_record(rows), record.encode(newer)])
+    assert to_arrow(record.decode(v1_record(rows))).to_pydict() == to_arrow(rows).to_pydict()
+    assert store.insert_scans(mixed) == 12
+    assert int(store.query("SELECT count() FROM scans")[0][0]) == 12
+    with pytest.raises(WALError, match="version 7"):
+        record.decode(orjson.dumps({"v": 7}))
+
+
+def test_rows_and_friendly_columns_store_the_same(
+    store: Store, issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    store.insert_scans(record.decode(record.encode(rows)))
+    n = len(rows)
+    friendly = {
+        "scan_id": [uuid.UUID(bytes=rows.scan_id[16 * i : 16 * i + 16]) for i in range(n)],
+        "device_id": ["dev-1"] * n,
+        "venue_id": rows.venue_id.to_list(),
+        "direction": ["in", "out"] * (n // 2),
+        "scanned_at": rows.scanned_ms.astype("datetime64[ms]"),
+        "received_at": rows.received_ms.astype("datetime64[ms]"),
+        "verdict": [Verdict(v).label for v in rows.verdict.tolist()],
+        "reason": rows.reason,
+        "code_kind": [CodeKind(k) for k in rows.kind.tolist()],
+        "person_key": [rows.person_key[16 * i : 16 * i + 16] for i in range(n)],
+        "qr_id": rows.qr_id.to_list(),
+        "key_id": [rows.key_ids[c] for c in rows.key_code.tolist()],
+        "issuer": [rows.issuers[c] for c in rows.key_code.tolist()],
+        "code_iat": rows.iat_s,
+        "code_exp": rows.exp_s,
+    }
+    assert to_arrow(rows_from_columns(friendly)).to_pydict() == to_arrow(rows).to_pydict()
+    stored = store.query(
+        "SELECT toString(scan_id), device_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
+        "toString(verdict), toString(code_kind), hex(person_key), qr_id, key_id, issuer, toUnixTimestamp(code_exp) "
+        "FROM scans ORDER BY scan_id"
+    )
+    assert [r[0] for r in stored] == [str(u) for u in friendly["scan_id"]]
+    for i, r in enumerate(stored):
+        assert r[1:4] == ("dev-1", f"venue-{i}", friendly["direction"][i])
+        assert r[4] == NOW_S * 1000 + i
+        assert r[5:7] == (friendly["verdict"][i], CodeKind(rows.kind[i]).label)
+        assert bytes.fromhex(r[7]) == friendly["person_key"][i]
+        assert r[8:11] == (friendly["qr_id"][i], friendly["key_id"][i], friendly["issuer"][i])
+        assert r[11] == int(rows.exp_s[i])
+    assert int(store.query("SELECT count() FROM scans_by_person")[0][0]) == n
