@@ -23,7 +23,6 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from engine.intake import Intake
 from engine.metrics import Metrics
 from engine.record import batch_rows
 from engine.rows import Strings, concat_offsets
+from engine.threads import single_thread_pool
 from engine.trust import TrustTable
 from engine.verdicts import VERDICTS
 from engine.verify import BatchResult, CodeBatch, Verifier
@@ -126,14 +126,14 @@ class Batcher:
         self._wal_budget = wal_budget_bytes
         self._recent_max = recent_ids
         self._on_durable = on_durable
-        self._recent: OrderedDict[bytes, int | tuple[_Submission, int]] = OrderedDict()
+        self._recent: OrderedDict[bytes, int | _Submission] = OrderedDict()
         self._queue: deque[_Submission] = deque()
         self._queued_scans = 0  # queued, verifying or in the WAL stage: everything not yet answered
         self._waiting_scans = 0  # in self._queue only
         self._wake = asyncio.Event()
         self._verified: asyncio.Queue[_Verified] = asyncio.Queue(maxsize=2)
-        self._verify_pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
-        self._wal_pool = ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._verify_pool = single_thread_pool("verify")
+        self._wal_pool = single_thread_pool("wal")
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         metrics.on_scrape(self._refresh_metrics)
@@ -184,30 +184,30 @@ class Batcher:
     async def submit(self, intake: Intake, received_ms: int) -> SubmitResult:
         """Queue the request's new scans; answer every accepted item once its scan is durable (now or before)."""
         n = len(intake)
-        ids = intake.scan_ids
-        keys = [ids[16 * i : 16 * i + 16] for i in range(n)]
+        keys: list[bytes] = np.frombuffer(intake.scan_ids, "V16").tolist()  # "S16" would strip trailing NULs
         recent = self._recent
-        fresh: list[int] = []
-        earlier: dict[int, int | tuple[_Submission, int]] = {}
-        seen_here: dict[bytes, int] = {}
-        for pos, sid in enumerate(keys):
-            prev = recent.get(sid)
-            if prev is not None:
-                earlier[pos] = prev
-            elif sid in seen_here:  # the same id twice in one request: store once
-                earlier[pos] = -1 - seen_here[sid]
-            else:
-                seen_here[sid] = pos
-                fresh.append(pos)
-        stored = np.zeros(n, np.bool_)
+        earlier: dict[int, int | _Submission] = {}
+        if recent.keys().isdisjoint(keys) and len(set(keys)) == n:
+            fresh = None  # the common request: every scan new and distinct, checked in C, no per-scan loop here
+        else:
+            fresh = []
+            seen_here: dict[bytes, int] = {}
+            for pos, sid in enumerate(keys):
+                prev = recent.get(sid)
+                if prev is not None:
+                    earlier[pos] = prev
+                elif sid in seen_here:  # the same id twice in one request: store once
+                    earlier[pos] = -1 - seen_here[sid]
+                else:
+                    seen_here[sid] = pos
+                    fresh.append(pos)
         verdict = np.zeros(n, np.uint8)
         reason = np.zeros(n, np.uint8)
-        if fresh:
-            self._admit(len(fresh))
-            fresh_keys = keys if len(fresh) == n else [keys[p] for p in fresh]
-            sub = _Submission(intake.take(fresh), fresh_keys, received_ms)
-            for k, sid in enumerate(fresh_keys):
-                self._set_recent(sid, (sub, k))
+        if fresh is None or fresh:
+            fresh_keys = keys if fresh is None else [keys[p] for p in fresh]
+            self._admit(len(fresh_keys))
+            sub = _Submission(intake if fresh is None else intake.take(fresh), fresh_keys, received_ms)
+            self._remember_in_flight(sub)
             self._queue.append(sub)
             self._queued_scans += len(sub)
             self._waiting_scans += len(sub)
@@ -216,25 +216,27 @@ class Batcher:
                 vs, rs = await asyncio.shield(sub.future)
             except BaseException:
                 for sid in fresh_keys:  # let the device's retry be accepted as new
-                    if isinstance(recent.get(sid), tuple):
+                    if recent.get(sid) is sub:
                         del recent[sid]
                 raise
-            if not earlier:
+            if fresh is None:
                 return SubmitResult(np.ones(n, np.bool_), vs, rs)
-            stored[fresh] = True
             verdict[fresh] = vs
             reason[fresh] = rs
+        stored = np.zeros(n, np.bool_)
+        if fresh:
+            stored[fresh] = True
         for pos, prev in earlier.items():
-            verdict[pos], reason[pos] = await self._earlier_verdict(prev, verdict, reason)
+            verdict[pos], reason[pos] = await self._earlier_verdict(keys[pos], prev, verdict, reason)
         self._metrics.scans_duplicate.inc(len(earlier))
         return SubmitResult(stored, verdict, reason)
 
     async def _earlier_verdict(
-        self, prev: int | tuple[_Submission, int], verdict: np.ndarray, reason: np.ndarray
+        self, sid: bytes, prev: int | _Submission, verdict: np.ndarray, reason: np.ndarray
     ) -> tuple[int, int]:
-        if isinstance(prev, tuple):
-            other, k = prev
-            verdicts, reasons = await asyncio.shield(other.future)
+        if isinstance(prev, _Submission):  # still in flight: wait for its verdict
+            verdicts, reasons = await asyncio.shield(prev.future)
+            k = prev.keys.index(sid)
             return int(verdicts[k]), int(reasons[k])
         if prev < 0:  # duplicate of an earlier item in this same request
             return int(verdict[-1 - prev]), int(reason[-1 - prev])
@@ -251,14 +253,24 @@ class Batcher:
             self._metrics.overload.labels(cause="wal_budget").inc()
             raise OverloadedError("store backlog exceeds the WAL disk budget; retry later", 5.0)
 
-    def _set_recent(self, sid: bytes, value: int | tuple[_Submission, int]) -> None:
+    def _set_recent(self, sid: bytes, value: int) -> None:
         if self._recent_max <= 0:
             return
+        self._recent[sid] = value
+        self._trim_recent()
+
+    def _remember_in_flight(self, sub: _Submission) -> None:
+        """Map the submission's ids to it until their verdicts replace it (see ``_resolve``), in one C call."""
+        if self._recent_max > 0:
+            self._recent.update(dict.fromkeys(sub.keys, sub))
+            self._trim_recent()
+
+    def _trim_recent(self) -> None:
         # First-in first-out is enough: an id is inserted when accepted and updated in place with its verdict;
         # a retry of a forgotten id is still collapsed by the store (no move_to_end on the hot path).
-        self._recent[sid] = value
-        if len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+        recent = self._recent
+        for _ in range(len(recent) - self._recent_max):
+            recent.popitem(last=False)
 
     # -- stage 1: cut and verify ----------------------------------------------------------------------------
     async def _batch_loop(self) -> None:
@@ -332,8 +344,7 @@ class Batcher:
             vs, rs = verdicts[start:end], reasons[start:end]
             if self._recent_max > 0:  # the ids are in the map already (FIFO): this only swaps in the verdict
                 recent.update(zip(s.keys, ((vs.astype(np.int64) << 8) | rs).tolist(), strict=True))
-                while len(recent) > self._recent_max:  # ids forgotten meanwhile came back: stay bounded
-                    recent.popitem(last=False)
+                self._trim_recent()  # ids forgotten meanwhile came back: stay bounded
             self._queued_scans -= len(s)
             self._metrics.ack_seconds.observe(now - s.t0)
             if not s.future.done():

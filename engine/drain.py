@@ -31,6 +31,7 @@ from engine.durable import replace_file
 from engine.errors import EngineError, WALError
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.threads import keeping_name, single_thread_pool
 from engine.wal import WALRecord, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Drain:
         self._idle_wait_s = idle_wait_s
         self._closing = asyncio.Event()
         self._intent_path = Path(wal.directory) / "drain.intent"
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._pool = single_thread_pool("store")
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.store_ok = True
@@ -107,7 +108,7 @@ class Drain:
         backoff = 0.1
         while True:
             try:
-                moved = await loop.run_in_executor(self._pool, self.step)
+                moved = await loop.run_in_executor(self._pool, keeping_name("store", self.step))
             except Exception as exc:  # the drain must never die silently: retry whatever failed
                 self.store_ok = False
                 self.last_error = str(exc) or type(exc).__name__

@@ -13,6 +13,7 @@ process, because chdb locks its data directory to one process; those calls run o
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import secrets
@@ -32,6 +33,7 @@ from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError, RequestTimeoutError
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.threads import keeping_name
 from engine.trust import TrustList
 from engine.verify import make_verifier
 from engine.wal import WriteAheadLog
@@ -63,7 +65,8 @@ class Runtime:
 
     async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on the one store thread (chdb is single-process, one call at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self.drain.pool, fn, *args)
+        call = keeping_name("store", functools.partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(self.drain.pool, call)
 
     async def reload_trust(self) -> TrustList:
         """Re-read the trust list; a bad file raises and the engine keeps the list it had."""
