@@ -2,4 +2,15 @@
 
 from typing import Any
 
+import numpy as np
+
 def take_items(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any, ...]: ...
+def render_answer(
+    count: int,
+    index: np.ndarray,
+    scan_texts: list[str],
+    rejected: list[tuple[int, str]],
+    stored: np.ndarray,
+    verdict: np.ndarray,
+    reason: np.ndarray,
+) -> bytes: ...

@@ -12,10 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.batcher import SubmitResult
 from engine.errors import OverloadedError, PayloadError
-from engine.intake import Intake, parse_body
+from engine.intake import parse_body, render_answer
 from engine.openapi import openapi_document
 from engine.server import METRICS, RUNTIME, read_body
-from engine.verdicts import REASONS, VERDICTS
 
 DAY_MS = 86_400_000
 
@@ -50,34 +49,8 @@ async def post_scans(request: web.Request) -> web.Response:
         answer = await rt.batcher.submit(intake, now_ms)
     else:
         answer = SubmitResult(np.zeros(0, np.bool_), np.zeros(0, np.uint8), np.zeros(0, np.uint8))
-    return web.Response(body=render_answer(intake, answer), status=202, content_type="application/json")
-
-
-def render_answer(intake: Intake, answer: SubmitResult) -> bytes:
-    """The 202 body: counts, then one result per item in request order (stored / duplicate / rejected)."""
-    results: list[dict[str, object] | None] = [None] * intake.count
-    for index, error in intake.rejected:
-        results[index] = {"index": index, "status": "rejected", "error": error}
-    stored = answer.stored.tolist()
-    for index, text, new, v, r in zip(
-        intake.index.tolist(), intake.scan_texts, stored, answer.verdict.tolist(), answer.reason.tolist(), strict=True
-    ):
-        results[index] = {
-            "index": index,
-            "scan_id": text,
-            "status": "stored" if new else "duplicate",
-            "verdict": VERDICTS[v],
-            "reason": REASONS[r],
-        }
-    n_stored = sum(stored)
-    return orjson.dumps(
-        {
-            "stored": n_stored,
-            "duplicates": len(stored) - n_stored,
-            "rejected": len(intake.rejected),
-            "results": results,
-        }
-    )
+    body = render_answer(intake.count, intake.index, intake.scan_texts, intake.rejected, *answer)
+    return web.Response(body=body, status=202, content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ import orjson
 
 from engine.clock import parse_iso
 from engine.errors import PayloadError
+from engine.verdicts import REASONS, VERDICTS
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
 MAX_VENUE_CHARS = 64
@@ -255,15 +256,49 @@ def parse_body(
     return Intake(device_id, len(scans), *cols)
 
 
+def render_answer_py(
+    count: int,
+    index: np.ndarray,
+    scan_texts: list[str],
+    rejected: list[tuple[int, str]],
+    stored: np.ndarray,
+    verdict: np.ndarray,
+    reason: np.ndarray,
+) -> bytes:
+    """The reference 202 body: counts, then one result per item in request order (stored / duplicate /
+    rejected). ``index``/``scan_texts`` are the accepted items (``Intake``), the rest their answers."""
+    results: list[dict[str, object] | None] = [None] * count
+    for i, error in rejected:
+        results[i] = {"index": i, "status": "rejected", "error": error}
+    new = stored.tolist()
+    for i, text, is_new, v, r in zip(index.tolist(), scan_texts, new, verdict.tolist(), reason.tolist(), strict=True):
+        results[i] = {
+            "index": i,
+            "scan_id": text,
+            "status": "stored" if is_new else "duplicate",
+            "verdict": VERDICTS[v],
+            "reason": REASONS[r],
+        }
+    n_stored = sum(new)
+    return orjson.dumps(
+        {"stored": n_stored, "duplicates": len(new) - n_stored, "rejected": len(rejected), "results": results}
+    )
+
+
 # -- the one switch (as in engine.verify) ----------------------------------------------------------------------
 from engine.verify import NO_EXTENSIONS  # noqa: E402  (constants above are what the compiled module imports)
 
 TakeItems = Callable[[list[Any], int, int], tuple[Any, ...]]
+RenderAnswer = Callable[[int, np.ndarray, list[str], list[tuple[int, str]], np.ndarray, np.ndarray, np.ndarray], bytes]
 _c_take_items: TakeItems | None
+_c_render_answer: RenderAnswer | None
 try:
+    from engine._intake import render_answer as _c_render_answer
     from engine._intake import take_items as _c_take_items
 except ImportError:  # not built: the reference is complete, only slower
-    _c_take_items = None
+    _c_take_items = _c_render_answer = None
 
-take_items: TakeItems = _c_take_items if _c_take_items is not None and not NO_EXTENSIONS else take_items_py
+_compiled = _c_take_items is not None and _c_render_answer is not None and not NO_EXTENSIONS
+take_items: TakeItems = _c_take_items if _compiled and _c_take_items else take_items_py
+render_answer: RenderAnswer = _c_render_answer if _compiled and _c_render_answer else render_answer_py
 TAKE_ITEMS_IMPLEMENTATION = "cython" if take_items is not take_items_py else "python"

@@ -13,10 +13,14 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, realloc
+from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 import numpy as np
 
+import orjson
+
+from engine.verdicts import REASONS, VERDICTS
 from engine.intake import (
     DIRECTIONS,
     E_DIRECTION,
@@ -250,3 +254,73 @@ def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
         scanned_ms[:k].copy() if k < n else scanned_ms,
         rejected,
     )
+
+
+# -- the 202 body ---------------------------------------------------------------------------------------------
+cdef list _VERDICT_JSON = [('"verdict":"%s","reason":"' % v).encode() for v in VERDICTS]
+cdef list _REASON_JSON = [('%s"}' % r).encode() for r in REASONS]
+
+
+cdef inline int _append_obj(Buf* b, bytes s) except -1:
+    return _append(b, s, len(s))
+
+
+cdef inline int _append_int(Buf* b, long long v) except -1:
+    cdef char tmp[24]
+    cdef int k = snprintf(tmp, 24, "%lld", v)
+    return _append(b, tmp, k)
+
+
+def render_answer(Py_ssize_t count, index, list scan_texts, list rejected, stored, verdict, reason):
+    """Same contract and bytes as ``engine.intake.render_answer_py`` (orjson's compact form).
+
+    Why compiled: the reference builds a dict per scan and lets orjson walk it, ~0.3 µs per scan on the event
+    loop. Everything in an accepted item is known to need no JSON escaping (the scan id passed the UUID check,
+    labels are identifiers), so it is written directly; rejected items carry free text and go through orjson.
+    """
+    cdef const int32_t[::1] idx = index
+    cdef const uint8_t[::1] new = stored.view(np.uint8)
+    cdef const uint8_t[::1] ver = verdict
+    cdef const uint8_t[::1] rea = reason
+    cdef Py_ssize_t n = idx.shape[0], k = 0, r = 0, i, nrej = len(rejected), n_stored = 0
+    cdef Buf out
+    cdef const char* text
+    cdef Py_ssize_t tlen
+    for i in range(n):
+        n_stored += new[i]
+    out.data = NULL
+    out.size = out.cap = 0
+    try:
+        _reserve(&out, 64 + 128 * count)
+        _append(&out, b'{"stored":', 10)
+        _append_int(&out, n_stored)
+        _append(&out, b',"duplicates":', 14)
+        _append_int(&out, n - n_stored)
+        _append(&out, b',"rejected":', 12)
+        _append_int(&out, nrej)
+        _append(&out, b',"results":[', 12)
+        for i in range(count):
+            if i:
+                _append(&out, b",", 1)
+            if k < n and idx[k] == i:
+                _append(&out, b'{"index":', 9)
+                _append_int(&out, i)
+                _append(&out, b',"scan_id":"', 12)
+                text = PyUnicode_AsUTF8AndSize(scan_texts[k], &tlen)
+                _append(&out, text, tlen)
+                if new[k]:
+                    _append(&out, b'","status":"stored",', 20)
+                else:
+                    _append(&out, b'","status":"duplicate",', 23)
+                _append_obj(&out, _VERDICT_JSON[ver[k]])
+                _append_obj(&out, _REASON_JSON[rea[k]])
+                k += 1
+            elif r < nrej and rejected[r][0] == i:
+                _append_obj(&out, orjson.dumps({"index": i, "status": "rejected", "error": rejected[r][1]}))
+                r += 1
+            else:
+                raise ValueError(f"item {i} has neither an answer nor a rejection")
+        _append(&out, b"]}", 2)
+        return PyBytes_FromStringAndSize(out.data, out.size)
+    finally:
+        free(out.data)

@@ -195,3 +195,37 @@ def test_take_keeps_only_the_chosen_items_column_for_column() -> None:
     assert [sub.venue(i) for i in range(2)] == ["v0", "v2"]
     assert sub.scan_id(1) == uuid.UUID(items[2]["scan_id"]).bytes
     assert sub.directions.tolist() == [2, 2] and sub.count == 3
+
+
+# -- the 202 body -------------------------------------------------------------------------------------------
+try:
+    from engine._intake import render_answer as compiled_render_answer
+except ImportError:  # pragma: no cover - ENGINE_NO_EXTENSIONS builds
+    compiled_render_answer = None
+
+
+@pytest.mark.skipif(compiled_render_answer is None, reason="engine._intake is not built")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(st.booleans(), st.integers(0, 9), st.integers(0, 22))), max_size=30))
+def test_compiled_answer_is_byte_for_byte_the_reference(items: list[Any]) -> None:
+    """``None`` is a rejected item; a tuple is an accepted one with (stored?, verdict, reason)."""
+    scans = [good() if it is not None else good(direction='sideways "up"') for it in items]
+    got = parse(_body(scans)) if scans and len(scans) <= 3 else None
+    index = np.array([i for i, it in enumerate(items) if it is not None], np.int32)
+    texts = [scans[i]["scan_id"] for i in index.tolist()]
+    rejected = [(i, intake.E_DIRECTION) for i, it in enumerate(items) if it is None]
+    accepted = [it for it in items if it is not None]
+    stored = np.array([a[0] for a in accepted], np.bool_)
+    verdict = np.array([a[1] for a in accepted], np.uint8)
+    reason = np.array([a[2] for a in accepted], np.uint8)
+    want = intake.render_answer_py(len(items), index, texts, rejected, stored, verdict, reason)
+    assert compiled_render_answer is not None
+    assert compiled_render_answer(len(items), index, texts, rejected, stored, verdict, reason) == want
+    doc = orjson.loads(want)
+    assert (doc["stored"], doc["duplicates"], doc["rejected"]) == (
+        int(stored.sum()),
+        len(accepted) - int(stored.sum()),
+        len(rejected),
+    )
+    if got is not None:  # small requests also go through parse_body: the same index and texts
+        assert got.index.tolist() == index.tolist() and got.scan_texts == texts

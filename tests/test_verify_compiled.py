@@ -41,7 +41,8 @@ def test_make_verifier_builds_the_compiled_one(trust_list, person_secret: bytes)
 
 def test_intake_check_is_compiled() -> None:
     from engine import intake
-    from engine._intake import take_items
+    from engine._intake import render_answer, take_items
 
     assert intake.TAKE_ITEMS_IMPLEMENTATION == "cython"
     assert intake.take_items is take_items
+    assert intake.render_answer is render_answer
