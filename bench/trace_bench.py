@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.synth import World, fill
 from engine import tracing
 from engine.store import Store
-from engine.tracing import DAY_MS, TraceOptions, TraceQueries
+from engine.tracing import DAY_MS, Stay, TraceOptions, TraceQueries
 
 NAIVE_SQL = """
 SELECT hex(b.person_key) AS who, count() AS n
@@ -46,6 +46,73 @@ WHERE abs(toUnixTimestamp64Milli(b.scanned_at) - toUnixTimestamp64Milli(a.scanne
   AND b.person_key != toFixedString(unhex({pk:String}), 16)
 GROUP BY who ORDER BY n DESC
 """
+
+# The person trace as it was before the others' scans were paired in Python (engine/tracing.py up to 0.x):
+# pairing inside ClickHouse with window functions. Kept to time the two side by side on the same store.
+_LEGACY_PAIR_SQL = """
+SELECT person, if(paired AND next_qr != '', next_qr, qr_id), venue_id,
+       if(direction = 'in', t, t - {{dwell:Int64}}) AS start_ms,
+       if(direction = 'in', if(paired, next_t, least(t + {{dwell:Int64}}, next_t)), t) AS end_ms,
+       multiIf(direction = 'out', 'exit_without_entry', paired, '', 'inferred_exit'),
+       if(paired AND {trusted}, next_verdict, verdict)
+FROM (
+    SELECT *, direction = 'in' AND next_dir = 'out' AND next_t - t <= {{max_stay:Int64}} AS paired
+    FROM (
+        SELECT person, venue_id, direction, t, verdict, qr_id,
+               lagInFrame(direction) OVER w AS prev_dir, lagInFrame(t) OVER w AS prev_t,
+               leadInFrame(direction) OVER w AS next_dir,
+               leadInFrame(t, 1, toInt64(9000000000000000000)) OVER w AS next_t,
+               leadInFrame(verdict) OVER w AS next_verdict, leadInFrame(qr_id) OVER w AS next_qr
+        FROM (
+            SELECT hex(person_key) AS person, venue_id, toString(direction) AS direction,
+                   toUnixTimestamp64Milli(scanned_at) AS t, toString(verdict) AS verdict, qr_id,
+                   toString(scan_id) AS sid
+            FROM scans {final} WHERE ({ranges}) AND {verdicts} {dedup}
+        )
+        WINDOW w AS (PARTITION BY person, venue_id ORDER BY t, direction, sid
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    )
+)
+WHERE (direction = 'in' OR NOT (prev_dir = 'in' AND t - prev_t <= {{max_stay:Int64}}))
+  AND arrayExists((wv_, wa_, wb_) -> wv_ = venue_id AND end_ms >= wa_ AND start_ms <= wb_,
+                  {{wv:Array(String)}}, {{wa:Array(Int64)}}, {{wb:Array(Int64)}})
+"""
+
+
+class SqlPairing(TraceQueries):
+    """``TraceQueries`` with the previous ``stays_at``: the same rule, in SQL (window functions)."""
+
+    def stays_at(self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
+        slack = round(opt.max_stay_min * tracing.MINUTE_MS)
+        ranges = tracing._merge((v, lo - slack, hi + slack) for v, lo, hi in windows)
+        verdicts = tracing._UNVERIFIED_SQL if opt.include_unverified else tracing._TRUSTED_SQL
+        stays: list[Stay] = []
+        for start in range(0, len(ranges), tracing._RANGES_PER_QUERY):
+            chunk = ranges[start : start + tracing._RANGES_PER_QUERY]
+            venues = {v for v, _lo, _hi in chunk}
+            mine = [w for w in windows if w[0] in venues]
+            params: dict[str, Any] = {
+                "dwell": round(opt.default_dwell_min * tracing.MINUTE_MS),
+                "max_stay": slack,
+                "wv": [w[0] for w in mine],
+                "wa": [w[1] for w in mine],
+                "wb": [w[2] for w in mine],
+            }
+            terms = []
+            for i, (venue, lo, hi) in enumerate(chunk):
+                params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
+                terms.append(f"(venue_id = {{v{i}:String}} AND {tracing._TIME % (f'a{i}', f'b{i}')})")
+            sql = _LEGACY_PAIR_SQL.format(
+                final=tracing._FINAL,
+                ranges=" OR ".join(terms),
+                verdicts=verdicts,
+                dedup=tracing._DEDUP,
+                trusted=tracing._TRUSTED_SQL,
+            )
+            for person, qr, venue, t0, t1, flag, verdict in self._query(sql, params):
+                stays.append(Stay(person, qr, venue, int(t0), int(t1), (flag,) if flag else (), verdict))
+        stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
+        return stays
 
 
 def machine() -> str:
@@ -128,22 +195,38 @@ def main() -> int:
     opt = TraceOptions()
     q.person(person_key=world.person_key(int(cases[0])).hex(), from_ms=from_ms, to_ms=to_ms, options=opt)  # warm
 
-    print(f"\nperson trace, last 14 days, {args.cases} index cases (best of 3 each):")
-    for label, final, dedup in (("LIMIT 1 BY scan_id", "", "LIMIT 1 BY scan_id"), ("FINAL", "FINAL", "")):
-        tracing._FINAL, tracing._DEDUP = final, dedup
-        by_key, contacts, visits = [], [], []
-        for c in cases:
-            pk = world.person_key(int(c)).hex()
-            ms, t = timed(lambda pk=pk: q.person(person_key=pk, from_ms=from_ms, to_ms=to_ms, options=opt), 3)
-            by_key.append(ms)
-            contacts.append(len(t.contacts))
-            visits.append(len(t.visits))
-        summary(
-            f"by person key ({label})",
-            by_key,
-            f"visits median {statistics.median(visits):.0f}, contacts median {statistics.median(contacts):.0f}",
-        )
+    print(f"\nperson trace, last 14 days, {args.cases} index cases (best of 3 each, the variants interleaved):")
+    old = SqlPairing(store.query)
+    variants: dict[str, tuple[TraceQueries, str, str]] = {
+        "by person key (LIMIT 1 BY scan_id)": (q, "", "LIMIT 1 BY scan_id"),
+        "by person key (FINAL)": (q, "FINAL", ""),
+        "  before: pairing in SQL (LIMIT 1 BY)": (old, "", "LIMIT 1 BY scan_id"),
+    }
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    contacts, visits = [], []
+    for c in cases:
+        pk = world.person_key(int(c)).hex()
+        traces = {}
+        for label, (impl, final, dedup) in variants.items():
+            tracing._FINAL, tracing._DEDUP = final, dedup
+            ms, traces[label] = timed(
+                lambda impl=impl, pk=pk: impl.person(person_key=pk, from_ms=from_ms, to_ms=to_ms, options=opt), 3
+            )
+            times[label].append(ms)
+        first, *rest = traces.values()
+        if any(t != first for t in rest):  # the variants must agree, or their timings mean nothing
+            raise SystemExit(f"the person trace variants disagree for index case {pk}")
+        contacts.append(len(first.contacts))
+        visits.append(len(first.visits))
     tracing._FINAL, tracing._DEDUP = "", "LIMIT 1 BY scan_id"
+    new_p50 = statistics.median(times["by person key (LIMIT 1 BY scan_id)"])
+    for label, ms in times.items():
+        extra = ""
+        if label.startswith("by person key (LIMIT"):
+            extra = f"visits median {statistics.median(visits):.0f}, contacts median {statistics.median(contacts):.0f}"
+        elif label.strip().startswith("before"):
+            extra = f"{statistics.median(ms) / new_p50:.2f}x the p50 above"
+        summary(label, ms, extra)
 
     def one(fn: Callable[[], Any]) -> float:
         return timed(fn, 3)[0]

@@ -24,6 +24,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -51,37 +53,19 @@ _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
     "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
 )
-# Pairing in SQL, row by row as pair_stays does: an entry ends at the next scan if that is an exit within
-# max_stay, else after the default dwell (or at the next entry, if sooner); an exit is a stay of its own unless
-# the scan before it was an entry within max_stay. Window frames are whole partitions, so lead/lag see all.
-_PAIR_SQL = """
-SELECT person, if(paired AND next_qr != '', next_qr, qr_id), venue_id,
-       if(direction = 'in', t, t - {{dwell:Int64}}) AS start_ms,
-       if(direction = 'in', if(paired, next_t, least(t + {{dwell:Int64}}, next_t)), t) AS end_ms,
-       multiIf(direction = 'out', 'exit_without_entry', paired, '', 'inferred_exit'),
-       if(paired AND {trusted}, next_verdict, verdict)
-FROM (
-    SELECT *, direction = 'in' AND next_dir = 'out' AND next_t - t <= {{max_stay:Int64}} AS paired
-    FROM (
-        SELECT person, venue_id, direction, t, verdict, qr_id,
-               lagInFrame(direction) OVER w AS prev_dir, lagInFrame(t) OVER w AS prev_t,
-               leadInFrame(direction) OVER w AS next_dir,
-               leadInFrame(t, 1, toInt64(9000000000000000000)) OVER w AS next_t,
-               leadInFrame(verdict) OVER w AS next_verdict, leadInFrame(qr_id) OVER w AS next_qr
-        FROM (
-            SELECT hex(person_key) AS person, venue_id, toString(direction) AS direction,
-                   toUnixTimestamp64Milli(scanned_at) AS t, toString(verdict) AS verdict, qr_id,
-                   toString(scan_id) AS sid
-            FROM scans {final} WHERE ({ranges}) AND {verdicts} {dedup}
-        )
-        WINDOW w AS (PARTITION BY person, venue_id ORDER BY t, direction, sid
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-    )
+# Everyone's scans around the windows, one row per scan id, in the order pairing walks them: grouped by person
+# and venue, then _pairing_order (the Enum puts 'in' before 'out'; scan ids compare as text, as in Python).
+# Python then pairs them in one pass with the same rule as the index case's (_walk). Measured at 10M rows
+# (bench/trace_bench.py): pairing in SQL with window functions cost more to plan on chdb (parse, analysis and
+# pipeline of the nested query: ~25 ms a trace) than shipping the rows and walking them. Every granule these
+# key ranges select holds matching rows, so PREWHERE's two-pass read only added work (~15%): it is off here.
+_SCANS_AT_SQL = (
+    "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
+    "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} "
+    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} "
+    "SETTINGS optimize_move_to_prewhere = 0"
 )
-WHERE (direction = 'in' OR NOT (prev_dir = 'in' AND t - prev_t <= {{max_stay:Int64}}))
-  AND arrayExists((wv_, wa_, wb_) -> wv_ = venue_id AND end_ms >= wa_ AND start_ms <= wb_,
-                  {{wv:Array(String)}}, {{wa:Array(Int64)}}, {{wb:Array(Int64)}})
-"""
+_person_venue = itemgetter(1, 3)  # a Scan's (person_key, venue_id)
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 
 
@@ -186,25 +170,34 @@ def pair_stays(scans: Iterable[Scan], *, default_dwell_min: float, max_stay_min:
         groups[(s.person_key, s.venue_id)][s.scan_id] = s
     stays: list[Stay] = []
     for group in groups.values():
-        ordered = sorted(group.values(), key=lambda s: (s.at_ms, s.direction != "in", s.scan_id))
-        entry: Scan | None = None
-        for s in ordered:
-            if s.direction == "in":
-                if entry is not None:  # entered again without leaving: the earlier stay's exit is inferred
-                    stays.append(_stay(entry, entry, entry.at_ms, min(entry.at_ms + dwell, s.at_ms), "inferred_exit"))
-                entry = s
-            elif entry is not None and s.at_ms - entry.at_ms <= max_stay:
-                stays.append(_stay(entry, s, entry.at_ms, s.at_ms))
-                entry = None
-            else:
-                if entry is not None:
-                    stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
-                    entry = None
-                stays.append(_stay(s, s, s.at_ms - dwell, s.at_ms, "exit_without_entry"))
-        if entry is not None:
-            stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+        _walk(sorted(group.values(), key=_pairing_order), dwell, max_stay, stays)
     stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
     return stays
+
+
+def _pairing_order(s: Scan) -> tuple[int, bool, str]:
+    """Time, entries before exits at the same instant, scan id last: the order every pairing walks in."""
+    return (s.at_ms, s.direction != "in", s.scan_id)
+
+
+def _walk(ordered: Iterable[Scan], dwell: int, max_stay: int, stays: list[Stay]) -> None:
+    """The pairing rule, over one person's scans at one venue in :func:`_pairing_order` (appends to ``stays``)."""
+    entry: Scan | None = None
+    for s in ordered:
+        if s.direction == "in":
+            if entry is not None:  # entered again without leaving: the earlier stay's exit is inferred
+                stays.append(_stay(entry, entry, entry.at_ms, min(entry.at_ms + dwell, s.at_ms), "inferred_exit"))
+            entry = s
+        elif entry is not None and s.at_ms - entry.at_ms <= max_stay:
+            stays.append(_stay(entry, s, entry.at_ms, s.at_ms))
+            entry = None
+        else:
+            if entry is not None:
+                stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+                entry = None
+            stays.append(_stay(s, s, s.at_ms - dwell, s.at_ms, "exit_without_entry"))
+    if entry is not None:
+        stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
 
 
 def _stay(first: Scan, last: Scan, start: int, end: int, *flags: str) -> Stay:
@@ -329,37 +322,32 @@ class TraceQueries:
         return overlaps(stays, others, margin_min=opt.margin_min, degree=degree)
 
     def stays_at(self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
-        """Everyone's stays touching any (venue, from, to) window, paired inside ClickHouse.
+        """Everyone's stays touching any (venue, from, to) window, by the rule of :func:`pair_stays`.
 
-        Hot venues hold thousands of scans in the ``max_stay`` either side of a window that pairing has to
-        read; shipping them to Python cost more than everything else in a trace, so the server pairs them
-        (``_PAIR_SQL``, the rule of :func:`pair_stays`, which the tests hold it to) and returns only the stays
-        that touch a window.
+        Pairing needs each person's scans up to ``max_stay`` either side of a window, so that is what is read
+        (one key range per venue and merged window, from the venue-ordered ``scans``); ClickHouse removes
+        duplicates and sorts, and the stays that touch no window are dropped here.
         """
-        slack = round(opt.max_stay_min * MINUTE_MS)
+        dwell, slack = round(opt.default_dwell_min * MINUTE_MS), round(opt.max_stay_min * MINUTE_MS)
         ranges = _merge((v, lo - slack, hi + slack) for v, lo, hi in windows)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
+        by_venue: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for venue, lo, hi in windows:
+            by_venue[venue].append((lo, hi))
         stays: list[Stay] = []
         for start in range(0, len(ranges), _RANGES_PER_QUERY):
-            chunk = ranges[start : start + _RANGES_PER_QUERY]
-            venues = {v for v, _lo, _hi in chunk}
-            mine = [w for w in windows if w[0] in venues]
-            params: dict[str, Any] = {
-                "dwell": round(opt.default_dwell_min * MINUTE_MS),
-                "max_stay": slack,
-                "wv": [w[0] for w in mine],
-                "wa": [w[1] for w in mine],
-                "wb": [w[2] for w in mine],
-            }
+            params: dict[str, Any] = {}
             terms = []
-            for i, (venue, lo, hi) in enumerate(chunk):
+            for i, (venue, lo, hi) in enumerate(ranges[start : start + _RANGES_PER_QUERY]):
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
-            sql = _PAIR_SQL.format(
-                final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP, trusted=_TRUSTED_SQL
+            sql = _SCANS_AT_SQL.format(final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP)
+            paired: list[Stay] = []
+            for _group, scans in groupby(map(Scan._make, self._query(sql, params)), key=_person_venue):
+                _walk(scans, dwell, slack, paired)
+            stays += (
+                st for st in paired if any(st.end_ms >= lo and st.start_ms <= hi for lo, hi in by_venue[st.venue_id])
             )
-            for person, qr, venue, t0, t1, flag, verdict in self._query(sql, params):
-                stays.append(Stay(person, qr, venue, int(t0), int(t1), (flag,) if flag else (), verdict))
         stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
         return stays
 

@@ -326,9 +326,18 @@ def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest
     assert "trace by alice-tracer" in engine.log_path.read_text()
 
 
-def test_sql_pairing_matches_the_python_rule(tmp_path: Path) -> None:
-    """The venue reads pair inside ClickHouse; the Python rule is the reference they must reproduce exactly."""
+@pytest.mark.parametrize("ranges_per_query", [200, 2])
+def test_sql_pairing_matches_the_python_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges_per_query: int
+) -> None:
+    """The venue reads dedup and order the scans in ClickHouse and walk them once; ``pair_stays`` (which
+    groups and sorts in Python) is the reference they must reproduce exactly, also when a venue's key ranges
+    are split over several queries."""
     import random
+
+    from engine import tracing
+
+    monkeypatch.setattr(tracing, "_RANGES_PER_QUERY", ranges_per_query)
 
     rnd = random.Random(4)
     scans = [
@@ -348,7 +357,9 @@ def test_sql_pairing_matches_the_python_rule(tmp_path: Path) -> None:
         s.insert_scans(columns(scans))
         opt = TraceOptions(include_unverified=True, default_dwell_min=45, max_stay_min=300)
         lo, hi = T0 + 500 * MINUTE_MS, T0 + 2000 * MINUTE_MS
-        got = TraceQueries(s.query).stays_at([("v0", lo, hi), ("v2", lo, lo + HOUR)], opt)
+        windows = [("v0", lo, hi), ("v2", lo, lo + HOUR)]
+        windows += [("v1", lo + k * 700 * MINUTE_MS, lo + k * 700 * MINUTE_MS + HOUR) for k in range(3)]
+        got = TraceQueries(s.query).stays_at(windows, opt)
     finally:
         s.close()
     cols = columns(scans)
@@ -369,10 +380,7 @@ def test_sql_pairing_matches_the_python_rule(tmp_path: Path) -> None:
         max_stay_min=300,
     )
     want = [
-        st
-        for st in reference
-        if (st.venue_id == "v0" and st.end_ms >= lo and st.start_ms <= hi)
-        or (st.venue_id == "v2" and st.end_ms >= lo and st.start_ms <= lo + HOUR)
+        st for st in reference if any(st.venue_id == v and st.end_ms >= a and st.start_ms <= b for v, a, b in windows)
     ]
     assert len(want) > 50
     assert sorted(got, key=repr) == sorted(want, key=repr)
