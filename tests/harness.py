@@ -65,7 +65,7 @@ def engine_config(data_dir: Path, **overrides: Any) -> Config:
         "batch_size": 512,
         "verify_threads": 2,
         "shutdown_timeout_s": 10.0,
-        "insert_interval_ms": 50.0,  # tests wait for the store; production paces inserts at 1 s
+        "insert_interval_ms": 50.0,  # tests wait for the store; production paces inserts at 3 s
     }
     base.update(overrides)
     return Config(**base).validate()
