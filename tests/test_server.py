@@ -94,6 +94,24 @@ async def test_retried_batch_is_stored_once(engine: Any) -> None:
     assert rows[0] == (20, 20)
 
 
+async def test_recent_id_memory_is_bounded_and_forgets_oldest_first(engine: Any) -> None:
+    e = await engine(recent_ids=50)
+    batches = [[make_scan(e.fx.code(10 * b + i), f"venue-{b}") for i in range(20)] for b in range(4)]
+    for batch in batches:
+        status, body = await e.client.post_scans(batch)
+        assert status == 202 and body["stored"] == 20
+    batcher = e.rt.batcher
+    assert len(batcher._recent) <= 50 and len(batcher._recent_order) <= 100
+    newest = await e.client.post_scans(batches[-1])  # remembered: answered from memory with its verdict
+    assert newest[1]["duplicates"] == 20 and {r["verdict"] for r in newest[1]["results"]} == {"ok"}
+    oldest = await e.client.post_scans(batches[0])  # forgotten: accepted again, and the store collapses it
+    assert oldest[1]["stored"] == 20
+    assert len(batcher._recent) <= 50
+    await e.drained()
+    rows = await e.query("SELECT count(), uniqExact(scan_id) FROM scans FINAL")
+    assert rows[0] == (80, 80)
+
+
 async def test_envelope_errors_and_limits(engine: Any) -> None:
     e = await engine(max_scans_per_request=5, max_body_bytes=64 * 1024)
     status, body = await e.client.request("POST", "/v1/scans", b"{not json", headers_override={})
