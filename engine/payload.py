@@ -28,7 +28,6 @@ SIG_CHARS = 86
 MAX_TIME_DIGITS = 11
 
 _B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_B64URL_SET = frozenset(_B64URL)
 _DIGITS = frozenset(b"0123456789")
 _DOC_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ*")
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ ")
@@ -74,7 +73,9 @@ def b64url_decode_canonical(text: bytes, nbytes: int) -> bytes | None:
     Non-canonical encodings (unused low bits set) would let one signature have several spellings: a cache keyed
     by payload bytes would then see "new" codes that are the same code, and two parsers could disagree.
     """
-    if len(text) != (nbytes * 8 + 5) // 6 or any(c not in _B64URL_SET for c in text):
+    # translate() deleting the alphabet leaves whatever is not base64url, in C (a generator over the 86
+    # characters of every device request signature showed in the event loop's profile)
+    if len(text) != (nbytes * 8 + 5) // 6 or text.translate(None, _B64URL):
         return None
     raw = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
     if len(raw) != nbytes or b64url_encode(raw).encode("ascii") != text:
