@@ -21,11 +21,10 @@ import hmac
 import io
 import logging
 import time
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import groupby
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -65,7 +64,6 @@ _SCANS_AT_SQL = (
     "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} "
     "SETTINGS optimize_move_to_prewhere = 0"
 )
-_person_venue = itemgetter(1, 3)  # a Scan's (person_key, venue_id)
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 
 
@@ -165,44 +163,86 @@ class VenueTrace:
 def pair_stays(scans: Iterable[Scan], *, default_dwell_min: float, max_stay_min: float) -> list[Stay]:
     """Scans into stays, per person and venue; duplicates of a scan id count once."""
     dwell, max_stay = round(default_dwell_min * MINUTE_MS), round(max_stay_min * MINUTE_MS)
-    groups: dict[tuple[str, str], dict[str, Scan]] = defaultdict(dict)
-    for s in scans:
-        groups[(s.person_key, s.venue_id)][s.scan_id] = s
-    stays: list[Stay] = []
-    for group in groups.values():
-        _walk(sorted(group.values(), key=_pairing_order), dwell, max_stay, stays)
+    unique = {(s.person_key, s.venue_id, s.scan_id): s for s in scans}
+    ordered: list[Scan] = sorted(unique.values(), key=_pairing_order)
+    spans: list[_Span] = []
+    _walk(ordered, dwell, max_stay, spans)
+    stays = [_stay(*span) for span in spans]
     stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
     return stays
 
 
-def _pairing_order(s: Scan) -> tuple[int, bool, str]:
-    """Time, entries before exits at the same instant, scan id last: the order every pairing walks in."""
-    return (s.at_ms, s.direction != "in", s.scan_id)
+def _pairing_order(s: Scan) -> tuple[str, str, int, bool, str]:
+    """Person and venue (a group), then time, entries before exits at the same instant, scan id last."""
+    return (s.person_key, s.venue_id, s.at_ms, s.direction != "in", s.scan_id)
 
 
-def _walk(ordered: Iterable[Scan], dwell: int, max_stay: int, stays: list[Stay]) -> None:
-    """The pairing rule, over one person's scans at one venue in :func:`_pairing_order` (appends to ``stays``)."""
-    entry: Scan | None = None
-    for s in ordered:
-        if s.direction == "in":
+#: A row laid out as :class:`Scan` (a ``Scan``, or a row of ``_SCANS_AT_SQL``): indexed, not named, in the
+#: walk below, which sees every scan around an index case's visits (~3k rows a trace at 10M stored scans).
+_Row = tuple[Any, ...]
+#: A stay before it becomes a :class:`Stay`: first scan, last scan, start, end, flag ("" for none). Cheap to
+#: make, so the others' reads build a ``Stay`` only for the few that touch an index case's visit.
+_Span = tuple[_Row, _Row, int, int, str]
+
+
+def _walk(ordered: Iterable[_Row], dwell: int, max_stay: int, spans: list[_Span]) -> None:
+    """The pairing rule, over scans in :func:`_pairing_order` (appends to ``spans``).
+
+    An entry closes at the next scan of the same person and venue if that is an exit within ``max_stay``;
+    otherwise it gets the default dwell, cut short by a next entry. An exit nobody entered for stands alone.
+    """
+    entry: _Row | None = None
+    person = venue = None
+    for s in ordered:  # s[1] person_key, s[3] venue_id, s[4] direction, s[5] at_ms
+        if s[1] != person or s[3] != venue:  # the next group: an open entry gets the default dwell
+            if entry is not None:
+                spans.append((entry, entry, entry[5], entry[5] + dwell, "inferred_exit"))
+                entry = None
+            person, venue = s[1], s[3]
+        t = s[5]
+        if s[4] == "in":
             if entry is not None:  # entered again without leaving: the earlier stay's exit is inferred
-                stays.append(_stay(entry, entry, entry.at_ms, min(entry.at_ms + dwell, s.at_ms), "inferred_exit"))
+                spans.append((entry, entry, entry[5], min(entry[5] + dwell, t), "inferred_exit"))
             entry = s
-        elif entry is not None and s.at_ms - entry.at_ms <= max_stay:
-            stays.append(_stay(entry, s, entry.at_ms, s.at_ms))
+        elif entry is not None and t - entry[5] <= max_stay:
+            spans.append((entry, s, entry[5], t, ""))
             entry = None
         else:
             if entry is not None:
-                stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+                spans.append((entry, entry, entry[5], entry[5] + dwell, "inferred_exit"))
                 entry = None
-            stays.append(_stay(s, s, s.at_ms - dwell, s.at_ms, "exit_without_entry"))
+            spans.append((s, s, t - dwell, t, "exit_without_entry"))
     if entry is not None:
-        stays.append(_stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+        spans.append((entry, entry, entry[5], entry[5] + dwell, "inferred_exit"))
 
 
-def _stay(first: Scan, last: Scan, start: int, end: int, *flags: str) -> Stay:
-    verdict = first.verdict if first.verdict not in _TRUSTED_LABELS else last.verdict
-    return Stay(first.person_key, last.qr_id or first.qr_id, first.venue_id, start, end, flags, verdict)
+def _stay(first: _Row, last: _Row, start: int, end: int, flag: str) -> Stay:
+    """A span as a Stay: the exit's QR id if it has one; the first untrusted verdict of its two scans."""
+    verdict = first[6] if first[6] not in _TRUSTED_LABELS else last[6]
+    return Stay(first[1], last[2] or first[2], first[3], start, end, (flag,) if flag else (), verdict)
+
+
+def _touching(spans: Iterable[_Span], windows: Iterable[tuple[str, int, int]]) -> Iterator[_Span]:
+    """The spans that touch (share an instant with) any (venue, from, to) window.
+
+    Windows are merged per venue into sorted disjoint intervals, so each span costs one bisection however many
+    visits the index case made there.
+    """
+    starts: dict[str, list[int]] = defaultdict(list)
+    ends: dict[str, list[int]] = defaultdict(list)
+    for venue, lo, hi in sorted(windows):
+        if ends[venue] and lo <= ends[venue][-1]:
+            ends[venue][-1] = max(hi, ends[venue][-1])
+        else:
+            starts[venue].append(lo)
+            ends[venue].append(hi)
+    for span in spans:
+        venue = span[0][3]
+        his = ends.get(venue)
+        if his:
+            i = bisect_left(his, span[2])  # the first interval that ends at or after the span starts
+            if i < len(his) and starts[venue][i] <= span[3]:
+                yield span
 
 
 def overlaps(
@@ -331,9 +371,6 @@ class TraceQueries:
         dwell, slack = round(opt.default_dwell_min * MINUTE_MS), round(opt.max_stay_min * MINUTE_MS)
         ranges = _merge((v, lo - slack, hi + slack) for v, lo, hi in windows)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
-        by_venue: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for venue, lo, hi in windows:
-            by_venue[venue].append((lo, hi))
         stays: list[Stay] = []
         for start in range(0, len(ranges), _RANGES_PER_QUERY):
             params: dict[str, Any] = {}
@@ -342,12 +379,9 @@ class TraceQueries:
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
             sql = _SCANS_AT_SQL.format(final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP)
-            paired: list[Stay] = []
-            for _group, scans in groupby(map(Scan._make, self._query(sql, params)), key=_person_venue):
-                _walk(scans, dwell, slack, paired)
-            stays += (
-                st for st in paired if any(st.end_ms >= lo and st.start_ms <= hi for lo, hi in by_venue[st.venue_id])
-            )
+            spans: list[_Span] = []
+            _walk(self._query(sql, params), dwell, slack, spans)
+            stays += (_stay(*span) for span in _touching(spans, windows))
         stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
         return stays
 

@@ -26,6 +26,7 @@ from engine.tracers import TracerRegistry
 from engine.tracing import (
     MINUTE_MS,
     Scan,
+    Stay,
     TraceOptions,
     TraceQueries,
     from_json,
@@ -326,13 +327,91 @@ def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest
     assert "trace by alice-tracer" in engine.log_path.read_text()
 
 
+def reference_pairing(scans: list[Scan], *, dwell_min: float, max_stay_min: float) -> list[Stay]:
+    """The pairing rule written plainly, one person and venue at a time: what the engine's one-pass walk over
+    ClickHouse-sorted rows (and ``pair_stays``) must reproduce."""
+    dwell, max_stay = round(dwell_min * MINUTE_MS), round(max_stay_min * MINUTE_MS)
+    groups: dict[tuple[str, str], dict[str, Scan]] = {}
+    for s in scans:
+        groups.setdefault((s.person_key, s.venue_id), {})[s.scan_id] = s
+
+    def stay(first: Scan, last: Scan, start: int, end: int, *flags: str) -> Stay:
+        verdict = first.verdict if first.verdict != "ok" else last.verdict
+        return Stay(first.person_key, last.qr_id or first.qr_id, first.venue_id, start, end, flags, verdict)
+
+    out: list[Stay] = []
+    for group in groups.values():
+        entry: Scan | None = None
+        for s in sorted(group.values(), key=lambda s: (s.at_ms, s.direction != "in", s.scan_id)):
+            if s.direction == "in":
+                if entry is not None:
+                    out.append(stay(entry, entry, entry.at_ms, min(entry.at_ms + dwell, s.at_ms), "inferred_exit"))
+                entry = s
+            elif entry is not None and s.at_ms - entry.at_ms <= max_stay:
+                out.append(stay(entry, s, entry.at_ms, s.at_ms))
+                entry = None
+            else:
+                if entry is not None:
+                    out.append(stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+                    entry = None
+                out.append(stay(s, s, s.at_ms - dwell, s.at_ms, "exit_without_entry"))
+        if entry is not None:
+            out.append(stay(entry, entry, entry.at_ms, entry.at_ms + dwell, "inferred_exit"))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pair_stays_matches_the_plain_rule(seed: int) -> None:
+    """pair_stays walks every group in one sorted pass; the plain per-group rule is its reference."""
+    import random
+
+    rnd = random.Random(seed)
+    scans = [
+        Scan(f"id{rnd.randrange(150)}", f"P{rnd.randrange(5)}", f"Q{rnd.randrange(3)}", f"v{rnd.randrange(3)}",
+             rnd.choice(("in", "in", "out")), rnd.randrange(0, 2000, 10) * MINUTE_MS,
+             rnd.choice(("ok", "ok", "ok", "expired")))
+        for _ in range(200)
+    ]  # fmt: skip
+    # a repeated scan id is the same scan (a retried upload): make its copies identical
+    first = {(s.person_key, s.venue_id, s.scan_id): s for s in reversed(scans)}
+    scans = [first[(s.person_key, s.venue_id, s.scan_id)] for s in scans]
+    got = pair_stays(scans, default_dwell_min=30, max_stay_min=240)
+    assert sorted(got, key=repr) == sorted(reference_pairing(scans, dwell_min=30, max_stay_min=240), key=repr)
+
+
+def test_touching_windows() -> None:
+    """Stays are kept if they share an instant with a window at their venue; overlapping windows merge."""
+    from engine.tracing import _touching
+
+    def span(venue: str, start: int, end: int) -> Any:
+        row = ("", "P", "Q", venue, "in", start, "ok")
+        return (row, row, start, end, "")
+
+    windows = [("v", 100, 200), ("v", 150, 300), ("v", 500, 600), ("w", 0, 10)]
+    spans = [
+        span("v", 0, 99),  # ends just before the first window
+        span("v", 0, 100),  # ends on its first instant
+        span("v", 250, 260),  # inside the second, overlapping window only
+        span("v", 301, 499),  # between windows
+        span("v", 600, 700),  # starts on the last instant of the last
+        span("v", 601, 700),
+        span("x", 100, 200),  # no window at that venue
+        span("w", 10, 20),
+    ]
+    assert [(s[0][3], s[2], s[3]) for s in _touching(spans, windows)] == [
+        ("v", 0, 100),
+        ("v", 250, 260),
+        ("v", 600, 700),
+        ("w", 10, 20),
+    ]
+
+
 @pytest.mark.parametrize("ranges_per_query", [200, 2])
 def test_sql_pairing_matches_the_python_rule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges_per_query: int
 ) -> None:
-    """The venue reads dedup and order the scans in ClickHouse and walk them once; ``pair_stays`` (which
-    groups and sorts in Python) is the reference they must reproduce exactly, also when a venue's key ranges
-    are split over several queries."""
+    """The venue reads dedup and order the scans in ClickHouse and walk them once; they must give exactly the
+    stays of the plain reference rule, also when a venue's key ranges are split over several queries."""
     import random
 
     from engine import tracing
@@ -363,22 +442,13 @@ def test_sql_pairing_matches_the_python_rule(
     finally:
         s.close()
     cols = columns(scans)
-    reference = pair_stays(
-        (
-            Scan(
-                str(cols["scan_id"][i]),
-                kh(x["person"]),
-                f"QR-{x['person']}",
-                x["venue"],
-                x["direction"],
-                x["at"],
-                x["verdict"],
-            )
-            for i, x in enumerate(scans)
-        ),
-        default_dwell_min=45,
-        max_stay_min=300,
-    )
+    as_scans = [
+        Scan(str(cols["scan_id"][i]), kh(x["person"]), f"QR-{x['person']}", x["venue"], x["direction"], x["at"],
+             x["verdict"])
+        for i, x in enumerate(scans)
+    ]  # fmt: skip
+    reference = reference_pairing(as_scans, dwell_min=45, max_stay_min=300)
+    assert sorted(pair_stays(as_scans, default_dwell_min=45, max_stay_min=300), key=repr) == sorted(reference, key=repr)
     want = [
         st for st in reference if any(st.venue_id == v and st.end_ms >= a and st.start_ms <= b for v, a, b in windows)
     ]
