@@ -64,6 +64,9 @@ _SCANS_AT_SQL = (
     "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} "
     "SETTINGS optimize_move_to_prewhere = 0"
 )
+# A person's own scans are few (a few granules of scans_by_person); pair_stays drops duplicate scan ids, so
+# the read needs no LIMIT BY, and PREWHERE only added a pass (measured as for _SCANS_AT_SQL).
+_BY_PERSON_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0"
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 
 
@@ -332,7 +335,7 @@ class TraceQueries:
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
         where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
-        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_DEDUP}"
+        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_BY_PERSON_SETTINGS}"
         index_scans = [Scan(*r) for r in self._query(sql, params)]
         keys = sorted({s.person_key for s in index_scans})
         visits = _within(self._pair(index_scans, opt), from_ms, to_ms)
@@ -395,7 +398,7 @@ class TraceQueries:
         sql = (
             f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE person_key IN "
             "(SELECT arrayJoin(arrayMap(k -> toFixedString(unhex(k), 16), {keys:Array(String)}))) "
-            f"AND {_TIME % ('lo', 'hi')} AND {verdicts} {_DEDUP}"
+            f"AND {_TIME % ('lo', 'hi')} AND {verdicts} {_BY_PERSON_SETTINGS}"
         )
         params = {"keys": [c.person_key for c in contacts], "lo": since - slack, "hi": to_ms + slack}
         exposed_at = {c.person_key: min(e.contact_start_ms for e in c.encounters) for c in contacts}
