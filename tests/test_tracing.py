@@ -406,17 +406,29 @@ def test_touching_windows() -> None:
     ]
 
 
-@pytest.mark.parametrize("ranges_per_query", [200, 2])
+def test_key_ranges_merge_per_venue() -> None:
+    """Ranges at one venue that overlap, or are closer than the gap, are read as one; other venues never join."""
+    from engine.tracing import _merge
+
+    ranges = [("v", 40, 50), ("v", 0, 10), ("v", 5, 20), ("w", 21, 30)]
+    assert _merge(ranges) == [("v", 0, 20), ("v", 40, 50), ("w", 21, 30)]
+    assert _merge(ranges, gap=20) == [("v", 0, 50), ("w", 21, 30)]
+    assert _merge(ranges, gap=19) == [("v", 0, 20), ("v", 40, 50), ("w", 21, 30)]
+
+
+@pytest.mark.parametrize(("ranges_per_query", "gap_days"), [(200, 3), (2, 0)])
 def test_sql_pairing_matches_the_python_rule(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges_per_query: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges_per_query: int, gap_days: int
 ) -> None:
     """The venue reads dedup and order the scans in ClickHouse and walk them once; they must give exactly the
-    stays of the plain reference rule, also when a venue's key ranges are split over several queries."""
+    stays of the plain reference rule, whether nearby key ranges are read as one or a venue's ranges are split
+    over several queries."""
     import random
 
     from engine import tracing
 
     monkeypatch.setattr(tracing, "_RANGES_PER_QUERY", ranges_per_query)
+    monkeypatch.setattr(tracing, "_RANGE_GAP_MS", gap_days * tracing.DAY_MS)
 
     rnd = random.Random(4)
     scans = [
