@@ -56,21 +56,21 @@ _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
     "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
 )
+# Settings of every tracing read, measured at 10M rows (bench/trace_bench.py): every granule these key ranges
+# select holds matching rows, so PREWHERE's two-pass read only added work (~15%); and the expressions carry
+# this trace's constants, so JIT-compiling them (ClickHouse does on an expression's 4th use) never pays off
+# for another trace, while it stalls the 4th run of the same one by 30-40 ms.
+_READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 0"
 # Everyone's scans around the windows, one row per scan id, in the order pairing walks them: grouped by person
 # and venue, then _pairing_order (the Enum puts 'in' before 'out'; scan ids compare as text, as in Python).
-# Python then pairs them in one pass with the same rule as the index case's (_walk). Measured at 10M rows
-# (bench/trace_bench.py): pairing in SQL with window functions cost more to plan on chdb (parse, analysis and
-# pipeline of the nested query: ~25 ms a trace) than shipping the rows and walking them. Every granule these
-# key ranges select holds matching rows, so PREWHERE's two-pass read only added work (~15%): it is off here.
+# Python then pairs them in one pass with the same rule as the index case's (_walk). Measured at 10M rows:
+# pairing in SQL with window functions cost more to plan on chdb (parse, analysis and pipeline of the nested
+# query: ~25 ms a trace) than shipping the rows (~3k a trace) and walking them.
 _SCANS_AT_SQL = (
     "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
     "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} "
-    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} "
-    "SETTINGS optimize_move_to_prewhere = 0"
+    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} " + _READ_SETTINGS
 )
-# A person's own scans are few (a few granules of scans_by_person); pair_stays drops duplicate scan ids, so
-# the read needs no LIMIT BY, and PREWHERE only added a pass (measured as for _SCANS_AT_SQL).
-_BY_PERSON_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0"
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 
 
@@ -339,7 +339,8 @@ class TraceQueries:
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
         where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
-        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_BY_PERSON_SETTINGS}"
+        # pair_stays drops duplicate scan ids itself, so this read needs no LIMIT BY
+        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
         index_scans = [Scan(*r) for r in self._query(sql, params)]
         keys = sorted({s.person_key for s in index_scans})
         visits = _within(self._pair(index_scans, opt), from_ms, to_ms)
@@ -402,7 +403,7 @@ class TraceQueries:
         sql = (
             f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE person_key IN "
             "(SELECT arrayJoin(arrayMap(k -> toFixedString(unhex(k), 16), {keys:Array(String)}))) "
-            f"AND {_TIME % ('lo', 'hi')} AND {verdicts} {_BY_PERSON_SETTINGS}"
+            f"AND {_TIME % ('lo', 'hi')} AND {verdicts} {_READ_SETTINGS}"
         )
         params = {"keys": [c.person_key for c in contacts], "lo": since - slack, "hi": to_ms + slack}
         exposed_at = {c.person_key: min(e.contact_start_ms for e in c.encounters) for c in contacts}
