@@ -59,11 +59,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
 
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name, to show where it goes: the engine names its stages (``verify``, whose OpenMP
-    workers inherit the name, ``wal``, ``store``); the main thread is the event loop (``loop`` here); every other
-    name is one of chdb's own threads (merges, schedulers)."""
-    out: dict[str, float] = {}
+ENGINE_THREADS = ("verify", "wal", "store")
+Snapshot = dict[int, tuple[str, float]]
+
+
+def thread_times(pid: int) -> Snapshot:
+    """(name, CPU seconds) per thread id of ``pid``."""
+    out: Snapshot = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
@@ -71,10 +73,23 @@ def cpu_by_thread(pid: int) -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        name = name.rstrip("0123456789_") or name  # "verify_0" / "BgSchPool12" → one group
-        if task.name == str(pid):
-            name = "loop"
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def cpu_by_thread(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two :func:`thread_times` snapshots, per thread group, to show where it goes: the
+    engine names its stages (``verify``, whose OpenMP workers inherit the name, ``wal``, ``store``); the main
+    thread is the event loop (``loop``); every other name is one of chdb's own threads. chdb renames the store
+    thread while it runs a query, so a thread is put in the group any snapshot names it by."""
+    out: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        first_name, first_cpu = before.get(tid, (name, 0.0))
+        stage = next((n for n in (first_name, name) if n in ENGINE_THREADS), name)
+        group = "loop" if tid == pid else stage.rstrip("0123456789_") or stage  # "BgSchPool12" → one group
+        out[group] = out.get(group, 0.0) + cpu - first_cpu
     return out
 
 
@@ -250,14 +265,14 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             # warm-up outside the measurement: connections, code paths, first chdb parts
             asyncio.run(drive(url, fx.device, bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans), 4))
             stored0 = stored_scans(url)
-            threads0 = cpu_by_thread(proc.pid)
+            threads0 = thread_times(proc.pid)
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency))
             wall, ack_cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
             # the scans are acknowledged (durable in the WAL); the store insert is still part of their cost
             wait_stored(url, stored0 + len(codes) if target == "engine" else None)
             cpu = cpu_seconds(proc.pid) - cpu0
-            threads1 = cpu_by_thread(proc.pid)
+            threads1 = thread_times(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=120)
@@ -277,9 +292,9 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
         ack_cpu_us_per_scan=round(ack_cpu / n * 1e6, 2),
         statuses=statuses,
         cpu_us_by_thread={
-            k: round((v - threads0.get(k, 0.0)) / n * 1e6, 2)
-            for k, v in sorted(threads1.items(), key=lambda kv: -(kv[1] - threads0.get(kv[0], 0.0)))
-            if v - threads0.get(k, 0.0) > 0
+            k: round(v / n * 1e6, 2)
+            for k, v in sorted(cpu_by_thread(proc.pid, threads0, threads1).items(), key=lambda kv: -kv[1])
+            if v > 0
         },
     )
 
