@@ -7,7 +7,12 @@ It fills a fresh store with ``bench.synth`` (time-ordered 100k-row inserts, as a
 times, for ~50 index cases drawn by how much people go out: the person trace by person key and by QR id
 (``engine.tracing``, person-ordered table), the venue view, and the naive approach of joining the
 venue-ordered ``scans`` with itself. It also times the two ways of reading around unmerged duplicates
-(``FINAL`` and ``LIMIT 1 BY scan_id``). Target: person trace p50 < 50 ms at 10M rows.
+(``FINAL`` and ``LIMIT 1 BY scan_id``), and every query beside the previous implementation ("before": the
+others' scans paired in SQL with window functions), on the same cases, checking that both give the same
+answer. Target: person trace p50 < 50 ms at 10M rows.
+
+A store kept with ``--data-dir`` keeps merging when reopened only if ClickHouse decides to; copy the directory
+(``cp -a``) while no bench runs to keep an unmerged state for later comparisons.
 """
 
 from __future__ import annotations
@@ -146,6 +151,29 @@ def summary(name: str, ms: list[float], extra: str = "") -> None:
     print(f"  {name:38} n={len(ms):3}  p50 {statistics.median(ms):8.1f} ms  p95 {q[18]:8.1f} ms  {extra}")
 
 
+def side_by_side(
+    title: str, cases: list[int], variants: dict[str, tuple[Callable[[int], Any], tuple[str, str]]]
+) -> None:
+    """Time each variant on each case (best of 3), interleaved so drifts in machine speed hit all alike; the
+    variants must return equal results. Lines starting "before" get their p50 as a multiple of the first's."""
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for case in cases:
+        results = []
+        for label, (fn, (final, dedup)) in variants.items():
+            tracing._FINAL, tracing._DEDUP = final, dedup
+            ms, result = timed(lambda fn=fn, case=case: fn(case), 3)
+            times[label].append(ms)
+            results.append(result)
+        if any(r != results[0] for r in results[1:]):  # or their timings would mean nothing
+            raise SystemExit(f"{title}: the variants disagree for case {case}")
+    tracing._FINAL, tracing._DEDUP = "", "LIMIT 1 BY scan_id"
+    print(f"{title}:")
+    first = statistics.median(next(iter(times.values())))
+    for label, ms in times.items():
+        ratio = f"{statistics.median(ms) / first:.2f}x the first p50" if label.startswith("before") else ""
+        summary(label, ms, ratio)
+
+
 def parts(store: Store) -> str:
     rows = store.query(
         "SELECT table, count(), sum(rows) FROM system.parts WHERE active AND database = currentDatabase() "
@@ -195,74 +223,51 @@ def main() -> int:
     opt = TraceOptions()
     q.person(person_key=world.person_key(int(cases[0])).hex(), from_ms=from_ms, to_ms=to_ms, options=opt)  # warm
 
-    print(f"\nperson trace, last 14 days, {args.cases} index cases (best of 3 each, the variants interleaved):")
     old = SqlPairing(store.query)
-    variants: dict[str, tuple[TraceQueries, str, str]] = {
-        "by person key (LIMIT 1 BY scan_id)": (q, "", "LIMIT 1 BY scan_id"),
-        "by person key (FINAL)": (q, "FINAL", ""),
-        "  before: pairing in SQL (LIMIT 1 BY)": (old, "", "LIMIT 1 BY scan_id"),
-    }
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    contacts, visits = [], []
-    for c in cases:
-        pk = world.person_key(int(c)).hex()
-        traces = {}
-        for label, (impl, final, dedup) in variants.items():
-            tracing._FINAL, tracing._DEDUP = final, dedup
-            ms, traces[label] = timed(
-                lambda impl=impl, pk=pk: impl.person(person_key=pk, from_ms=from_ms, to_ms=to_ms, options=opt), 3
-            )
-            times[label].append(ms)
-        first, *rest = traces.values()
-        if any(t != first for t in rest):  # the variants must agree, or their timings mean nothing
-            raise SystemExit(f"the person trace variants disagree for index case {pk}")
-        contacts.append(len(first.contacts))
-        visits.append(len(first.visits))
-    tracing._FINAL, tracing._DEDUP = "", "LIMIT 1 BY scan_id"
-    new_p50 = statistics.median(times["by person key (LIMIT 1 BY scan_id)"])
-    for label, ms in times.items():
-        extra = ""
-        if label.startswith("by person key (LIMIT"):
-            extra = f"visits median {statistics.median(visits):.0f}, contacts median {statistics.median(contacts):.0f}"
-        elif label.strip().startswith("before"):
-            extra = f"{statistics.median(ms) / new_p50:.2f}x the p50 above"
-        summary(label, ms, extra)
+    limit_by, final = ("", "LIMIT 1 BY scan_id"), ("FINAL", "")
 
-    def one(fn: Callable[[], Any]) -> float:
-        return timed(fn, 3)[0]
+    def by_key(impl: TraceQueries, options: TraceOptions) -> Callable[[int], Any]:
+        return lambda c: impl.person(
+            person_key=world.person_key(c).hex(), from_ms=from_ms, to_ms=to_ms, options=options
+        )
 
-    summary(
-        "by QR id",
-        [
-            one(lambda c=c: q.person(qr_id=world.qr_id(int(c)), from_ms=from_ms, to_ms=to_ms, options=opt))
-            for c in cases
-        ],
+    def by_qr(impl: TraceQueries) -> Callable[[int], Any]:
+        return lambda c: impl.person(qr_id=world.qr_id(c), from_ms=from_ms, to_ms=to_ms, options=opt)
+
+    print(f"\n{args.cases} index cases, last 14 days; best of 3 each, variants interleaved case by case:")
+    side_by_side(
+        "person trace",
+        [int(c) for c in cases],
+        {
+            "by person key (LIMIT 1 BY scan_id)": (by_key(q, opt), limit_by),
+            "by QR id": (by_qr(q), limit_by),
+            "by person key (FINAL)": (by_key(q, opt), final),
+            "before: by person key": (by_key(old, opt), limit_by),
+            "before: by QR id": (by_qr(old), limit_by),
+        },
     )
     with_unverified = TraceOptions(include_unverified=True)
-    summary(
-        "by person key, --include-unverified",
-        [
-            one(lambda c=c: q.person(person_key=world.person_key(int(c)).hex(), from_ms=from_ms, to_ms=to_ms,
-                                     options=with_unverified))
-            for c in cases
-        ],
-    )  # fmt: skip
+    side_by_side(
+        "--include-unverified",
+        [int(c) for c in cases],
+        {"by person key": (by_key(q, with_unverified), limit_by), "before": (by_key(old, with_unverified), limit_by)},
+    )
     second = TraceOptions(second_degree=True, second_degree_limit=10)
-    summary(
-        "by person key, second degree (top 10)",
-        [
-            one(lambda c=c: q.person(person_key=world.person_key(int(c)).hex(), from_ms=from_ms, to_ms=to_ms,
-                                     options=second))
-            for c in cases[:10]
-        ],
-    )  # fmt: skip
+    side_by_side(
+        "second degree (top 10 contacts)",
+        [int(c) for c in cases[:10]],
+        {"by person key": (by_key(q, second), limit_by), "before": (by_key(old, second), limit_by)},
+    )
     venues = rng.choice(world.venues, args.cases, replace=False)
-    summary(
+    t1 = to_ms - DAY_MS
+
+    def venue(impl: TraceQueries) -> Callable[[int], Any]:
+        return lambda v: impl.venue(world.venue_id(v), t1 - 2 * 3_600_000, t1, opt)
+
+    side_by_side(
         "venue view, 2 h window",
-        [
-            one(lambda v=v: q.venue(world.venue_id(int(v)), to_ms - 2 * 3_600_000 - DAY_MS, to_ms - DAY_MS, opt))
-            for v in venues
-        ],
+        [int(v) for v in venues],
+        {"venue": (venue(q), limit_by), "before": (venue(old), limit_by)},
     )
     naive = []
     for c in cases[: args.naive_cases]:
