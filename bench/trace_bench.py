@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.synth import World, fill
 from engine import tracing
 from engine.store import Store
-from engine.tracing import DAY_MS, Stay, TraceOptions, TraceQueries
+from engine.tracing import DAY_MS, PersonTrace, Stay, TraceOptions, TraceQueries
 
 NAIVE_SQL = """
 SELECT hex(b.person_key) AS who, count() AS n
@@ -157,6 +157,7 @@ def side_by_side(
     """Time each variant on each case (best of 3), interleaved so drifts in machine speed hit all alike; the
     variants must return equal results. Lines starting "before" get their p50 as a multiple of the first's."""
     times: dict[str, list[float]] = {label: [] for label in variants}
+    sizes: list[tuple[int, int]] = []
     for case in cases:
         results = []
         for label, (fn, (final, dedup)) in variants.items():
@@ -166,8 +167,14 @@ def side_by_side(
             results.append(result)
         if any(r != results[0] for r in results[1:]):  # or their timings would mean nothing
             raise SystemExit(f"{title}: the variants disagree for case {case}")
+        if isinstance(results[0], PersonTrace):
+            sizes.append((len(results[0].visits), len(results[0].contacts)))
     tracing._FINAL, tracing._DEDUP = "", "LIMIT 1 BY scan_id"
-    print(f"{title}:")
+    size = ""
+    if sizes:
+        visits, contacts = statistics.median(v for v, _ in sizes), statistics.median(c for _, c in sizes)
+        size = f" (median {visits:.0f} visits, {contacts:.0f} contacts)"
+    print(f"{title}{size}:")
     first = statistics.median(next(iter(times.values())))
     for label, ms in times.items():
         ratio = f"{statistics.median(ms) / first:.2f}x the first p50" if label.startswith("before") else ""
