@@ -8,7 +8,8 @@ Everyone is paired by the same rule, so the index case and their contacts are ju
 
 Reads go where the data is ordered for them: the index case's scans from ``scans_by_person`` (sorted by
 person key, so a lookup reads a few granules, not the month), the others at those venues from ``scans``
-(sorted by venue and time) with one key range per visit. Every query is parameterised; the only SQL text
+(sorted by venue and time) with one key range per venue and run of nearby visits, paired in Python by the
+same rule as the index case. Every query is parameterised; the only SQL text
 that varies is the number of ``{vN:String}`` placeholders. Only trusted verdicts count unless asked; then
 every row says what it rests on. The query function is injected, so the same code runs on the embedded store,
 on a ClickHouse server, and inside the engine on its store thread.
