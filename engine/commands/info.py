@@ -1,4 +1,4 @@
-"""``info``: which verification path is active, and the versions that matter for a bug report."""
+"""``info``: which compiled paths are active (verifier, request intake) and the versions that matter for bug reports."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def collect() -> dict[str, object]:
     import nacl
     import numpy
 
-    from engine import verify
+    from engine import intake, verify
 
     return {
         "verifier": verify.IMPLEMENTATION,
+        "intake": intake.TAKE_ITEMS_IMPLEMENTATION,
         "extension_error": verify.EXTENSION_ERROR,
         "no_extensions_env": verify.NO_EXTENSIONS,
         "python": platform.python_version(),
