@@ -33,7 +33,7 @@ from engine.errors import EngineError, OverloadedError, WALError
 from engine.intake import Intake
 from engine.metrics import Metrics
 from engine.record import batch_rows
-from engine.rows import Strings, concat_offsets
+from engine.rows import Strings, concat_offsets, dictionary_codes
 from engine.threads import single_thread_pool
 from engine.trust import TrustTable
 from engine.verdicts import VERDICTS
@@ -83,13 +83,12 @@ def encode_batch(subs: list[_Submission], trust: TrustTable, verifier: Verifier,
         offsets = concat_offsets([i.code_offsets for i in its], [len(i.codes) for i in its])
         batch = CodeBatch(b"".join(i.codes for i in its), offsets)
     result = verifier.verify_batch(batch, now)
-    devices: dict[str, int] = {}
-    per_sub = np.array([devices.setdefault(i.device_id, len(devices)) for i in its], np.int32)
+    per_sub, devices = dictionary_codes([i.device_id for i in its])
     lengths = [len(s) for s in subs]
     rows = batch_rows(
         scan_id=b"".join(i.scan_ids for i in its),
         device_code=np.repeat(per_sub, lengths),
-        devices=list(devices),
+        devices=[d[0] for d in devices],
         venue_id=Strings.concat([Strings(i.venues, i.venue_offsets) for i in its]),
         direction=np.concatenate([i.directions for i in its]),
         scanned_ms=np.concatenate([i.scanned_ms for i in its]),

@@ -28,6 +28,7 @@ import orjson
 
 from engine.clock import parse_iso
 from engine.errors import PayloadError
+from engine.rows import Strings
 from engine.verdicts import REASONS, VERDICTS
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
@@ -91,30 +92,21 @@ class Intake:
         if len(positions) == len(self):
             return self
         pos = np.asarray(positions, np.int64)
-        codes, code_offsets = _pack([self.code(i) for i in positions])
-        venues, venue_offsets = _pack(
-            [self.venues[self.venue_offsets[i] : self.venue_offsets[i + 1]] for i in positions]
-        )
+        codes = Strings.pack([self.code(i) for i in positions])
+        venues = Strings.pack([self.venues[self.venue_offsets[i] : self.venue_offsets[i + 1]] for i in positions])
         return Intake(
             device_id=self.device_id,
             count=self.count,
             index=self.index[pos],
             scan_ids=b"".join(self.scan_id(i) for i in positions),
             scan_texts=[self.scan_texts[i] for i in positions],
-            codes=codes,
-            code_offsets=code_offsets,
-            venues=venues,
-            venue_offsets=venue_offsets,
+            codes=codes.data,
+            code_offsets=codes.offsets,
+            venues=venues.data,
+            venue_offsets=venues.offsets,
             directions=self.directions[pos],
             scanned_ms=self.scanned_ms[pos],
         )
-
-
-def _pack(parts: list[bytes]) -> tuple[bytes, np.ndarray]:
-    offsets = np.zeros(len(parts) + 1, np.int64)
-    if parts:
-        np.cumsum([len(p) for p in parts], out=offsets[1:])
-    return b"".join(parts), offsets
 
 
 def _uuid_bytes(value: Any) -> bytes | None:
@@ -169,16 +161,15 @@ def take_items_py(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any
         error = _take_item(out, i, item, oldest_ms, newest_ms)
         if error is not None:
             out.rejected.append((i, error))
-    codes, code_offsets = _pack(out.codes)
-    venues, venue_offsets = _pack(out.venues)
+    codes, venues = Strings.pack(out.codes), Strings.pack(out.venues)
     return (
         np.asarray(out.index, np.int32),
         b"".join(out.scan_ids),
         out.scan_texts,
-        codes,
-        code_offsets,
-        venues,
-        venue_offsets,
+        codes.data,
+        codes.offsets,
+        venues.data,
+        venues.offsets,
         np.asarray(out.directions, np.uint8),
         np.asarray(out.scanned, np.int64),
         out.rejected,

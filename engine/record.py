@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from engine.errors import WALError
-from engine.rows import Rows, Strings
+from engine.rows import Rows, Strings, dictionary_codes
 from engine.trust import TrustTable
 from engine.verdicts import KINDS, REASONS, VERDICTS, Verdict
 from engine.verify import BatchResult, CodeBatch
@@ -177,14 +177,12 @@ def _decode_v1(payload: bytes) -> Rows:
     for name, table in (("verdict", VERDICTS), ("reason", REASONS), ("kind", KINDS)):
         if any(not 0 <= v < len(table) for v in d[name]):
             raise WALError(f"WAL record v1 has an unknown {name} code")
-    devices: dict[str, int] = {}
-    keys: dict[tuple[str, str], int] = {}
-    device_code = np.array([devices.setdefault(x, len(devices)) for x in d["device_id"]], np.int32)
-    key_code = np.array([keys.setdefault(k, len(keys)) for k in zip(d["key_id"], d["issuer"], strict=True)], np.int32)
+    device_code, devices = dictionary_codes(d["device_id"])
+    key_code, keys = dictionary_codes(d["key_id"], d["issuer"])
     return Rows(
         scan_id=bytes.fromhex(d["scan_id"]),
         device_code=device_code,
-        devices=list(devices),
+        devices=[dev[0] for dev in devices],
         venue_id=Strings.pack([v.encode("utf-8") for v in d["venue_id"]]),
         direction=np.array(d["direction"], np.uint8),
         scanned_ms=np.array(d["scanned_ms"], np.int64),

@@ -151,13 +151,23 @@ class Rows:
         )
 
 
+def dictionary_codes(
+    *columns: Sequence[str], seen: dict[tuple[str, ...], int] | None = None
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Low-cardinality columns as int32 codes into their distinct entries (tuples across ``columns``), in order
+    of first appearance; ``seen`` carries the entries over several calls (merging dictionaries)."""
+    seen = {} if seen is None else seen
+    codes = np.array([seen.setdefault(entry, len(seen)) for entry in zip(*columns, strict=True)], np.int32)
+    return codes, list(seen)
+
+
 def _merge_dicts(
     dicts: Sequence[tuple[list[str], ...]], codes: Sequence[np.ndarray]
 ) -> tuple[list[tuple[str, ...]], np.ndarray]:
     merged: dict[tuple[str, ...], int] = {}
     out = []
     for values, local in zip(dicts, codes, strict=True):
-        mapping = np.array([merged.setdefault(entry, len(merged)) for entry in zip(*values, strict=True)], np.int32)
+        mapping, _ = dictionary_codes(*values, seen=merged)
         out.append(mapping[local] if len(local) else local.astype(np.int32))
     return list(merged), np.concatenate(out)
 
@@ -174,10 +184,9 @@ def _strings(s: Strings) -> pa.Array:
 def _dictionary(codes: np.ndarray, values: list[str]) -> pa.Array:
     """A dictionary column; ClickHouse refuses repeated dictionary values (``issuers`` shares ``key_code`` with
     ``key_ids``, so one issuer appears once per key of theirs), so repeats are folded first."""
-    unique: dict[str, int] = {}
-    remap = np.array([unique.setdefault(v, len(unique)) for v in values], np.int32)
+    remap, unique = dictionary_codes(values)
     if len(unique) < len(values):
-        codes, values = remap[codes], list(unique)
+        codes, values = remap[codes], [u[0] for u in unique]
     return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(values, pa.string()))
 
 
@@ -281,12 +290,6 @@ def _texts(values: Any) -> list[str]:
     return [str(v) for v in (values.tolist() if isinstance(values, np.ndarray) else values)]
 
 
-def _dict_codes(*columns: list[str]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    seen: dict[tuple[str, ...], int] = {}
-    codes = np.array([seen.setdefault(entry, len(seen)) for entry in zip(*columns, strict=True)], np.int32)
-    return codes, list(seen)
-
-
 def rows_from_columns(columns: Mapping[str, Any]) -> Rows:
     """A mapping of ``SCAN_COLUMNS`` to lists or arrays, checked (names, equal lengths, types, enum values)."""
     missing = [c for c in SCAN_COLUMNS if c not in columns]
@@ -299,8 +302,8 @@ def rows_from_columns(columns: Mapping[str, Any]) -> Rows:
         raise _fail(f"columns differ in length: {lengths}")
     devices = _texts(columns["device_id"])
     key_ids, issuers = _texts(columns["key_id"]), _texts(columns["issuer"])
-    device_code, device_dict = _dict_codes(devices)
-    key_code, key_dict = _dict_codes(key_ids, issuers)
+    device_code, device_dict = dictionary_codes(devices)
+    key_code, key_dict = dictionary_codes(key_ids, issuers)
     return Rows(
         scan_id=_fixed_bytes("scan_id", columns["scan_id"], n),
         device_code=device_code,
