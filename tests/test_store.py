@@ -82,6 +82,18 @@ def test_migrate_applies_every_file_once_then_is_a_noop(tmp_path: Path) -> None:
         s.close()
 
 
+def test_every_table_the_engine_writes_fsyncs_its_new_parts(store: Store) -> None:
+    """The WAL forgets a batch once its insert returns, and revocations live only in ``devices``: a MergeTree
+    table without these settings could lose rows to a power cut that the engine already counts as safe."""
+    rows = store.query(
+        "SELECT name, create_table_query FROM system.tables WHERE database = 'vnqr' AND engine LIKE '%MergeTree'"
+    )
+    written = {name: ddl for name, ddl in rows if name != "schema_migrations"}
+    assert {"scans", "scans_by_person", "person_by_qr", "devices"} <= set(written)
+    for name, ddl in written.items():
+        assert "fsync_after_insert = 1" in ddl and "fsync_part_directory = 1" in ddl, name
+
+
 def test_enum_types_come_from_the_verdicts_module(store: Store) -> None:
     types = {r[0]: r[1] for r in store.query("DESCRIBE TABLE scans")}
     assert tuple(types) == SCAN_COLUMNS
