@@ -238,6 +238,9 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
         if target == "engine":
             cmd = [sys.executable, "-m", "engine", "serve"]
+        elif target.startswith("floor-"):  # bench/floor_bench.py: the stack alone, one stage at a time
+            cmd = [sys.executable, str(ROOT / "bench" / "floor_server.py"), "--stage", target.removeprefix("floor-")]
+            cmd += ["--port", str(port), "--device", f"{DEVICE}:{device_pk}"]
         else:
             cmd = [
                 sys.executable,
