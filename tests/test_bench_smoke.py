@@ -90,3 +90,25 @@ def test_results_json_holds_every_figure(report: tuple[Path, subprocess.Complete
     plan = doc["capacity"]
     assert {r["scenario"] for r in plan["rows"]} == {"derived peak", "design point"}
     assert all(r["nodes"] >= 1 and r["headroom_x"] >= 1 for r in plan["rows"])
+
+
+@pytest.mark.slow
+def test_floor_bench_measures_every_part_of_the_stack(tmp_path: Path) -> None:
+    """bench/floor_bench.py (the mandated stack's own cost beside verify-only) runs, and its floor is the sum
+    of the parts it names; a floor server that answered anything but 202 would have failed the run."""
+    out = tmp_path / "floor.json"
+    done = subprocess.run(
+        [sys.executable, "bench/floor_bench.py", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    med = doc["median_us"]
+    assert set(med) == {"verify", "http", "auth", "intake", "store"}
+    assert med["verify"] > 0 and med["store"] > 0  # the server stages can round to 0 clock ticks on 4k scans
+    assert doc["floor_us"] == pytest.approx(med["intake"] + med["store"], abs=0.02)
+    assert doc["floor_vs_verify"] == pytest.approx(doc["floor_us"] / med["verify"], rel=0.01)
+    assert "floor = intake + store" in done.stdout
