@@ -208,6 +208,8 @@ async def read_body(request: web.Request) -> bytes:
     aiohttp bounds the size (``client_max_size``) and the idle time between requests, but not how long one
     body may take to arrive once its headers are in (slowloris on the body).
     """
+    if request.content.is_eof():  # the whole body is buffered already (the usual case): nothing to time out
+        return await request.read()
     timeout = request.app[CONFIG].body_timeout_s
     try:
         async with asyncio.timeout(timeout):
