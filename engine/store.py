@@ -217,7 +217,9 @@ class Store:
         return int(found.group(1)) if found else None
 
     # -- writes --------------------------------------------------------------------------------------------
-    def insert_scans(self, columns: Rows | ScanColumns, *, dedup_token: str | None = None) -> int:
+    def insert_scans(
+        self, columns: Rows | ScanColumns, *, dedup_token: str | None = None, settings: Mapping[str, Any] | None = None
+    ) -> int:
         """Insert one batch into ``scans``; return the rows sent (a deduplicated replay counts too).
 
         ``columns`` is :class:`engine.rows.Rows` (what the drain decodes from the WAL) or a mapping of
@@ -227,29 +229,31 @@ class Store:
         thread (README, "Measured"). With ``dedup_token`` ClickHouse drops a block it has already seen with that
         token (within ``non_replicated_deduplication_window``/``replicated_deduplication_window``), so replaying
         a WAL batch after a crash is a no-op, and the materialized views' blocks are deduplicated with it.
+        ``settings`` overrides ClickHouse settings of this one insert (``bench/store_bench.py --versus``).
         """
         rows = columns if isinstance(columns, Rows) else rows_from_columns(columns)
         n = len(rows)
         if n == 0:
             return 0
         table = to_arrow(rows)
-        settings: dict[str, Any] = {
+        query_settings: dict[str, Any] = {
             "insert_deduplicate": 1,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
             # Replacing tables would otherwise collapse equal keys inside each new block at insert time: ~1.3 µs
             # of ClickHouse CPU per row of the three tables (bench/store_bench.py, measured side by side), to
             # remove duplicates the batcher's recent-id map already keeps out. Merges and readers still collapse.
             "optimize_on_insert": 0,
+            **(settings or {}),
         }
         if dedup_token:
-            settings["insert_deduplication_token"] = dedup_token
+            query_settings["insert_deduplication_token"] = dedup_token
         if self.cluster:
             # return only once every shard has its rows: the WAL checkpoint moves on this call's return
-            settings["insert_distributed_sync"] = 1
+            query_settings["insert_distributed_sync"] = 1
         with self._lock:
             self._run(
                 f"insert of {n} scans",
-                lambda: self._client.insert_arrow("scans", table, database=self.database, settings=settings),
+                lambda: self._client.insert_arrow("scans", table, database=self.database, settings=query_settings),
             )
         return n
 
