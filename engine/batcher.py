@@ -148,6 +148,7 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         metrics.on_scrape(self._refresh_metrics)
+        metrics.set_cache_source(lambda: (self._verifier.cache_hits, self._verifier.cache_lookups))
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -372,7 +373,5 @@ class Batcher:
     def _refresh_metrics(self) -> None:
         m = self._metrics
         m.queue_depth.set(self._queued_scans)
-        hits, lookups = self._verifier.cache_hits, self._verifier.cache_lookups
-        m.cache_hits.set(hits)
-        m.cache_lookups.set(lookups)
+        hits, lookups = m.cache_counts()
         m.cache_hit_ratio.set(hits / lookups if lookups else 0.0)

@@ -125,8 +125,9 @@ def read_sample(metrics: Metrics, mono: float, wall: float) -> RawSample:
         counters[name] = sum(v for _, v in _counter_values(getattr(metrics, name)))
     for labels, value in _counter_values(metrics.scans_acked):
         counters["acked:" + labels["verdict"]] = value
+    counters["cache_hits"], counters["cache_lookups"] = map(float, metrics.cache_counts())
     histograms = {name: _histogram_state(getattr(metrics, name)) for name in (*_QUANTILE_HISTOGRAMS, "batch_size")}
-    gauges = {name: _gauge_value(getattr(metrics, name)) for name in (*_GAUGES, "cache_hits", "cache_lookups")}
+    gauges = {name: _gauge_value(getattr(metrics, name)) for name in _GAUGES}
     return RawSample(mono, wall, counters, histograms, gauges)
 
 
@@ -142,11 +143,12 @@ def derive(older: RawSample, newer: RawSample) -> dict[str, Any]:
     """
     span = newer.mono - older.mono
 
-    def rate(key: str) -> float:
-        if span <= 0:
-            return 0.0
+    def increase(key: str) -> float:
         now, then = newer.counters.get(key, 0.0), older.counters.get(key, 0.0)
-        return round((now - then if now >= then else now) / span, 3)
+        return now - then if now >= then else now
+
+    def rate(key: str) -> float:
+        return round(increase(key) / span, 3) if span > 0 else 0.0
 
     by_verdict = {v: rate("acked:" + v) for v in VERDICTS}
     point: dict[str, Any] = {
@@ -171,8 +173,7 @@ def derive(older: RawSample, newer: RawSample) -> dict[str, Any]:
     point["batches_per_s"] = round(batches.count / span, 3) if span > 0 else 0.0
     point["batch_size_mean"] = _round(batches.total / batches.count if batches.count else None, 1)
     point["batch_size_p50"] = _round(batches.quantile(0.5), 1)
-    hits = newer.gauges["cache_hits"] - older.gauges["cache_hits"]
-    lookups = newer.gauges["cache_lookups"] - older.gauges["cache_lookups"]
+    hits, lookups = increase("cache_hits"), increase("cache_lookups")
     point["cache_hit_rate"] = _round(hits / lookups if lookups > 0 else None, 4)
     point["queue_scans"] = int(newer.gauges["queue_depth"])
     point["wal_backlog_records"] = int(newer.gauges["wal_backlog_records"])

@@ -7,9 +7,11 @@ refreshed from their owners when scraped, not pushed on every change, to keep th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from engine.verdicts import VERDICTS
 
@@ -57,14 +59,22 @@ class Metrics:
         self.queue_depth = Gauge("engine_queue_scans", "Scans accepted but not yet durable", registry=r)
         self.wal_backlog_bytes = Gauge("engine_wal_backlog_bytes", "WAL bytes not yet in the store", registry=r)
         self.wal_backlog_records = Gauge("engine_wal_backlog_records", "WAL records not yet in the store", registry=r)
-        self.cache_hits = Gauge("engine_cache_hits", "Verified-code cache hits (cumulative)", registry=r)
-        self.cache_lookups = Gauge("engine_cache_lookups", "Verified-code cache lookups (cumulative)", registry=r)
+        self._cache = _CacheCounters()
+        r.register(self._cache)
         self.cache_hit_ratio = Gauge("engine_cache_hit_ratio", "Cache hits / lookups since start", registry=r)
         self.store_up = Gauge("engine_store_up", "1 if the last store operation succeeded", registry=r)
         self.active_devices = Gauge("engine_active_devices", "Devices that sent a request in the last 60 s", registry=r)
         for v in VERDICTS:
             self.scans_acked.labels(verdict=v)
         self._refreshers: list[Callable[[], None]] = []
+
+    def set_cache_source(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Where ``engine_cache_hits_total`` / ``engine_cache_lookups_total`` are read from at scrape time."""
+        self._cache.source = source
+
+    def cache_counts(self) -> tuple[int, int]:
+        """(hits, lookups) of the verified-code cache since the engine started."""
+        return self._cache.source()
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         """Register a callback that copies live state into gauges just before they are read."""
@@ -77,3 +87,16 @@ class Metrics:
     def render(self) -> bytes:
         self.refresh()
         return generate_latest(self.registry)
+
+
+class _CacheCounters(Collector):
+    """The verifier counts cache hits and lookups itself (in C, per batch); they are exposed as counters read at
+    scrape time, not incremented a second time on the hot path. Counters, so ``rate()`` handles restarts."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        hits, lookups = self.source()
+        yield CounterMetricFamily("engine_cache_hits", "Verified-code cache hits", value=hits)
+        yield CounterMetricFamily("engine_cache_lookups", "Verified-code cache lookups", value=lookups)

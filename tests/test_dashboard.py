@@ -102,12 +102,11 @@ def test_gauges_are_refreshed_from_their_owners() -> None:
     live = {"queue": 7, "records": 3}
     m.on_scrape(lambda: (m.queue_depth.set(live["queue"]), m.wal_backlog_records.set(live["records"])))
     m.store_up.set(1)
-    m.cache_lookups.set(100)
-    m.cache_hits.set(40)
+    cache = {"hits": 40, "lookups": 100}
+    m.set_cache_source(lambda: (cache["hits"], cache["lookups"]))
     ring = StatsRing(m, interval_s=1.0, window_s=2.0)
     ring.tick(mono=0.0, wall=0.0)
-    m.cache_lookups.set(200)
-    m.cache_hits.set(130)
+    cache.update(hits=130, lookups=200)
     live["queue"] = 11
     p = ring.tick(mono=1.0, wall=1.0)
     assert p is not None
