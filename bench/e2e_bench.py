@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from engine.client import sign_request  # noqa: E402
-from engine.commands.info import collect  # noqa: E402
-from engine.payload import Person, b64url_encode, mint  # noqa: E402
-from engine.verify import CodeBatch, make_verifier  # noqa: E402
-from harness import free_port, make_fixture  # noqa: E402
+from engine.cli.info import collect  # noqa: E402
+from engine.codes.payload import Person, b64url_encode, mint  # noqa: E402
+from engine.devices.client import sign_request  # noqa: E402
+from engine.testing import free_port, make_fixture  # noqa: E402
+from engine.verify import make_verifier  # noqa: E402
+from engine.verify.contract import CodeBatch  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 YEAR = 365 * 86_400

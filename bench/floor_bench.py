@@ -35,9 +35,9 @@ if __package__ in (None, ""):  # run as a script from a checkout
 
 from bench import e2e_bench
 from bench.synth import World
-from engine.commands.info import collect
-from engine.rows import Rows, rows_from_columns
-from engine.store import Store
+from engine.cli.info import collect
+from engine.store.columns import Rows, rows_from_columns
+from engine.store.store import Store
 
 SERVER_STAGES = ("http", "auth", "intake")
 

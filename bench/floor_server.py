@@ -28,9 +28,9 @@ from aiohttp import web
 if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.devices import Device, DeviceRegistry
-from engine.intake import parse_body, render_answer
-from engine.payload import b64url_decode_canonical
+from engine.codes.payload import b64url_decode_canonical
+from engine.devices.auth import Device, DeviceRegistry
+from engine.ingest.intake import parse_body, render_answer
 
 STAGES = ("http", "auth", "intake")
 DAY_MS = 86_400_000

@@ -23,10 +23,10 @@ from aiohttp import web
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from engine.devices import Device, DeviceRegistry
-from engine.payload import b64url_decode_canonical, parse
-from engine.trust import TrustList
-from engine.verdicts import CodeKind, Verdict
+from engine.codes.payload import b64url_decode_canonical, parse
+from engine.codes.trust import TrustList
+from engine.codes.verdicts import CodeKind, Verdict
+from engine.devices.auth import Device, DeviceRegistry
 
 
 def build_app(data_dir: Path, devices: list[Device]) -> web.Application:

@@ -31,9 +31,9 @@ if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synth import World
-from engine.commands.info import collect
-from engine.rows import rows_from_columns
-from engine.store import Store
+from engine.cli.info import collect
+from engine.store.columns import rows_from_columns
+from engine.store.store import Store
 
 DEFAULT_BATCHES = (1_000, 10_000, 100_000)
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import capacity, e2e_bench  # noqa: E402
 from bench.report import write_report  # noqa: E402
-from engine.commands.info import collect  # noqa: E402
+from engine.cli.info import collect  # noqa: E402
 
 #: the assumptions capacity.py defaults to; the suite plans with the same ones (override by flags there)
 PLAN = {"people": 70e6, "scans_per_person": 2.5, "peak_hour_share": 0.12, "burst": 4.0, "utilisation": 0.6}

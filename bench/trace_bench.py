@@ -5,7 +5,7 @@
 
 It fills a fresh store with ``bench.synth`` (time-ordered 100k-row inserts, as a live engine writes), then
 times, for ~50 index cases drawn by how much people go out: the person trace by person key and by QR id
-(``engine.tracing``, person-ordered table), the venue view, and the naive approach of joining the
+(``engine.tracing.queries``, person-ordered table), the venue view, and the naive approach of joining the
 venue-ordered ``scans`` with itself. It also times the two ways of reading around unmerged duplicates
 (``FINAL`` and ``LIMIT 1 BY scan_id``), and every query beside the previous implementation ("before": the
 others' scans paired in SQL with window functions), on the same cases, checking that both give the same
@@ -33,9 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.synth import World, fill
-from engine import tracing
-from engine.store import Store
-from engine.tracing import DAY_MS, PersonTrace, Stay, TraceOptions, TraceQueries
+from engine.store.store import Store
+from engine.tracing import queries as tracing
+from engine.tracing.model import DAY_MS, PersonTrace, Stay, TraceOptions
+from engine.tracing.queries import TraceQueries
 
 NAIVE_SQL = """
 SELECT hex(b.person_key) AS who, count() AS n

@@ -35,10 +35,11 @@ import nacl._sodium
 from nacl.signing import SigningKey, VerifyKey
 
 from engine import verify as verify_mod
-from engine.commands.info import cpu_model
-from engine.payload import DOMAIN, Person, key_id, mint, parse
-from engine.trust import TrustedKey, TrustList, TrustTable
-from engine.verify import CodeBatch, PyVerifier
+from engine.cli.info import cpu_model
+from engine.codes.payload import DOMAIN, Person, key_id, mint, parse
+from engine.codes.trust import TrustedKey, TrustList, TrustTable
+from engine.verify.contract import CodeBatch
+from engine.verify.reference import PyVerifier
 
 NOW = 1_767_225_600
 DAY = 86_400
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cores      : {os.cpu_count()}")
     print(f"Python     : {platform.python_version()} ({platform.python_implementation()})")
     print(
-        f"extension  : {'on' if CVerifier is not None else 'off'} (engine.verify selects {verify_mod.IMPLEMENTATION})"
+        f"extension  : {'on' if CVerifier is not None else 'off'} (engine.verify selects {verify_mod.implementation()})"
     )
     print(f"batch      : {n} distinct codes, median of {repeats} interleaved rounds")
     print(f"load avg   : {load_average()} (before)")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.commands.info import cpu_model
-from engine.wal import WriteAheadLog
+from engine.cli.info import cpu_model
+from engine.ingest.wal import WriteAheadLog
 
 
 def filesystem_of(path: Path) -> str:

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from engine.commands import COMMAND_MODULES
+from engine.cli import COMMAND_MODULES
 from engine.errors import EngineError
 
 

@@ -1,4 +1,4 @@
-"""Type stub for the compiled item check (sources: ext/_intake.pyx); same contract as engine.intake.take_items_py."""
+"""Type stub for the compiled item check (sources: ext/_intake.pyx); same contract as intake.take_items_py."""
 
 from typing import Any
 

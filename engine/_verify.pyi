@@ -2,8 +2,8 @@
 
 from typing import ClassVar
 
-from engine.trust import TrustTable
-from engine.verify import BatchResult, CodeBatch
+from engine.codes.trust import TrustTable
+from engine.verify.contract import BatchResult, CodeBatch
 
 def ed25519_verify(signature: bytes, message: bytes, public_key: bytes) -> bool: ...
 def verify_loop(signature: bytes, message: bytes, public_key: bytes, iterations: int) -> int: ...

@@ -2,7 +2,7 @@
 
 Everything the engine raises on purpose derives from :class:`EngineError`, so callers (the CLI, the HTTP error
 middleware) can tell "we refused this, with a reason" from a bug. The HTTP status that each kind maps to is
-decided in one place, ``engine.server``'s error middleware, via the ``http_status`` attribute.
+decided in one place, ``engine.web.app``'s error middleware, via the ``http_status`` attribute.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled item check for ``POST /v1/scans``: the contract of ``engine.intake.take_items_py``, column for column.
+"""Compiled item check for ``POST /v1/scans``: the contract of ``engine.ingest.intake.take_items_py``, column for column.
 
 Why compiled: every scan of every request passes here on the event loop, which is also what parses HTTP and
 answers devices. The reference spends ~1.4 µs per scan on isinstance checks, a generator over the venue's
 characters, ``bytes.fromhex`` and six list appends; here the same checks read orjson's objects through the
 C API (an ASCII ``str`` is its own UTF-8, so nothing is encoded twice) and write straight into packed
-buffers, ~0.2 µs per scan. The error texts come from ``engine.intake`` so both paths say the same words, and
+buffers, ~0.2 µs per scan. The error texts come from ``engine.ingest.intake`` so both paths say the same words, and
 the rare ISO-8601 ``scanned_at`` goes back to the reference's parser.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 
 import orjson
 
-from engine.verdicts import REASONS, VERDICTS
-from engine.intake import (
+from engine.codes.verdicts import REASONS, VERDICTS
+from engine.ingest.items import (
     DIRECTIONS,
     E_DIRECTION,
     E_NOT_OBJECT,
@@ -152,7 +152,7 @@ cdef inline bint _venue_ok(object venue):
 
 
 def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
-    """Same contract and output as ``engine.intake.take_items_py``."""
+    """Same contract and output as ``engine.ingest.intake.take_items_py``."""
     cdef Py_ssize_t n = len(scans), i, k = 0, qlen, vlen
     cdef Buf codes, venues
     cdef object item, value, qr, venue, scanned_obj, d
@@ -272,7 +272,7 @@ cdef inline int _append_int(Buf* b, long long v) except -1:
 
 
 def render_answer(Py_ssize_t count, index, list scan_texts, list rejected, stored, verdict, reason):
-    """Same contract and bytes as ``engine.intake.render_answer_py`` (orjson's compact form).
+    """Same contract and bytes as ``engine.ingest.intake.render_answer_py`` (orjson's compact form).
 
     Why compiled: the reference builds a dict per scan and lets orjson walk it, ~0.3 µs per scan on the event
     loop. Everything in an accepted item is known to need no JSON escaping (the scan id passed the UUID check,

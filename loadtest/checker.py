@@ -29,7 +29,7 @@ import orjson
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.verdicts import VERDICTS
+from engine.codes.verdicts import VERDICTS
 
 REJECTED = "rejected"
 ACKED_STATUSES = ("stored", "duplicate")
@@ -98,7 +98,7 @@ def load_results(results_dir: Path) -> Sent:
 
 def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]:
     """scan id -> the verdict of every row stored under it (no FINAL: a duplicate row must be seen)."""
-    from engine.store import Store
+    from engine.store.store import Store
 
     store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}", database=database)
     try:
@@ -116,7 +116,7 @@ def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]
 
 def wal_backlog(data_dir: Path) -> int:
     """Records still in the stopped engine's WAL: acknowledged but not drained (tells a slow drain from a loss)."""
-    from engine.wal import WriteAheadLog
+    from engine.ingest.wal import WriteAheadLog
 
     wal_dir = data_dir / "wal"
     if not wal_dir.exists():

@@ -40,7 +40,7 @@ from locust.exception import StopUser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.client import sign_request
+from engine.devices.client import sign_request
 from loadtest.scenario import REJECTED, Keyring, ScanMix, require_loopback
 
 log = logging.getLogger("loadtest")

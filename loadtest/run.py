@@ -34,7 +34,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.payload import b64url_encode  # noqa: E402
+from engine.codes.payload import b64url_encode  # noqa: E402
 from loadtest.checker import check, format_confusion, load_results, stored_scans, wal_backlog  # noqa: E402
 from loadtest.scenario import BASE_PEAK_USERS, Keyring  # noqa: E402
 

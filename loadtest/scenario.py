@@ -30,8 +30,8 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from engine.payload import Person, key_id, mint
-from engine.trust import TrustedKey, TrustList
+from engine.codes.payload import Person, key_id, mint
+from engine.codes.trust import TrustedKey, TrustList
 
 DAY = 86_400
 YEAR = 365 * DAY

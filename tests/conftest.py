@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from engine.payload import Person, key_id
-from engine.trust import TrustedKey, TrustList
+from engine.codes.payload import Person, key_id
+from engine.codes.trust import TrustedKey, TrustList
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "codes.json"
 FIXED_NOW = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -21,11 +21,9 @@ import orjson
 import pytest
 from nacl.signing import SigningKey
 
-from engine.client import ScannerClient, make_scan, sign_request
-from engine.payload import b64url_encode
-from engine.server import RUNTIME, create_app
-from engine.tracers import TracerRegistry
-from harness import (
+from engine.codes.payload import b64url_encode
+from engine.devices.client import ScannerClient, make_scan, sign_request
+from engine.testing import (
     DEVICE_ID,
     EngineProcess,
     Fixture,
@@ -35,6 +33,9 @@ from harness import (
     make_fixture,
     wait_until,
 )
+from engine.tracing.credentials import TracerRegistry
+from engine.web.app import create_app
+from engine.web.keys import RUNTIME
 
 L = 2**252 + 27742317777372353535851937790883648493
 REFUSED: dict[str, int] = {}

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from engine.__main__ import main
-from engine.keys import read_key_file
-from engine.payload import key_id_text, parse
-from engine.trust import TrustList
+from engine.codes.keys import read_key_file
+from engine.codes.payload import key_id_text, parse
+from engine.codes.trust import TrustList
 
 ROOT = Path(__file__).resolve().parents[1]
 PERSON = ["--doc-number", "******012345", "--name", "NGUYEN VAN AN", "--birth-date", "1990-01-**"]

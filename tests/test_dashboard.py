@@ -18,12 +18,21 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.client import ScannerClient, make_scan
-from engine.dashboard import STATS, HistogramState, StatsRing, derive, read_sample
-from engine.metrics import Metrics
-from engine.server import create_app
-from engine.verdicts import VERDICTS
-from harness import DEVICE_ID, Fixture, admin_headers, device_registration, engine_config, make_fixture, wait_until
+from engine.codes.verdicts import VERDICTS
+from engine.devices.client import ScannerClient, make_scan
+from engine.ops.dashboard import HistogramState, StatsRing, derive, read_sample
+from engine.ops.metrics import Metrics
+from engine.testing import (
+    DEVICE_ID,
+    Fixture,
+    admin_headers,
+    device_registration,
+    engine_config,
+    make_fixture,
+    wait_until,
+)
+from engine.web.app import create_app
+from engine.web.dashboard import STATS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = (

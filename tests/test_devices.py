@@ -9,10 +9,10 @@ import pytest
 from aiohttp import web
 from nacl.signing import SigningKey
 
-from engine.client import ScannerClient, make_scan, sign_request
-from engine.devices import Device, DeviceRegistry, signed_message
+from engine.codes.payload import b64url_decode_canonical, b64url_encode
+from engine.devices.auth import Device, DeviceRegistry, signed_message
+from engine.devices.client import ScannerClient, make_scan, sign_request
 from engine.errors import AuthError, ForbiddenError, NotFoundError, OverloadedError, PayloadError, RateLimitedError
-from engine.payload import b64url_decode_canonical, b64url_encode
 
 T0 = 1_800_000_000.0
 PATH = "/v1/scans"

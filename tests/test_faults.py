@@ -32,8 +32,8 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.client import make_scan, sign_request
-from harness import (
+from engine.devices.client import make_scan, sign_request
+from engine.testing import (
     DEVICE_ID,
     EngineProcess,
     EngineStarter,
@@ -56,7 +56,7 @@ FAST_ENV = {
 
 _STORE_SCRIPT = """
 import sys, orjson
-from engine.store import Store
+from engine.store.store import Store
 s = Store.connect(sys.argv[1], database="vnqr")
 try:
     if sys.argv[3] == "command":

@@ -2,7 +2,7 @@
 
 Two passes over a real ``python -m engine serve``: as an anonymous stranger (the generated ``X-Signature`` is
 noise, so the device API answers 400/401/403) and as the registered scanner, every request signed with
-``engine.client.sign_request`` over the exact bytes sent, so the 202 path is reached too. Every answer must be
+``engine.devices.client.sign_request`` over the exact bytes sent, so the 202 path is reached too. Every answer must be
 a non-5xx, with a status, content type, headers and body the schema declares. Example counts are bounded
 (hypothesis ``max_examples``) to keep the file well under a minute.
 """
@@ -19,8 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from engine.client import sign_request
-from harness import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.devices.client import sign_request
+from engine.testing import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
 
 CHECKS = [
     checks.not_a_server_error,

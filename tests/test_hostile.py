@@ -24,14 +24,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from engine.client import make_scan, sign_request
+from engine.codes.payload import DOMAIN, Person, b64url_encode, key_id, key_id_text, mint
+from engine.codes.trust import TrustList, TrustTable
+from engine.codes.verdicts import Verdict
+from engine.devices.client import make_scan, sign_request
 from engine.errors import TrustListError
-from engine.payload import DOMAIN, Person, b64url_encode, key_id, key_id_text, mint
-from engine.trust import TrustList, TrustTable
-from engine.verdicts import Verdict
-from engine.verify import CodeBatch, PyVerifier
-from engine.verify import CVerifier as _CVerifier
-from harness import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.testing import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.verify import verifier_class
+from engine.verify.contract import CodeBatch
+from engine.verify.reference import PyVerifier
+
+_CVerifier = verifier_class() if verifier_class() is not PyVerifier else None
 
 # -- a minimal Edwards25519, only to *construct* hostile inputs and to model a permissive verifier ------------
 P = 2**255 - 19
@@ -235,7 +238,7 @@ def test_wrong_signature_lengths_are_malformed(verifier_cls: Any) -> None:
 
 
 def _trusted(public: bytes, now: int) -> Any:
-    from engine.trust import TrustedKey
+    from engine.codes.trust import TrustedKey
 
     return TrustedKey(key_id(public), "hostile", public, now - 86_400, now + 86_400)
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import intake
 from engine.errors import PayloadError
-from engine.intake import Intake, parse_body, take_items_py
+from engine.ingest import intake
+from engine.ingest.intake import Intake, parse_body, take_items_py
 
 NOW = 1_764_000_000_000
 OLDEST, NEWEST = NOW - 28 * 86_400_000, NOW + 300_000

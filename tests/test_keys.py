@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
+from engine.codes.keys import read_key_file, write_key_file
 from engine.errors import KeyFileError
-from engine.keys import read_key_file, write_key_file
 
 
 def test_written_0600_and_read_back(tmp_path: Path, issuer_key: SigningKey) -> None:

@@ -19,8 +19,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.verdicts import VERDICTS
-from engine.verify import CodeBatch, PyVerifier, make_verifier
+from engine.codes.verdicts import VERDICTS
+from engine.verify import make_verifier
+from engine.verify.contract import CodeBatch
+from engine.verify.reference import PyVerifier
 from loadtest.checker import Sent, check
 from loadtest.scenario import DEFAULT_MIX, MAX_DURATION_S, REJECTED, Keyring, ScanMix, require_loopback, users_at
 

@@ -19,10 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from engine.payload import DOMAIN, SIG_CHARS, Person, mint, parse
-from engine.trust import TrustList
-from engine.verdicts import CodeKind, Reason, Verdict
-from engine.verify import CodeBatch, PyVerifier, Verifier, make_verifier, person_key
+from engine.codes.payload import DOMAIN, SIG_CHARS, Person, mint, parse
+from engine.codes.trust import TrustList
+from engine.codes.verdicts import CodeKind, Reason, Verdict
+from engine.verify import make_verifier
+from engine.verify.contract import CodeBatch, Verifier, person_key
+from engine.verify.reference import PyVerifier
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 DAY = 86_400

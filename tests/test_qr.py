@@ -10,9 +10,9 @@ import pytest
 from nacl.signing import SigningKey
 from PIL import Image
 
-from engine import qr
+from engine.codes import qr
+from engine.codes.payload import Person, mint, parse
 from engine.errors import QRReadError
-from engine.payload import Person, mint, parse
 
 LONGEST_NAME = "TON NU HOANG PHUONG THANH NGUYEN KHANH LINH"
 MAX_TIME = 99_999_999_999  # 11 digits: the widest iat/exp the format allows

@@ -18,14 +18,15 @@ import orjson
 import pytest
 from nacl.signing import SigningKey
 
-from engine import record
+from engine.codes.payload import Person, mint
+from engine.codes.trust import TrustList
+from engine.codes.verdicts import CodeKind, Verdict
 from engine.errors import WALError
-from engine.payload import Person, mint
-from engine.rows import Rows, Strings, rows_from_columns, to_arrow
-from engine.store import Store
-from engine.trust import TrustList
-from engine.verdicts import CodeKind, Verdict
-from engine.verify import CodeBatch, PyVerifier
+from engine.ingest import record
+from engine.store.columns import Rows, Strings, rows_from_columns, to_arrow
+from engine.store.store import Store
+from engine.verify.contract import CodeBatch
+from engine.verify.reference import PyVerifier
 
 NOW_S = 1_767_225_600
 

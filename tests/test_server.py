@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.client import ScannerClient, make_scan, sign_request
-from harness import (
+from engine.devices.client import ScannerClient, make_scan, sign_request
+from engine.testing import (
     DEVICE_ID,
     EngineStarter,
     admin_headers,

@@ -22,10 +22,10 @@ import numpy as np
 import orjson
 import pytest
 
+from engine.codes.verdicts import CodeKind, Reason, Verdict
 from engine.errors import ConfigError, StoreError
-from engine.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
-from engine.store import SCAN_COLUMNS, Store
-from engine.verdicts import CodeKind, Reason, Verdict
+from engine.store.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
+from engine.store.store import SCAN_COLUMNS, Store
 
 DAY_MS = 86_400_000
 NOW_MS = int(time.time() * 1000)
@@ -342,7 +342,7 @@ def test_directory_held_by_another_process_names_its_pid(tmp_path: Path) -> None
             "-c",
             textwrap.dedent(f"""
                 import sys
-                from engine.store import Store
+                from engine.store.store import Store
                 s = Store.connect({f"chdb://{path}"!r})
                 print("open", flush=True)
                 sys.stdin.read()

@@ -21,19 +21,13 @@ import numpy as np
 import pytest
 
 from engine.__main__ import main
-from engine.store import Store
-from engine.tracers import TracerRegistry
-from engine.tracing import (
-    MINUTE_MS,
-    Scan,
-    Stay,
-    TraceOptions,
-    TraceQueries,
-    from_json,
-    pair_stays,
-    render,
-)
-from harness import EngineProcess, admin_headers
+from engine.store.store import Store
+from engine.testing import EngineProcess, admin_headers
+from engine.tracing.credentials import TracerRegistry
+from engine.tracing.model import MINUTE_MS, Scan, Stay, TraceOptions
+from engine.tracing.pairing import pair_stays
+from engine.tracing.queries import TraceQueries
+from engine.tracing.render import from_json, render
 
 HOUR = 60 * MINUTE_MS
 # a fixed morning two days ago, so the default "last 14 days" window holds every row
@@ -381,7 +375,7 @@ def test_pair_stays_matches_the_plain_rule(seed: int) -> None:
 
 def test_touching_windows() -> None:
     """Stays are kept if they share an instant with a window at their venue; overlapping windows merge."""
-    from engine.tracing import _touching
+    from engine.tracing.pairing import touching as _touching
 
     def span(venue: str, start: int, end: int) -> Any:
         row = ("", "P", "Q", venue, "in", start, "ok")
@@ -408,7 +402,7 @@ def test_touching_windows() -> None:
 
 def test_key_ranges_merge_per_venue() -> None:
     """Ranges at one venue that overlap, or are closer than the gap, are read as one; other venues never join."""
-    from engine.tracing import _merge
+    from engine.tracing.queries import _merge
 
     ranges = [("v", 40, 50), ("v", 0, 10), ("v", 5, 20), ("w", 21, 30)]
     assert _merge(ranges) == [("v", 0, 20), ("v", 40, 50), ("w", 21, 30)]
@@ -425,7 +419,7 @@ def test_sql_pairing_matches_the_python_rule(
     over several queries."""
     import random
 
-    from engine import tracing
+    from engine.tracing import queries as tracing
 
     monkeypatch.setattr(tracing, "_RANGES_PER_QUERY", ranges_per_query)
     monkeypatch.setattr(tracing, "_RANGE_GAP_MS", gap_days * tracing.DAY_MS)

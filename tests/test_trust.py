@@ -12,9 +12,9 @@ import pytest
 from nacl.bindings import crypto_core_ed25519_add
 from nacl.signing import SigningKey
 
+from engine.codes.payload import b64url_encode, key_id
+from engine.codes.trust import TrustedKey, TrustList
 from engine.errors import TrustListError
-from engine.payload import b64url_encode, key_id
-from engine.trust import TrustedKey, TrustList
 
 # An order-8 point (from libsodium's blocklist of small-order encodings).
 ORDER_8_POINT = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")

@@ -22,12 +22,12 @@ def test_extension_importable() -> None:
 
 
 def test_selected_implementation_is_compiled() -> None:
-    from engine import verify
+    from engine import _accel, verify
     from engine._verify import CVerifier
 
-    assert verify.EXTENSION_ERROR is None, verify.EXTENSION_ERROR
-    assert verify.IMPLEMENTATION == "cython"
-    assert verify.VerifierImpl is CVerifier
+    assert verify.verifier_class() is CVerifier
+    assert verify.implementation() == "cython"
+    assert "_verify" not in _accel.FALLBACK_REASONS, _accel.FALLBACK_REASONS
 
 
 def test_make_verifier_builds_the_compiled_one(trust_list, person_secret: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -40,9 +40,33 @@ def test_make_verifier_builds_the_compiled_one(trust_list, person_secret: bytes)
 
 
 def test_intake_check_is_compiled() -> None:
-    from engine import intake
     from engine._intake import render_answer, take_items
+    from engine.ingest import intake
 
     assert intake.TAKE_ITEMS_IMPLEMENTATION == "cython"
     assert intake.take_items is take_items
     assert intake.render_answer is render_answer
+
+
+def test_compiled_numbers_are_the_one_list() -> None:
+    """The compiled verifier was generated from engine/codes/verdicts.py (setup.py writes ext/_verdicts.pxi)."""
+    from engine import _verify
+    from engine.codes.verdicts import contract_numbers
+
+    assert contract_numbers() == _verify.CONTRACT
+
+
+def test_a_mismatched_build_falls_back_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module built from another list of numbers is refused with a reason, never used to mislabel scans."""
+    import types
+
+    from engine import _accel
+
+    stale = types.ModuleType("engine._stale")
+    stale.CONTRACT = {"verdict": {"OK": 0}, "reason": {}, "kind": {}}  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "engine._stale", stale)
+    monkeypatch.setattr(_accel, "_LOADED", {})
+    monkeypatch.setattr(_accel, "FALLBACK_REASONS", {})
+    assert _accel.compiled("_stale") is None
+    assert "verdict numbers" in _accel.FALLBACK_REASONS["_stale"]
+    assert _accel.implementation("_stale") == "python"

@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from engine.payload import Person, key_id, mint
-from engine.trust import TrustedKey, TrustList, TrustTable
-from engine.verdicts import CodeKind, Reason, Verdict
-from engine.verify import BatchResult, CodeBatch, PyVerifier
+from engine.codes.payload import Person, key_id, mint
+from engine.codes.trust import TrustedKey, TrustList, TrustTable
+from engine.codes.verdicts import CodeKind, Reason, Verdict
+from engine.verify.contract import BatchResult, CodeBatch
+from engine.verify.reference import PyVerifier
 
 try:
     from engine import _verify

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.wal as wal_module
+import engine.ingest.wal as wal_module
 from engine.errors import WALError, WALFullError
-from engine.wal import WALRecord, WriteAheadLog
+from engine.ingest.wal import WALRecord, WriteAheadLog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -332,7 +332,7 @@ def _child(script: str, *args: str) -> subprocess.Popen[str]:
 
 _KILLED_WRITER = """
     import os, signal, sys
-    from engine.wal import WriteAheadLog
+    from engine.ingest.wal import WriteAheadLog
     w = WriteAheadLog(sys.argv[1], segment_bytes=8192)
     w.open()
     n = 0
@@ -366,7 +366,7 @@ def test_every_acknowledged_record_survives_sigkill(tmp_path: Path, who: str) ->
 _FILE_SIZE_LIMITED = """
     import resource, signal, sys
     from engine.errors import WALFullError
-    from engine.wal import WriteAheadLog
+    from engine.ingest.wal import WriteAheadLog
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     w = WriteAheadLog(sys.argv[1])
     w.open()

@@ -27,10 +27,11 @@ from nacl.signing import SigningKey
 if __package__ in (None, ""):  # run as a script from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.payload import DOMAIN, Person, b64url_encode, key_id_text, mint
-from engine.trust import TrustedKey, TrustList
-from engine.verdicts import CodeKind, Reason, Verdict
-from engine.verify import CodeBatch, PyVerifier
+from engine.codes.payload import DOMAIN, Person, b64url_encode, key_id_text, mint
+from engine.codes.trust import TrustedKey, TrustList
+from engine.codes.verdicts import CodeKind, Reason, Verdict
+from engine.verify.contract import CodeBatch
+from engine.verify.reference import PyVerifier
 
 OUT = Path(__file__).with_name("codes.json")
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z

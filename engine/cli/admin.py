@@ -1,0 +1,184 @@
+"""Operator commands: devices, trust-list reload, store statistics, WAL state, cluster DDL.
+
+The embedded store belongs to one process. So every command first asks a running engine (over HTTP on this
+host, with the admin token from the data directory); only when no engine answers does it open the store
+itself. With a ClickHouse server DSN both work at once. The operator never has to know which happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.cli.remote import EngineUnreachable, call_engine
+from engine.codes.keys import write_key_file
+from engine.codes.payload import b64url_encode
+from engine.config import Config
+from engine.errors import EngineError
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return Config.from_sources(args)
+
+
+def _print(doc: Any, as_json: bool) -> None:
+    if as_json or not isinstance(doc, dict):
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    for key, value in doc.items():
+        print(f"{key:22} {json.dumps(value) if isinstance(value, list | dict) else value}")
+
+
+def _with_store(cfg: Config, fn: Any) -> Any:
+    from engine.store.store import Store
+
+    store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
+    try:
+        store.migrate()
+        return fn(store)
+    finally:
+        store.close()
+
+
+def _device_register(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    key = write_key_file(args.out, args.device_id)
+    body = {"device_id": args.device_id, "public_key": b64url_encode(key.public_key), "label": args.label}
+    try:
+        doc = call_engine(cfg, "POST", "/v1/admin/devices", body)
+    except EngineUnreachable:
+        from engine.devices.auth import Device, DeviceRegistry
+
+        DeviceRegistry().put(Device(args.device_id, key.public_key, False, args.label))  # same validation
+        _with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
+        doc = {"device_id": args.device_id, "registered": "directly in the store (no engine running)"}
+    doc["key_file"] = str(args.out)
+    _print(doc, args.json)
+    return 0
+
+
+def _device_revoke(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "POST", f"/v1/admin/devices/{args.device_id}/revoke")
+    except EngineUnreachable:
+
+        def revoke(store: Any) -> dict[str, Any]:
+            match = [d for d in store.devices() if d.device_id == args.device_id]
+            if not match:
+                raise EngineError(f"no device {args.device_id}")
+            store.upsert_device(args.device_id, match[0].public_key, revoked=True, label=match[0].label)
+            return {"device_id": args.device_id, "revoked": True}
+
+        doc = _with_store(cfg, revoke)
+    _print(doc, args.json)
+    return 0
+
+
+def _device_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "GET", "/v1/admin/devices")
+    except EngineUnreachable:
+        doc = {
+            "devices": [
+                {
+                    "device_id": d.device_id,
+                    "public_key": b64url_encode(d.public_key),
+                    "revoked": d.revoked,
+                    "label": d.label,
+                }
+                for d in _with_store(cfg, lambda s: s.devices())
+            ]
+        }
+    if args.json:
+        _print(doc, True)
+    else:
+        for d in doc["devices"]:
+            print(f"{d['device_id']:32} {'REVOKED' if d['revoked'] else 'active ':8} {d['label']}")
+    return 0
+
+
+def _trust_reload(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "POST", "/v1/admin/trust/reload")
+    except EngineUnreachable:
+        print("no engine is running; it will read the trust list when it starts", file=sys.stderr)
+        return 1
+    _print(doc, args.json)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "GET", "/v1/admin/stats")
+    except EngineUnreachable:
+        doc = _with_store(cfg, lambda s: s.stats())
+    _print(doc, args.json)
+    return 0
+
+
+def _wal(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "GET", "/v1/admin/wal")
+    except EngineUnreachable:
+        from engine.ingest.wal import WriteAheadLog
+
+        wal = WriteAheadLog(cfg.wal_path)
+        wal.open()
+        try:
+            doc = {
+                "engine": "not running",
+                "last_lsn": wal.last_lsn,
+                "checkpoint_lsn": wal.checkpoint_lsn,
+                "backlog_records": wal.backlog_records,
+                "backlog_bytes": wal.backlog_bytes,
+                "disk_bytes": wal.disk_bytes,
+            }
+        finally:
+            wal.close()
+    _print(doc, args.json)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from engine.store.schema import cluster_ddl_text, render_migrations
+
+    cfg = _config(args)
+    if cfg.cluster:
+        print(cluster_ddl_text(cfg.database, cfg.retention_days, cfg.cluster))
+    else:
+        for name, statements in render_migrations(cfg.database, cfg.retention_days, None):
+            print(f"-- {name}")
+            for stmt in statements:
+                print(stmt.rstrip().rstrip(";") + ";\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        Config.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("device-register", _device_register, "create a scanner key file and register the device")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--out", required=True, type=Path, help="private key file to create (0600)")
+    p.add_argument("--label", default="")
+    p = add("device-revoke", _device_revoke, "revoke a scanner device (effective immediately)")
+    p.add_argument("--device-id", required=True)
+    add("device-list", _device_list, "list registered scanner devices")
+    add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
+    add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
+    add("wal", _wal, "write-ahead-log state")
+    add("schema", _schema, "print the DDL (with --cluster NAME: ReplicatedMergeTree + Distributed)")

@@ -1,0 +1,60 @@
+"""``serve``: run the ingestion server (aiohttp on uvloop) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+
+from engine.config import Config
+
+
+async def _freeze_startup_heap(app: object) -> None:
+    """Move everything built at start-up (modules, chdb, pyarrow, aiohttp, the migrated store: ~65k objects) out
+    of the collector's reach; none of it ever becomes garbage. Measured over a 60k-scan run with gc callbacks:
+    without this, one full collection (72.7 ms) and nine of generation 1 (22.2 ms) while serving, ~1.5 µs per
+    scan; with it, no full collection and 14.7 ms in generation 1. ``ENGINE_GC_FREEZE=0`` turns it off."""
+    gc.collect()
+    gc.freeze()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from engine.web.app import create_app
+
+    config = Config.from_sources(args)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    if args.demo:
+        from engine.cli.demo import demo_codes, demo_scanner_ctx, prepare_demo
+
+        issuer, device = prepare_demo(config)
+        app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
+    if os.environ.get("ENGINE_GC_FREEZE", "1") != "0":
+        app.on_startup.append(_freeze_startup_heap)
+    loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_timeout_s,
+        keepalive_timeout=config.keepalive_timeout_s,
+        access_log=None,
+        loop=loop,
+        print=lambda msg: logging.getLogger("engine").info(msg.strip()),
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the ingestion server")
+    Config.add_arguments(p)
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="first run: create a demo issuer key, trust list and scanner device in the data directory",
+    )
+    p.set_defaults(func=_run)

@@ -1,0 +1,1 @@
+"""Scanner devices: request authentication on the engine side, and the signing client they (and tests) use."""

@@ -1,0 +1,378 @@
+"""The ClickHouse store: one client, one lock, and the few calls the engine makes.
+
+The same code runs on three backends and only the DSN differs: ``chdb:///dir`` (embedded, the default),
+``http(s)://user:pass@host:8123`` (a server), and the latter with ``cluster=NAME`` (ReplicatedMergeTree shards
+behind Distributed tables; DDL from ``engine.store.schema``). Every call holds one ``threading.Lock``: chdb is not
+safe for concurrent calls, and for HTTP it keeps the "at most one insert in flight" the drain relies on.
+
+chdb facts this module is built around (chdb 4.4, engine 26.x; see docs/cluster.md):
+
+* one data directory per process at a time: opening a second directory while a client is open fails, but
+  after ``close()`` another directory can be opened in the same process;
+* the directory is ``flock``-ed by the process that opened it; a second process fails with an unhelpful
+  message, so a failed open is diagnosed here and reported as "in use by PID n";
+* no async client: callers run these methods in a worker thread.
+
+Datetimes come back timezone-aware (``tz_mode="aware"``): chdb drops the zone of ``DateTime('UTC')`` columns
+and clickhouse-connect would then read them in the host's zone, so naive values would silently differ between
+a UTC server and a host in Asia/Ho_Chi_Minh; aware values are the same instant everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+import numpy as np
+from clickhouse_connect.driver.client import Client
+
+from engine.errors import StoreError
+from engine.store.columns import SCAN_COLUMNS, Rows, rows_from_columns, to_arrow
+from engine.store.schema import TTL_TABLES, render_migrations, retention_statements
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_CHARS = 600
+_TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)")
+_DEVICE_TYPES = ["String", "String", "String", "UInt8", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')"]
+
+ScanColumns = Mapping[str, "np.ndarray[Any, Any] | Sequence[Any]"]
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device's latest state in the store (``registered_at`` is its first registration, kept across updates)."""
+
+    device_id: str
+    public_key: bytes
+    revoked: bool
+    label: str
+    registered_at: datetime
+    updated_at: datetime
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the chdb directory lock, if anyone: called only after an open failed, to say why."""
+    status = directory / "status"
+    try:
+        fd = status.open("rb")
+    except OSError:
+        return None
+    with fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            first = fd.read(200).decode(errors="replace").splitlines()
+            return first[0].removeprefix("PID:").strip() if first else "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
+class Store:
+    """The engine's only door to ClickHouse; created once per process (the server owns it)."""
+
+    def __init__(self, client: Client, *, dsn: str, database: str, retention_days: int, cluster: str | None) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._closed = False
+        self.dsn = _redact(dsn)
+        self.database = database
+        self.retention_days = retention_days
+        self.cluster = cluster or None
+        self.is_embedded = dsn.startswith("chdb:")
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        dsn: str,
+        *,
+        database: str = "vnqr",
+        retention_days: int = 28,
+        cluster: str | None = None,
+        connect_timeout: float = 10.0,
+        insert_timeout: float = 30.0,
+    ) -> Store:
+        """Open the store; raise :class:`StoreError` with the reason if it cannot be reached or opened."""
+        render_migrations(database, retention_days, cluster)  # validates names early, as a ConfigError
+        try:
+            if dsn.startswith("chdb:"):
+                path = Path(urlparse(dsn).path or ".")
+                path.mkdir(parents=True, exist_ok=True)
+                client = clickhouse_connect.get_client(dsn=dsn, tz_mode="aware")
+            elif dsn.startswith(("http://", "https://")):
+                client = clickhouse_connect.get_client(
+                    dsn=dsn,
+                    tz_mode="aware",
+                    # clickhouse-connect takes whole seconds and refuses 0
+                    connect_timeout=max(1, math.ceil(connect_timeout)),
+                    send_receive_timeout=max(1, math.ceil(insert_timeout)),
+                    # a session would pin every call to one server behind a load balancer and make concurrent
+                    # processes fail with "session is locked"; nothing here needs session state
+                    autogenerate_session_id=False,
+                )
+            else:
+                raise StoreError(f"store DSN must start with chdb://, http:// or https://, not {_redact(dsn)!r}")
+        except StoreError:
+            raise
+        except Exception as exc:
+            holder = _lock_holder(Path(urlparse(dsn).path)) if dsn.startswith("chdb:") else None
+            if holder is not None:
+                raise StoreError(
+                    f"the embedded store {urlparse(dsn).path} is in use by another process (PID {holder}); "
+                    "stop it, or go through its admin API"
+                ) from exc
+            raise StoreError(f"cannot open the store {_redact(dsn)}: {_short(exc)}") from exc
+        store = cls(client, dsn=dsn, database=database, retention_days=retention_days, cluster=cluster)
+        with contextlib.suppress(StoreError):
+            if store._call("check database", lambda: client.command(f"EXISTS DATABASE {database}")) == 1:
+                client.database = database  # unqualified names (FROM scans) work before migrate() too
+        return store
+
+    def close(self) -> None:
+        """Release the client (and, for chdb, the directory, so another directory can be opened after)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._client.close()
+
+    # -- schema --------------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded, then the configured retention; return what was applied.
+
+        Every statement is ``IF NOT EXISTS``, so a migration interrupted half-way is simply run again. The first
+        migration creates the bookkeeping table and is run every time (it must exist before we can ask it).
+        A changed ``retention_days`` is applied with ``ALTER ... MODIFY TTL`` and reported as
+        ``retention_days=N``.
+        """
+        db = self.database
+        migrations = render_migrations(db, self.retention_days, self.cluster)
+        applied: list[str] = []
+        with self._lock:
+            for stmt in migrations[0][1]:
+                self._run("migrate", lambda s=stmt: self._client.command(s))
+            done = {
+                r[0]
+                for r in self._run(
+                    "read migrations",
+                    lambda: self._client.query(f"SELECT name FROM {db}.schema_migrations").result_rows,
+                )
+            }
+            for name, statements in migrations:
+                if name in done:
+                    continue
+                for stmt in statements:
+                    self._run(f"migration {name}", lambda s=stmt: self._client.command(s))
+                self._run(
+                    f"record migration {name}",
+                    lambda n=name: self._client.command(
+                        f"INSERT INTO {db}.schema_migrations (name) VALUES ({{n:String}})", parameters={"n": n}
+                    ),
+                )
+                log.info("applied migration %s", name)
+                applied.append(name)
+            self._client.database = db
+            if self._current_retention() != self.retention_days:
+                for stmt in retention_statements(db, self.retention_days, self.cluster):
+                    self._run("change retention", lambda s=stmt: self._client.command(s))
+                applied.append(f"retention_days={self.retention_days}")
+        return applied
+
+    def _current_retention(self) -> int | None:
+        """The TTL (days) on the scans table as ClickHouse reports it; caller holds the lock."""
+        local = f"{TTL_TABLES[0]}_local" if self.cluster else TTL_TABLES[0]
+        rows = self._run(
+            "read retention",
+            lambda: (
+                self._client.query(
+                    "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                    parameters={"db": self.database, "t": local},
+                ).result_rows
+            ),
+        )
+        found = _TTL_DAYS.search(rows[0][0]) if rows else None
+        return int(found.group(1)) if found else None
+
+    # -- writes --------------------------------------------------------------------------------------------
+    def insert_scans(
+        self, columns: Rows | ScanColumns, *, dedup_token: str | None = None, settings: Mapping[str, Any] | None = None
+    ) -> int:
+        """Insert one batch into ``scans``; return the rows sent (a deduplicated replay counts too).
+
+        ``columns`` is :class:`engine.store.columns.Rows` (what the drain decodes from the WAL) or a mapping of
+        ``SCAN_COLUMNS`` to lists/arrays (tests, tools), checked by :func:`engine.store.columns.rows_from_columns`.
+        The insert is Arrow (``insert_arrow``): the row buffers are handed over as they are, with no Python
+        object per value; measured beside the Native path this removed ~1.5 µs of Python per row on the store
+        thread (README, "Measured"). With ``dedup_token`` ClickHouse drops a block it has already seen with that
+        token (within ``non_replicated_deduplication_window``/``replicated_deduplication_window``), so replaying
+        a WAL batch after a crash is a no-op, and the materialized views' blocks are deduplicated with it.
+        ``settings`` overrides ClickHouse settings of this one insert (``bench/store_bench.py --versus``).
+        """
+        rows = columns if isinstance(columns, Rows) else rows_from_columns(columns)
+        n = len(rows)
+        if n == 0:
+            return 0
+        table = to_arrow(rows)
+        query_settings: dict[str, Any] = {
+            "insert_deduplicate": 1,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+            # Replacing tables would otherwise collapse equal keys inside each new block at insert time: ~1.3 µs
+            # of ClickHouse CPU per row of the three tables (bench/store_bench.py, measured side by side), to
+            # remove duplicates the batcher's recent-id map already keeps out. Merges and readers still collapse.
+            "optimize_on_insert": 0,
+            **(settings or {}),
+        }
+        if dedup_token:
+            query_settings["insert_deduplication_token"] = dedup_token
+        if self.cluster:
+            # return only once every shard has its rows: the WAL checkpoint moves on this call's return
+            query_settings["insert_distributed_sync"] = 1
+        with self._lock:
+            self._run(
+                f"insert of {n} scans",
+                lambda: self._client.insert_arrow("scans", table, database=self.database, settings=query_settings),
+            )
+        return n
+
+    def upsert_device(self, device_id: str, public_key: bytes, *, revoked: bool = False, label: str = "") -> None:
+        """Write a device's new state; its first ``registered_at`` is kept, ``updated_at`` always moves forward.
+
+        The forward move (at least 1 ms past the previous version) matters: ReplacingMergeTree keeps the row with
+        the highest ``updated_at``, and a revoke that landed in the same millisecond as a register must win.
+        """
+        key = bytes(public_key)
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            prev = self._run(
+                "read device",
+                lambda: (
+                    self._client.query(
+                        f"SELECT toUnixTimestamp64Milli(min(registered_at)), toUnixTimestamp64Milli(max(updated_at)), "
+                        f"count() FROM {self.database}.devices WHERE device_id = {{d:String}}",
+                        parameters={"d": device_id},
+                    ).result_rows
+                ),
+            )
+            registered, updated = now_ms, now_ms
+            if prev and prev[0][2]:
+                registered, updated = int(prev[0][0]), max(now_ms, int(prev[0][1]) + 1)
+            self._run(
+                f"upsert of device {device_id}",
+                lambda: self._client.insert(
+                    "devices",
+                    [[device_id], [key], [label], [1 if revoked else 0], [registered], [updated]],
+                    column_names=["device_id", "public_key", "label", "revoked", "registered_at", "updated_at"],
+                    database=self.database,
+                    column_type_names=_DEVICE_TYPES,
+                    column_oriented=True,
+                ),
+            )
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def devices(self) -> list[DeviceRecord]:
+        """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
+        rows = self.query(
+            "SELECT device_id, hex(argMax(public_key, updated_at)), argMax(revoked, updated_at), "
+            "argMax(label, updated_at), min(registered_at), max(updated_at) "
+            f"FROM {self.database}.devices GROUP BY device_id ORDER BY device_id"
+        )
+        # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not
+        return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""
+        return self.query_columns(sql, parameters)[1]
+
+    def query_columns(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Like :meth:`query`, with the result's column names (for tables printed by the CLI)."""
+        with self._lock:
+            result = self._run("query", lambda: self._client.query(sql, parameters=parameters))
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """A statement with no result set (``OPTIMIZE``, ``ALTER``, ``SYSTEM``): for operators and tests."""
+        with self._lock:
+            return self._run("command", lambda: self._client.command(sql, parameters=parameters))
+
+    def ping(self) -> bool:
+        """True if ClickHouse answers ``SELECT 1``; never raises (readiness probes call it)."""
+        try:
+            with self._lock:
+                return bool(self._run("ping", lambda: self._client.command("SELECT 1")) == 1)
+        except Exception:
+            return False
+
+    def stats(self) -> dict[str, Any]:
+        """What an operator wants at a glance, JSON-ready. Counts are rows before merges: a retried scan not yet
+        collapsed counts twice; exact numbers would need FINAL, which is too heavy for a dashboard call."""
+        db = self.database
+        days = self.query(
+            f"SELECT toString(toDate(scanned_at)) AS day, count() FROM {db}.scans GROUP BY day ORDER BY day"
+        )
+        verdicts = self.query(f"SELECT toString(verdict), count() FROM {db}.scans GROUP BY verdict ORDER BY verdict")
+        rejects = self.query(
+            f"SELECT toString(verdict), toString(reason), count() AS n FROM {db}.scans WHERE verdict != 'ok' "
+            "GROUP BY verdict, reason ORDER BY n DESC LIMIT 50"
+        )
+        venues = self.query(
+            f"SELECT venue_id, count() AS n, uniq(person_key) FROM {db}.scans "
+            "WHERE scanned_at > now64(3) - INTERVAL 1 DAY GROUP BY venue_id ORDER BY n DESC LIMIT 10"
+        )
+        devices = self.devices()
+        return {
+            "store": "embedded" if self.is_embedded else "server",
+            "database": db,
+            "cluster": self.cluster or "",
+            "retention_days": self.retention_days,
+            "rows": sum(int(r[1]) for r in days),
+            "rows_per_day": [{"day": r[0], "rows": int(r[1])} for r in days],
+            "verdicts": {r[0]: int(r[1]) for r in verdicts},
+            "rejects": [{"verdict": r[0], "reason": r[1], "rows": int(r[2])} for r in rejects],
+            "top_venues_24h": [{"venue_id": r[0], "rows": int(r[1]), "people": int(r[2])} for r in venues],
+            "devices": len(devices),
+            "devices_revoked": sum(1 for d in devices if d.revoked),
+        }
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any) -> Any:
+        with self._lock:
+            return self._run(what, fn)
+
+    def _run(self, what: str, fn: Any) -> Any:
+        """Run one driver call (caller holds the lock); any driver failure becomes a StoreError that says what."""
+        if self._closed:
+            raise StoreError(f"{what}: the store is closed")
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{what} failed on {self.dsn}: {_short(exc)}") from exc
+
+
+__all__ = ["SCAN_COLUMNS", "DeviceRecord", "Store"]

@@ -1,0 +1,1 @@
+"""Contact tracing: the model and pairing rule, the queries on the store, output formats, tracer credentials."""

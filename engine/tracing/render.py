@@ -1,0 +1,181 @@
+"""Trace answers as rows, JSON, CSV and a table: one shape for the CLI and the HTTP API."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from engine.clock import iso_utc
+from engine.errors import PayloadError
+from engine.tracing.model import TRUSTED_LABELS, Contact, Encounter, PersonTrace, Stay, VenueTrace, parse_time
+
+# -- output -------------------------------------------------------------------------------------------------
+FIELDS = (
+    "section", "rank", "person_key", "qr_id", "venue_id", "start", "end", "overlap_min", "total_overlap_min",
+    "verdict", "trusted", "flags", "via",
+)  # fmt: skip
+
+
+def iso(ms: int) -> str:
+    return iso_utc(ms / 1000)
+
+
+def _stay_row(section: str, st: Stay) -> dict[str, Any]:
+    return {
+        "section": section,
+        "rank": "",
+        "person_key": st.person_key,
+        "qr_id": st.qr_id,
+        "venue_id": st.venue_id,
+        "start": iso(st.start_ms),
+        "end": iso(st.end_ms),
+        "overlap_min": "",
+        "total_overlap_min": "",
+        "verdict": st.verdict,
+        "trusted": st.trusted,
+        "flags": ",".join(st.flags),
+        "via": "",
+    }
+
+
+def rows(trace: PersonTrace | VenueTrace) -> list[dict[str, Any]]:
+    """One flat row per visit, encounter or stay: what CSV and the table print, and what JSON nests."""
+    if isinstance(trace, VenueTrace):
+        return [_stay_row("venue", st) for st in trace.stays]
+    out = [_stay_row("visit", st) for st in trace.visits]
+    ranks: dict[int, int] = defaultdict(int)
+    for c in trace.contacts:
+        ranks[c.degree] += 1
+        for e in c.encounters:
+            out.append(
+                {
+                    "section": "exposure" if c.degree == 1 else "second_degree",
+                    "rank": ranks[c.degree],
+                    "person_key": c.person_key,
+                    "qr_id": c.qr_id,
+                    "venue_id": e.venue_id,
+                    "start": iso(e.contact_start_ms),
+                    "end": iso(e.contact_end_ms),
+                    "overlap_min": e.overlap_min,
+                    "total_overlap_min": c.total_overlap_min,
+                    "verdict": e.verdict,
+                    "trusted": e.verdict in TRUSTED_LABELS,
+                    "flags": ",".join(e.flags),
+                    "via": ",".join(c.via),
+                }
+            )
+    return out
+
+
+def to_json(trace: PersonTrace | VenueTrace) -> dict[str, Any]:
+    head: dict[str, Any] = {
+        "from": iso(trace.from_ms),
+        "to": iso(trace.to_ms),
+        "include_unverified": trace.include_unverified,
+    }
+    if isinstance(trace, VenueTrace):
+        return {"venue_id": trace.venue_id, **head, "stays": [_stay_json(s) for s in trace.stays]}
+    return {
+        "person_keys": trace.person_keys,
+        **head,
+        "visits": [_stay_json(s) for s in trace.visits],
+        "exposures": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 1)],
+        "second_degree": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)],
+    }
+
+
+def _contact_json(rank: int, c: Contact) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "person_key": c.person_key,
+        "qr_id": c.qr_id,
+        "degree": c.degree,
+        "total_overlap_min": c.total_overlap_min,
+        "trusted": c.trusted,
+        "via": c.via,
+        "encounters": [
+            {
+                **asdict(e),
+                "index_start": iso(e.index_start_ms),
+                "index_end": iso(e.index_end_ms),
+                "contact_start": iso(e.contact_start_ms),
+                "contact_end": iso(e.contact_end_ms),
+                "trusted": e.verdict in TRUSTED_LABELS,
+            }
+            for e in c.encounters
+        ],
+    }
+
+
+def _stay_json(st: Stay) -> dict[str, Any]:
+    return {**asdict(st), "start": iso(st.start_ms), "end": iso(st.end_ms), "trusted": st.trusted}
+
+
+def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
+    """Rebuild a trace from :func:`to_json`, so a CLI that asked a running engine prints exactly what it would."""
+    t0, t1 = parse_time(doc["from"]), parse_time(doc["to"])
+
+    def stay(d: dict[str, Any]) -> Stay:
+        return Stay(d["person_key"], d["qr_id"], d["venue_id"], d["start_ms"], d["end_ms"], tuple(d["flags"]),
+                    d["verdict"])  # fmt: skip
+
+    if "venue_id" in doc:
+        return VenueTrace(doc["venue_id"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["stays"]])
+    contacts = [
+        Contact(
+            c["person_key"],
+            c["qr_id"],
+            c["degree"],
+            c["total_overlap_min"],
+            [
+                Encounter(e["venue_id"], e["index_start_ms"], e["index_end_ms"], e["contact_start_ms"],
+                          e["contact_end_ms"], e["overlap_min"], tuple(e["flags"]), e["verdict"])
+                for e in c["encounters"]
+            ],
+            c["via"],
+        )
+        for c in doc["exposures"] + doc["second_degree"]
+    ]  # fmt: skip
+    return PersonTrace(doc["person_keys"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["visits"]],
+                       contacts)  # fmt: skip
+
+
+def to_csv(trace: PersonTrace | VenueTrace) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows(trace))
+    return buf.getvalue()
+
+
+def to_table(trace: PersonTrace | VenueTrace) -> str:
+    """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed."""
+    data = rows(trace)
+    if isinstance(trace, VenueTrace):
+        title = f"venue {trace.venue_id}: {len(trace.stays)} stays"
+    else:
+        n1 = sum(1 for c in trace.contacts if c.degree == 1)
+        title = f"person {','.join(trace.person_keys) or '(no scans)'}: {len(trace.visits)} visits, {n1} contacts"
+    title += f", {iso(trace.from_ms)} .. {iso(trace.to_ms)}"
+    title += " (including UNVERIFIED codes, marked !)" if trace.include_unverified else " (trusted codes only)"
+    cols = [c for c in FIELDS if c not in ("trusted",)]
+    cells = [[("" if r["trusted"] else "!") + str(r[c]) if c == "verdict" else str(r[c]) for c in cols] for r in data]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def render(trace: PersonTrace | VenueTrace, fmt: str) -> str:
+    if fmt == "json":
+        return orjson.dumps(to_json(trace), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        return to_csv(trace)
+    if fmt == "table":
+        return to_table(trace)
+    raise PayloadError("format must be table, csv or json")

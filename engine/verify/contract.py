@@ -1,0 +1,93 @@
+"""The verification contract both implementations obey to the byte (docs/payload.md section 4).
+
+``verify_batch(batch, now)`` takes codes packed into one buffer (:class:`CodeBatch`) and returns, for every code,
+a verdict, a reason, the code kind, the trust-table index of the signing key, ``iat``/``exp``, the span of the QR
+id inside the batch buffer and the 16-byte person key (:class:`BatchResult`, numpy columns). The compiled
+``engine._verify.CVerifier`` imports these types from here, so there is one definition of the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from engine.codes.trust import TrustTable
+
+PERSON_KEY_BYTES = 16
+PERSON_KEY_PREFIX = b"pk1:"
+
+
+class CodeBatch(NamedTuple):
+    """Codes packed into one buffer: what the compiled loop walks without creating Python objects."""
+
+    buf: bytes
+    offsets: np.ndarray  # int64, n + 1
+
+    @classmethod
+    def from_codes(cls, codes: Sequence[bytes]) -> CodeBatch:
+        offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+        if codes:
+            np.cumsum([len(c) for c in codes], out=offsets[1:])
+        return cls(b"".join(codes), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def code(self, i: int) -> bytes:
+        return self.buf[self.offsets[i] : self.offsets[i + 1]]
+
+
+@dataclass
+class BatchResult:
+    verdict: np.ndarray
+    reason: np.ndarray
+    kind: np.ndarray
+    key_index: np.ndarray
+    iat: np.ndarray
+    exp: np.ndarray
+    qid_start: np.ndarray
+    qid_end: np.ndarray
+    person_key: np.ndarray
+    cache_hit: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> BatchResult:
+        return cls(
+            verdict=np.zeros(n, np.uint8),
+            reason=np.zeros(n, np.uint8),
+            kind=np.zeros(n, np.uint8),
+            key_index=np.full(n, -1, np.int32),
+            iat=np.zeros(n, np.int64),
+            exp=np.zeros(n, np.int64),
+            qid_start=np.zeros(n, np.int32),
+            qid_end=np.zeros(n, np.int32),
+            person_key=np.zeros((n, PERSON_KEY_BYTES), np.uint8),
+            cache_hit=np.zeros(n, np.bool_),
+        )
+
+    def __len__(self) -> int:
+        return len(self.verdict)
+
+    def qr_id(self, buf: bytes, i: int) -> str:
+        return buf[self.qid_start[i] : self.qid_end[i]].decode("ascii")
+
+
+def person_key(secret: bytes, doc_number: bytes) -> bytes:
+    """Keyed hash of the document number: links one person's scans without storing who they are."""
+    return hmac.new(secret, PERSON_KEY_PREFIX + doc_number, hashlib.sha256).digest()[:PERSON_KEY_BYTES]
+
+
+class Verifier(Protocol):
+    threads: int
+
+    def set_trust(self, trust: TrustTable) -> None: ...
+    def verify_batch(self, batch: CodeBatch, now: int) -> BatchResult: ...
+    @property
+    def cache_hits(self) -> int: ...
+    @property
+    def cache_lookups(self) -> int: ...

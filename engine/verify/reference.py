@@ -1,0 +1,127 @@
+"""``PyVerifier``: the pure-Python reference verifier, one PyNaCl call per code.
+
+It is the definition of correct the tests hold the compiled ``engine._verify.CVerifier`` to, and the fallback
+when the extension is not built. Simple on purpose: one code at a time, the checks in the order of
+docs/payload.md section 4, an LRU of verified payloads.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from engine.codes.payload import KID_BYTES, parse
+from engine.codes.trust import TrustTable
+from engine.codes.verdicts import CodeKind, Reason, Verdict
+from engine.verify.contract import BatchResult, CodeBatch, person_key
+
+
+class PyVerifier:
+    """The reference: simple, one code at a time, and the definition of correct for the compiled path."""
+
+    implementation = "python"
+
+    def __init__(
+        self,
+        trust: TrustTable,
+        person_secret: bytes,
+        *,
+        cache_size: int = 65536,
+        threads: int = 1,
+        skew: int = 300,
+    ) -> None:
+        self._secret = person_secret
+        self._cache_size = cache_size
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._hits = 0
+        self._lookups = 0
+        self.threads = threads  # accepted for interface parity; the reference runs on one thread
+        self.skew = skew
+        self.set_trust(trust)
+
+    def set_trust(self, trust: TrustTable) -> None:
+        n = len(trust)
+        kids = [trust.kids[i * KID_BYTES : (i + 1) * KID_BYTES] for i in range(n)]
+        self._trust = trust
+        self._index = {kid: i for i, kid in enumerate(kids)}
+        self._verify_keys = [VerifyKey(trust.public_keys[i * 32 : (i + 1) * 32]) for i in range(n)]
+        self._revoked_qids = frozenset(trust.revoked_qids)
+
+    @property
+    def cache_hits(self) -> int:
+        return self._hits
+
+    @property
+    def cache_lookups(self) -> int:
+        return self._lookups
+
+    def verify_batch(self, batch: CodeBatch, now: int) -> BatchResult:
+        n = len(batch)
+        out = BatchResult.empty(n)
+        offsets = batch.offsets.tolist()
+        for i in range(n):
+            self._verify_one(batch.buf, offsets[i], offsets[i + 1], now, out, i)
+        return out
+
+    def _verify_one(self, buf: bytes, start: int, end: int, now: int, out: BatchResult, i: int) -> None:
+        code = buf[start:end]
+        p = parse(code)
+        out.kind[i] = p.kind
+        if not p.ok:
+            out.verdict[i], out.reason[i] = Verdict.MALFORMED, p.reason
+            return
+        out.person_key[i] = np.frombuffer(person_key(self._secret, p.doc_number), np.uint8)
+        if p.qid_end > p.qid_start:
+            out.qid_start[i], out.qid_end[i] = start + p.qid_start, start + p.qid_end
+        if p.kind is CodeKind.UNSIGNED:
+            out.verdict[i] = Verdict.UNSIGNED_CODE
+            return
+        if p.kind is CodeKind.ID_CARD:
+            out.verdict[i] = Verdict.ID_CARD
+            return
+        out.iat[i], out.exp[i] = p.iat, p.exp
+        verdict, reason = self._judge_signed(code, p, out, i, now)
+        out.verdict[i], out.reason[i] = verdict, reason
+
+    def _judge_signed(self, code: bytes, p: Any, out: BatchResult, i: int, now: int) -> tuple[Verdict, Reason]:
+        idx = self._index.get(p.kid, -1)
+        out.key_index[i] = idx
+        if idx < 0:
+            return Verdict.UNKNOWN_KEY, Reason.NONE
+        t = self._trust
+        if t.revoked[idx]:
+            return Verdict.REVOKED_KEY, Reason.NONE
+        if not self._signature_ok(code, p, idx, out, i):
+            return Verdict.BAD_SIGNATURE, Reason.NONE
+        if code[p.qid_start : p.qid_end] in self._revoked_qids:
+            return Verdict.REVOKED_CODE, Reason.NONE
+        if p.iat < t.valid_from[idx]:
+            return Verdict.NOT_YET_VALID, Reason.KEY_WINDOW
+        if p.iat > t.valid_until[idx]:
+            return Verdict.EXPIRED, Reason.KEY_WINDOW
+        if now + self.skew < p.iat:
+            return Verdict.NOT_YET_VALID, Reason.NONE
+        if now >= p.exp:
+            return Verdict.EXPIRED, Reason.NONE
+        return Verdict.OK, Reason.NONE
+
+    def _signature_ok(self, code: bytes, p: Any, idx: int, out: BatchResult, i: int) -> bool:
+        self._lookups += 1
+        if code in self._cache:
+            self._cache.move_to_end(code)
+            self._hits += 1
+            out.cache_hit[i] = True
+            return True
+        try:
+            self._verify_keys[idx].verify(p.message(code), p.signature)
+        except BadSignatureError:
+            return False
+        if self._cache_size > 0:
+            self._cache[code] = None
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return True

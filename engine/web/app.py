@@ -1,0 +1,220 @@
+"""The aiohttp application: one factory, typed state, lifecycle in cleanup contexts, errors mapped once.
+
+``create_app(config)`` builds everything from a :class:`Config`; nothing lives in module globals, so a test
+can run several engines in one process. Resources are opened in ``cleanup_ctx`` generators in dependency
+order (store → WAL → verifier and devices → drain → batcher) and aiohttp closes them in reverse, after
+in-flight handlers have finished: on SIGTERM the batcher first answers every scan it accepted (they reach
+the WAL), then the drain flushes the WAL into the store while it can, then files and the store close.
+
+Anything else that needs the embedded store while the engine runs (tracing, stats, admin) goes through this
+process, because chdb locks its data directory to one process; those calls run on the drain's store thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from engine.codes.trust import TrustList
+from engine.config import Config
+from engine.devices.auth import Device, DeviceRegistry
+from engine.durable import read_or_create_private_file
+from engine.errors import EngineError, OverloadedError, RateLimitedError
+from engine.ingest.batcher import Batcher
+from engine.ingest.drain import Drain
+from engine.ingest.wal import WriteAheadLog
+from engine.ops.metrics import Metrics
+from engine.store.store import Store
+from engine.verify import make_verifier
+from engine.web import admin, dashboard, scans, trace
+from engine.web.keys import CONFIG, METRICS, RUNTIME, STORE, WAL, Runtime
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
+WAL_BYTES_PER_ROW = 130
+
+#: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers, the dashboard
+ROUTE_MODULES = (scans, admin, trace, dashboard)
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
+    """The person-key HMAC secret: created once (0600), never stored in ClickHouse, never logged."""
+    data = read_or_create_private_file(path, lambda: secrets.token_bytes(nbytes))
+    if len(data) < 16:
+        raise EngineError(f"secret file {path} is too short")
+    return data
+
+
+def load_or_create_trust(path: Path) -> TrustList:
+    if path.exists():
+        return TrustList.load(path)
+    log.warning("no trust list at %s: starting with an empty one (every signed code is unknown_key)", path)
+    trust = TrustList()
+    trust.save(path)
+    return trust
+
+
+# -- cleanup contexts (opened in this order, closed in reverse) --------------------------------------------
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    store = await asyncio.to_thread(
+        Store.connect,
+        cfg.store_dsn,
+        database=cfg.database,
+        retention_days=cfg.retention_days,
+        cluster=cfg.cluster or None,
+    )
+    applied = await asyncio.to_thread(store.migrate)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    app[STORE] = store
+    yield
+    await asyncio.to_thread(store.close)
+
+
+async def _wal_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    wal = WriteAheadLog(cfg.wal_path, budget_bytes=cfg.wal_budget_mb << 20, fsync=cfg.wal_fsync)
+    await asyncio.to_thread(wal.open)
+    if wal.backlog_records:
+        log.info("WAL holds %d acknowledged records not yet stored: replaying", wal.backlog_records)
+    app[WAL] = wal
+    yield
+    await asyncio.to_thread(wal.close)
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg, metrics = app[CONFIG], app[METRICS]
+    store, wal = app[STORE], app[WAL]
+    trust = load_or_create_trust(cfg.trust_list_path)
+    secret = read_or_create_secret(cfg.secret_path)
+    admin_token = _admin_token(cfg.data_dir / "admin.token")
+    table = trust.table()  # one snapshot shared by the verifier and the batcher's record encoder
+    verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
+    records = await asyncio.to_thread(store.devices)
+    devices = DeviceRegistry(
+        (Device(r.device_id, r.public_key, r.revoked, r.label) for r in records),
+        skew_s=cfg.skew_s,
+        rate=cfg.device_rate,
+        burst=cfg.device_burst,
+    )
+    drain = Drain(
+        wal,
+        store,
+        metrics,
+        max_bytes=cfg.insert_batch_rows * WAL_BYTES_PER_ROW,
+        interval_s=cfg.insert_interval_ms / 1000,
+    )
+    batcher = Batcher(
+        verifier=verifier,
+        trust=table,
+        wal=wal,
+        metrics=metrics,
+        batch_size=cfg.batch_size,
+        batch_age_s=cfg.batch_age_ms / 1000,
+        queue_scans=cfg.queue_scans,
+        wal_budget_bytes=cfg.wal_budget_mb << 20,
+        recent_ids=cfg.recent_ids,
+        on_durable=drain.notify,
+    )
+    batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
+
+    def refresh() -> None:
+        metrics.wal_backlog_bytes.set(wal.backlog_bytes)
+        metrics.wal_backlog_records.set(wal.backlog_records)
+        metrics.active_devices.set(devices.active_devices())
+
+    metrics.on_scrape(refresh)
+    runtime = Runtime(cfg, metrics, store, wal, trust, devices, drain, batcher, admin_token, time.time())
+    app[RUNTIME] = runtime
+    drain.start()
+    batcher.start()
+    log.info(
+        "engine ready on %s:%d (verifier %s, %d threads, store %s)",
+        cfg.host,
+        cfg.port,
+        type(verifier).__name__,
+        cfg.threads,
+        "embedded" if store.is_embedded else "server",
+    )
+    yield
+    await batcher.close(cfg.shutdown_timeout_s)
+    await drain.close(cfg.shutdown_timeout_s)
+
+
+def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[int]]:
+    """Scan ids stored in the last hour, so device retries across a restart are still answered as duplicates."""
+    if limit <= 0:
+        return [], []
+    rows = store.query(
+        "SELECT scan_id, toUInt8(verdict), toUInt8(reason) FROM scans "
+        "WHERE received_at > now64(3) - INTERVAL 1 HOUR ORDER BY received_at DESC LIMIT {n:UInt64}",
+        {"n": limit},
+    )
+    ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
+    return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Runs when the listener has closed, before in-flight handlers are awaited: refuse new work cleanly."""
+    if RUNTIME in app:
+        app[RUNTIME].shutting_down = True
+
+
+def _admin_token(path: Path) -> str:
+    """Bearer token for operator calls (admin CLI on this host); created 0600 at first start."""
+    return read_or_create_private_file(path, lambda: secrets.token_urlsafe(32).encode() + b"\n").decode().strip()
+
+
+# -- error mapping ------------------------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The one place that turns errors into HTTP answers: specific message, right status, never a traceback."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except EngineError as exc:
+        headers = {}
+        if isinstance(exc, OverloadedError | RateLimitedError):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        response = web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = web.json_response(
+            {"error": exc.reason.lower().replace(" ", "_"), "message": exc.text or exc.reason},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = web.json_response({"error": "internal", "message": "internal error; it has been logged"}, status=500)
+    metrics.requests.labels(route=route, status=str(response.status)).inc()
+    return response
+
+
+def create_app(config: Config) -> web.Application:
+    """The app factory: the only way an engine is built, by ``serve`` and by the tests alike."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx])
+    app.on_shutdown.append(_on_shutdown)
+    for routes in ROUTE_MODULES:
+        routes.setup(app)
+    return app

@@ -1,0 +1,66 @@
+"""Typed application state: the keys every route module reads, and the live parts of one engine.
+
+Route modules import these from here, never from the app factory, so the factory can import them plainly
+(no import cycle, no string imports). Nothing lives in module globals: each app holds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from engine.codes.trust import TrustList
+from engine.config import Config
+from engine.devices.auth import DeviceRegistry
+from engine.ingest.batcher import Batcher
+from engine.ingest.drain import Drain
+from engine.ingest.wal import WriteAheadLog
+from engine.ops.metrics import Metrics
+from engine.store.store import Store
+from engine.threads import keeping_name
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    """The live parts of one engine, shared by the route modules through ``app[RUNTIME]``."""
+
+    config: Config
+    metrics: Metrics
+    store: Store
+    wal: WriteAheadLog
+    trust: TrustList
+    devices: DeviceRegistry
+    drain: Drain
+    batcher: Batcher
+    admin_token: str
+    started: float
+    shutting_down: bool = False
+
+    async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the one store thread (chdb is single-process, one call at a time)."""
+        call = keeping_name("store", functools.partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(self.drain.pool, call)
+
+    async def reload_trust(self) -> TrustList:
+        """Re-read the trust list; a bad file raises and the engine keeps the list it had."""
+        trust = TrustList.load(self.config.trust_list_path)
+        await self.batcher.set_trust(trust.table())
+        self.trust = trust
+        log.info("trust list reloaded: %d keys, %d revoked codes", len(trust.keys), len(trust.revoked_codes))
+        return trust
+
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+RUNTIME = web.AppKey("runtime", Runtime)
+STORE = web.AppKey("store", Store)
+WAL = web.AppKey("wal", WriteAheadLog)
