@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from engine.cli.info import collect  # noqa: E402
 from engine.codes.payload import Person, b64url_encode, mint  # noqa: E402
 from engine.devices.client import sign_request  # noqa: E402
-from engine.testing import free_port, make_fixture  # noqa: E402
+from engine.testing.engines import free_port, make_fixture  # noqa: E402
 from engine.verify import make_verifier  # noqa: E402
 from engine.verify.contract import CodeBatch  # noqa: E402
 

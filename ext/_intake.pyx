@@ -2,10 +2,10 @@
 """Compiled item check for ``POST /v1/scans``: the contract of ``engine.ingest.intake.take_items_py``, column for column.
 
 Why compiled: every scan of every request passes here on the event loop, which is also what parses HTTP and
-answers devices. The reference spends ~1.4 µs per scan on isinstance checks, a generator over the venue's
+answers devices. The reference spends its time per scan on isinstance checks, a generator over the venue's
 characters, ``bytes.fromhex`` and six list appends; here the same checks read orjson's objects through the
 C API (an ASCII ``str`` is its own UTF-8, so nothing is encoded twice) and write straight into packed
-buffers, ~0.2 µs per scan. The error texts come from ``engine.ingest.intake`` so both paths say the same words, and
+buffers (README, "Measured"). The error texts come from ``engine.ingest.intake`` so both paths say the same words, and
 the rare ISO-8601 ``scanned_at`` goes back to the reference's parser.
 """
 
@@ -274,8 +274,7 @@ cdef inline int _append_int(Buf* b, long long v) except -1:
 def render_answer(Py_ssize_t count, index, list scan_texts, list rejected, stored, verdict, reason):
     """Same contract and bytes as ``engine.ingest.intake.render_answer_py`` (orjson's compact form).
 
-    Why compiled: the reference builds a dict per scan and lets orjson walk it, ~0.3 µs per scan on the event
-    loop. Everything in an accepted item is known to need no JSON escaping (the scan id passed the UUID check,
+    Why compiled: the reference builds a dict per scan and lets orjson walk it, on the event loop. Everything in an accepted item is known to need no JSON escaping (the scan id passed the UUID check,
     labels are identifiers), so it is written directly; rejected items carry free text and go through orjson.
     """
     cdef const int32_t[::1] idx = index

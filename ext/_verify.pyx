@@ -7,7 +7,7 @@ A batch runs in three phases:
 1. serial: parse every code, compute its person key, look its kid up in the trust table, and look the
    payload up in the verified-code cache (duplicates inside the batch are found here too, so they are
    verified once, exactly as the sequential reference would see the second one as a cache hit);
-2. parallel: Ed25519-verify the cache misses, split across ``threads`` OpenMP threads; this is ~98% of the
+2. parallel: Ed25519-verify the cache misses, split across ``threads`` OpenMP threads; this is nearly all of the
    work of a cold batch, and the only phase worth threads;
 3. serial: insert the newly verified codes into the cache, then the code-revocation, key-window and time
    checks, in the order of docs/payload.md section 4.

@@ -22,31 +22,23 @@ import pytest
 from nacl.signing import SigningKey
 
 from engine.codes.payload import b64url_encode
-from engine.devices.client import ScannerClient, make_scan, sign_request
-from engine.testing import (
+from engine.devices.client import make_scan, sign_request
+from engine.testing.engines import (
     DEVICE_ID,
     EngineProcess,
-    Fixture,
+    InProcessEngine,
     admin_headers,
-    device_registration,
-    engine_config,
     make_fixture,
     wait_until,
 )
 from engine.tracing.credentials import TracerRegistry
-from engine.web.app import create_app
 from engine.web.keys import RUNTIME
 
 L = 2**252 + 27742317777372353535851937790883648493
 REFUSED: dict[str, int] = {}
 
 
-class Engine:
-    def __init__(self, server: Any, fx: Fixture) -> None:
-        self.server, self.fx, self.app = server, fx, server.app
-        self.url = str(server.make_url("")).rstrip("/")
-        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
-
+class Engine(InProcessEngine):
     async def raw(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any, Any]:
         async with (
             aiohttp.ClientSession() as s,
@@ -60,19 +52,7 @@ class Engine:
         return orjson.dumps({"device_id": device_id, "scans": [make_scan(self.fx.code(i), "venue-1")]})
 
 
-@pytest.fixture
-async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    async def start(**overrides: Any) -> Engine:
-        fx = make_fixture(tmp_path / "e")
-        server = await aiohttp_server(create_app(engine_config(fx.data_dir, **overrides)))
-        e = Engine(server, fx)
-        status, _ = await e.client.request(
-            "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
-        )
-        assert status == 201
-        return e
-
-    return start
+ENGINE_CLASS = Engine
 
 
 def _refused(kind: str, status: int, expected: int) -> None:

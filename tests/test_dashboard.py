@@ -22,7 +22,7 @@ from engine.codes.verdicts import VERDICTS
 from engine.devices.client import ScannerClient, make_scan
 from engine.ops.dashboard import HistogramState, StatsRing, derive, read_sample
 from engine.ops.metrics import Metrics
-from engine.testing import (
+from engine.testing.engines import (
     DEVICE_ID,
     Fixture,
     admin_headers,

@@ -33,10 +33,9 @@ import orjson
 import pytest
 
 from engine.devices.client import make_scan, sign_request
-from engine.testing import (
+from engine.testing.engines import (
     DEVICE_ID,
     EngineProcess,
-    EngineStarter,
     Fixture,
     InProcessEngine,
     admin_headers,
@@ -106,11 +105,8 @@ class Engine(InProcessEngine):
         return int(count), int(unique), ids
 
 
-@pytest.fixture
-async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    starter = EngineStarter(tmp_path, aiohttp_server, Engine, device_rate=100_000.0, device_burst=100_000.0)
-    yield starter
-    await starter.close()
+ENGINE_CLASS = Engine
+ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
 
 
 async def test_store_unavailable_mid_load_loses_nothing(engine: Any) -> None:

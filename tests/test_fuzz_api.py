@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from engine.devices.client import sign_request
-from engine.testing import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
 
 CHECKS = [
     checks.not_a_server_error,

@@ -29,7 +29,7 @@ from engine.codes.trust import TrustList, TrustTable
 from engine.codes.verdicts import Verdict
 from engine.devices.client import make_scan, sign_request
 from engine.errors import TrustListError
-from engine.testing import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
 from engine.verify import verifier_class
 from engine.verify.contract import CodeBatch
 from engine.verify.reference import PyVerifier
@@ -442,7 +442,7 @@ def test_slow_body_is_cut_off_by_a_read_timeout(live: Live) -> None:
     """A client that sends headers, then the body one byte at a time, must not hold a handler forever.
 
     aiohttp has no body read timeout of its own (its keep-alive timer only closes *idle* connections), and
-    ``request.read()`` in engine/api.py waits as long as bytes keep coming: each such socket pins a handler
+    ``request.read()`` in engine/web/scans.py waits as long as bytes keep coming: each such socket pins a handler
     and its buffer indefinitely. Expected: the engine answers 408 (or closes) within a bounded time.
     """
     body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(live.fx.code(3), "v")]})
@@ -477,7 +477,7 @@ def test_slow_body_is_cut_off_by_a_read_timeout(live: Live) -> None:
 
 @pytest.mark.parametrize("direction", [{}, [], {"in": 1}, ["in"]], ids=["empty-object", "empty-list", "object", "list"])
 def test_unhashable_item_fields_are_item_errors_not_500(live: Live, direction: Any) -> None:
-    """Found by schemathesis: ``"direction": {}`` reached ``DIRECTIONS.get(...)`` in engine/intake.py -> 500."""
+    """Found by schemathesis: ``"direction": {}`` reached ``DIRECTIONS.get(...)`` in engine/ingest/intake.py -> 500."""
     item = {**make_scan(live.fx.code(4), "v"), "direction": direction}
     status, answer = live.send(orjson.dumps({"device_id": DEVICE_ID, "scans": [item]}))
     assert status == 202, (status, answer)

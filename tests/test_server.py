@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from engine.devices.client import ScannerClient, make_scan, sign_request
-from engine.testing import (
+from engine.testing.engines import (
     DEVICE_ID,
-    EngineStarter,
     admin_headers,
     wait_until,
 )
-
-
-@pytest.fixture
-async def engine(tmp_path: Path, aiohttp_server: Any) -> Any:
-    starter = EngineStarter(tmp_path, aiohttp_server)
-    yield starter
-    await starter.close()
 
 
 async def test_round_trip_verdicts_are_persisted(engine: Any) -> None:
@@ -101,7 +91,7 @@ async def test_recent_id_memory_is_bounded_and_forgets_oldest_first(engine: Any)
         status, body = await e.client.post_scans(batch)
         assert status == 202 and body["stored"] == 20
     batcher = e.rt.batcher
-    assert len(batcher._recent) <= 50 and len(batcher._recent_order) <= 100
+    assert len(batcher._recent) <= 50 and len(batcher._recent._order) <= 100
     newest = await e.client.post_scans(batches[-1])  # remembered: answered from memory with its verdict
     assert newest[1]["duplicates"] == 20 and {r["verdict"] for r in newest[1]["results"]} == {"ok"}
     oldest = await e.client.post_scans(batches[0])  # forgotten: accepted again, and the store collapses it

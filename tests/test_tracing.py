@@ -22,7 +22,7 @@ import pytest
 
 from engine.__main__ import main
 from engine.store.store import Store
-from engine.testing import EngineProcess, admin_headers
+from engine.testing.engines import EngineProcess, admin_headers
 from engine.tracing.credentials import TracerRegistry
 from engine.tracing.model import MINUTE_MS, Scan, Stay, TraceOptions
 from engine.tracing.pairing import pair_stays

@@ -248,10 +248,9 @@ class DeviceRegistry:
     def authenticate(self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes) -> Device:
         """Check one request against the contract in the module docstring; return its device or raise.
 
-        This runs on the event loop: the one Ed25519 verify costs ~60-75 µs with PyNaCl (~100 µs for the whole
-        check including SHA-256 of a 30 KB body), and a request carries about a hundred scans whose own
-        verification is batched in threads, so it is about 1 µs per scan. Handing the verify to a thread would
-        cost more than the verify itself (~125 µs measured for a run_in_executor round trip).
+        This runs on the event loop: one Ed25519 verify per request, shared by the hundred or so scans it
+        carries (whose own verification is batched in threads), so it is small per scan. Handing it to a thread
+        would cost more than the verify itself (a run_in_executor round trip measured longer; README).
         """
         # 1. cheap, local checks: no lookups, nothing an attacker can make expensive
         device_id = _header(headers, "X-Device-Id")

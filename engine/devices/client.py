@@ -2,7 +2,7 @@
 
 Real scanners, the tests, the benchmark and the Locust load test all sign through :func:`sign_request`, which
 builds the message with the same function the server checks it with (``engine.devices.auth.signed_message``), so
-the two sides cannot drift apart. The contract itself is written down in ``engine/devices.py``.
+the two sides cannot drift apart. The contract itself is written down in ``engine/devices/auth.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -32,7 +31,9 @@ from engine.codes.trust import TrustTable
 from engine.codes.verdicts import VERDICTS
 from engine.errors import EngineError, OverloadedError, WALError
 from engine.ingest import record
+from engine.ingest.commit import GroupCommit, Verified
 from engine.ingest.intake import Intake
+from engine.ingest.recent import Earlier, RecentScans, Submission, Verdicted
 from engine.ingest.record import batch_rows
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.metrics import Metrics
@@ -51,36 +52,7 @@ class SubmitResult(NamedTuple):
     reason: np.ndarray  # uint8
 
 
-class _Submission:
-    """One request's new scans waiting for a verdict and durability.
-
-    The recent-id map points every id at its submission and keeps pointing there after the answer: a retried
-    id finds its verdict in ``future``'s result (``keys.index`` gives its place). Writing each verdict back
-    into the map instead cost a second pass of ~100 random lookups per request into a dict of up to
-    ``recent_ids`` entries, cache misses that showed as ~6 % of the event loop's CPU in perf.
-    """
-
-    __slots__ = ("future", "intake", "keys", "received_ms", "t0")
-
-    def __init__(self, intake: Intake, keys: list[bytes], received_ms: int) -> None:
-        self.intake: Intake | None = intake  # only the scans that are new; dropped once answered (memory)
-        self.keys = keys  # their scan ids, the recent-id map's keys
-        self.received_ms = received_ms
-        self.t0 = time.perf_counter()
-        self.future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-@dataclass
-class _Verified:
-    subs: list[_Submission]
-    result: BatchResult
-    record: bytes
-
-
-def encode_batch(subs: list[_Submission], trust: TrustTable, verifier: Verifier, now: int) -> tuple[BatchResult, bytes]:
+def encode_batch(subs: list[Submission], trust: TrustTable, verifier: Verifier, now: int) -> tuple[BatchResult, bytes]:
     """Verify the submissions' codes as one batch and encode the WAL record: whole columns, no per-scan loop."""
     its = [s.intake for s in subs if s.intake is not None]
     if len(its) != len(subs):
@@ -131,20 +103,15 @@ class Batcher:
         self._batch_age_s = batch_age_s
         self._queue_scans = queue_scans
         self._wal_budget = wal_budget_bytes
-        self._recent_max = recent_ids
-        self._on_durable = on_durable
-        # scan id -> its submission (whose future holds the verdict), or a verdict code for ids loaded from the
-        # store at start-up; plain dict + FIFO of ids: ~2x cheaper per scan than an OrderedDict, whose node
-        # bookkeeping showed at ~0.8 us per scan in cProfile
-        self._recent: dict[bytes, int | _Submission] = {}
-        self._recent_order: deque[bytes] = deque()
-        self._queue: deque[_Submission] = deque()
+        self._recent = RecentScans(recent_ids)
+        self._queue: deque[Submission] = deque()
         self._queued_scans = 0  # queued, verifying or in the WAL stage: everything not yet answered
         self._waiting_scans = 0  # in self._queue only
         self._wake = asyncio.Event()
-        self._verified: asyncio.Queue[_Verified] = asyncio.Queue(maxsize=2)
+        self._commit = GroupCommit(
+            wal, metrics, on_committed=self._committed, on_failed=self._fail, on_durable=on_durable
+        )
         self._verify_pool = single_thread_pool("verify")
-        self._wal_pool = single_thread_pool("wal")
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         metrics.on_scrape(self._refresh_metrics)
@@ -154,7 +121,7 @@ class Batcher:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._batch_loop(), name="batcher"),
-            asyncio.create_task(self._wal_loop(), name="wal-commit"),
+            asyncio.create_task(self._commit.run(), name="wal-commit"),
         ]
 
     async def close(self, timeout: float) -> None:
@@ -168,12 +135,11 @@ class Batcher:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._verify_pool.shutdown(wait=True)
-        self._wal_pool.shutdown(wait=True)
+        self._commit.close()
 
     def remember(self, scan_ids: list[bytes], codes: list[int]) -> None:
         """Seed the recent-id map (at start-up, from what the store already holds)."""
-        for sid, c in zip(scan_ids, codes, strict=True):
-            self._set_recent(sid, c)
+        self._recent.seed(scan_ids, codes)
 
     async def set_trust(self, trust: TrustTable) -> None:
         """Swap the trust list between two batches (the verify thread serialises it with verify calls)."""
@@ -198,18 +164,18 @@ class Batcher:
         n = len(intake)
         keys: list[bytes] = np.frombuffer(intake.scan_ids, "V16").tolist()  # "S16" would strip trailing NULs
         recent = self._recent
-        earlier: dict[int, int | _Submission] = {}
-        if recent.keys().isdisjoint(keys) and len(set(keys)) == n:
-            fresh = None  # the common request: every scan new and distinct, checked in C, no per-scan loop here
-        else:
+        fresh: list[int] | None = None  # None: every scan new and distinct (the common request, no Python loop)
+        earlier: dict[int, Earlier] = {}  # position -> what answers it, for scans accepted before
+        repeated: dict[int, int] = {}  # position -> earlier position in this same request (stored once)
+        if not recent.all_new(keys):
             fresh = []
             seen_here: dict[bytes, int] = {}
             for pos, sid in enumerate(keys):
                 prev = recent.get(sid)
                 if prev is not None:
                     earlier[pos] = prev
-                elif sid in seen_here:  # the same id twice in one request: store once
-                    earlier[pos] = -1 - seen_here[sid]
+                elif sid in seen_here:
+                    repeated[pos] = seen_here[sid]
                 else:
                     seen_here[sid] = pos
                     fresh.append(pos)
@@ -218,8 +184,8 @@ class Batcher:
         if fresh is None or fresh:
             fresh_keys = keys if fresh is None else [keys[p] for p in fresh]
             self._admit(len(fresh_keys))
-            sub = _Submission(intake if fresh is None else intake.take(fresh), fresh_keys, received_ms)
-            self._remember_in_flight(sub)
+            sub = Submission(intake if fresh is None else intake.take(fresh), fresh_keys, received_ms)
+            recent.remember(sub)
             self._queue.append(sub)
             self._queued_scans += len(sub)
             self._waiting_scans += len(sub)
@@ -227,9 +193,7 @@ class Batcher:
             try:
                 vs, rs = await asyncio.shield(sub.future)
             except BaseException:
-                for sid in fresh_keys:  # let the device's retry be accepted as new
-                    if recent.get(sid) is sub:
-                        del recent[sid]
+                recent.forget(sub)
                 raise
             if fresh is None:
                 return SubmitResult(np.ones(n, np.bool_), vs, rs)
@@ -239,20 +203,11 @@ class Batcher:
         if fresh:
             stored[fresh] = True
         for pos, prev in earlier.items():
-            verdict[pos], reason[pos] = await self._earlier_verdict(keys[pos], prev, verdict, reason)
-        self._metrics.scans_duplicate.inc(len(earlier))
+            verdict[pos], reason[pos] = prev if isinstance(prev, Verdicted) else await prev.verdict_of(keys[pos])
+        for pos, first in repeated.items():
+            verdict[pos], reason[pos] = verdict[first], reason[first]
+        self._metrics.scans_duplicate.inc(len(earlier) + len(repeated))
         return SubmitResult(stored, verdict, reason)
-
-    async def _earlier_verdict(
-        self, sid: bytes, prev: int | _Submission, verdict: np.ndarray, reason: np.ndarray
-    ) -> tuple[int, int]:
-        if isinstance(prev, _Submission):  # answered already, or still in flight: then wait for its verdict
-            verdicts, reasons = await asyncio.shield(prev.future)
-            k = prev.keys.index(sid)
-            return int(verdicts[k]), int(reasons[k])
-        if prev < 0:  # duplicate of an earlier item in this same request
-            return int(verdict[-1 - prev]), int(reason[-1 - prev])
-        return prev >> 8, prev & 0xFF
 
     def _admit(self, n: int) -> None:
         if self._closing:
@@ -264,29 +219,6 @@ class Batcher:
         if self._wal.backlog_bytes > self._wal_budget:
             self._metrics.overload.labels(cause="wal_budget").inc()
             raise OverloadedError("store backlog exceeds the WAL disk budget; retry later", 5.0)
-
-    def _set_recent(self, sid: bytes, value: int) -> None:
-        if self._recent_max <= 0:
-            return
-        if sid not in self._recent:
-            self._recent_order.append(sid)
-        self._recent[sid] = value
-        self._trim_recent()
-
-    def _remember_in_flight(self, sub: _Submission) -> None:
-        """Map the submission's ids to it, in C calls; the entries stay until the FIFO forgets them."""
-        if self._recent_max > 0:
-            self._recent.update(dict.fromkeys(sub.keys, sub))
-            self._recent_order.extend(sub.keys)
-            self._trim_recent()
-
-    def _trim_recent(self) -> None:
-        # First-in first-out is enough: an id is remembered when accepted and answered from its submission after;
-        # a retry of a forgotten id is still collapsed by the store. An id dropped early (a failed request) may
-        # sit in the FIFO twice once retried; popping it then only forgets it a little sooner.
-        recent, order = self._recent, self._recent_order
-        while len(recent) > self._recent_max or len(order) > 2 * self._recent_max:
-            recent.pop(order.popleft(), None)
 
     # -- stage 1: cut and verify ----------------------------------------------------------------------------
     async def _batch_loop(self) -> None:
@@ -306,9 +238,9 @@ class Batcher:
                     log.exception("verification failed for a batch of %d scans", sum(map(len, subs)))
                     self._fail(subs, WALError(f"verification failed: {exc}"))
                     continue
-                await self._verified.put(verified)
+                await self._commit.put(verified)
 
-    def _take_batch(self) -> list[_Submission]:
+    def _take_batch(self) -> list[Submission]:
         subs = [self._queue.popleft()]
         n = len(subs[0])
         while self._queue and n + len(self._queue[0]) <= self._batch_size:
@@ -319,34 +251,15 @@ class Batcher:
         self._metrics.batch_size.observe(n)
         return subs
 
-    def _verify(self, subs: list[_Submission]) -> _Verified:
+    def _verify(self, subs: list[Submission]) -> Verified:
         """Runs on the verify thread: verify (GIL released inside) and encode the WAL record."""
         t0 = time.perf_counter()
         result, rec = encode_batch(subs, self._trust, self._verifier, int(time.time()))
         self._metrics.verify_seconds.observe(time.perf_counter() - t0)
-        return _Verified(subs, result, rec)
+        return Verified(subs, result, rec)
 
-    # -- stage 2: group commit ------------------------------------------------------------------------------
-    async def _wal_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            group = [await self._verified.get()]
-            while not self._verified.empty():
-                group.append(self._verified.get_nowait())
-            t0 = time.perf_counter()
-            try:
-                await loop.run_in_executor(self._wal_pool, self._wal.append, [v.record for v in group])
-            except EngineError as exc:
-                log.error("WAL append failed: %s", exc)
-                for v in group:
-                    self._fail(v.subs, exc)
-                continue
-            self._metrics.wal_append_seconds.observe(time.perf_counter() - t0)
-            for v in group:
-                self._resolve(v)
-            self._on_durable()
-
-    def _resolve(self, v: _Verified) -> None:
+    # -- stage 2: group commit (engine.ingest.commit) ------------------------------------------------------
+    def _committed(self, v: Verified) -> None:
         start = 0
         verdicts, reasons = v.result.verdict, v.result.reason
         counts = np.bincount(verdicts, minlength=len(VERDICTS))
@@ -364,7 +277,7 @@ class Batcher:
                 s.future.set_result((vs, rs))
             start = end
 
-    def _fail(self, subs: list[_Submission], exc: BaseException) -> None:
+    def _fail(self, subs: list[Submission], exc: BaseException) -> None:
         for s in subs:
             self._queued_scans -= len(s)
             if not s.future.done():

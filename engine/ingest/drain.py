@@ -130,10 +130,10 @@ class Drain:
                 self._kick.clear()
                 await _wait(self._kick, self._idle_wait_s * 10)
             elif self._wal.backlog_bytes < self._max_bytes:
-                # Pace inserts: chdb pays ~28 ms of CPU per insert into our three tables whatever its size
-                # (parts created; 100-row inserts measured), so one insert per interval with everything that
-                # accumulated is far cheaper than one per WAL batch (store_bench: 3.7 µs/row at 20k rows, 1.9 at
-                # 60k). A longer interval measured no better end to end. Acks do not wait for this.
+                # Pace inserts: chdb pays a fixed CPU cost per insert into our three tables whatever its size
+                # (parts created), so one insert per interval with everything that accumulated is far cheaper
+                # than one per WAL batch (bench/store_bench.py; README). A longer interval measured no better end
+                # to end. Acks do not wait for this.
                 await _wait(self._closing, self._interval_s)
 
     def step(self) -> int:

@@ -7,9 +7,9 @@ Layout (version 2)::
 The header holds the row count, the small dictionaries (device ids; key ids with their issuers) and the byte
 length of every buffer, in :data:`_BUFFERS` order; each buffer is a numpy array's raw little-endian bytes or
 a packed string column. Encoding and decoding are a fixed number of array operations per batch, whatever its
-size: the v1 record (JSON of per-row lists, ~250 bytes a row) cost ~2 µs a row to write and read back, this
-one ~120 bytes and well under 0.1 µs. Names, birth dates and addresses never reach it: the QR id is cut out of
-the code, the document number only survives as the keyed person hash.
+size: the v1 record (JSON of per-row lists) cost a Python loop per row to write and read back, this one is
+about half its size and a few array operations per batch. Names, birth dates and addresses never reach it:
+the QR id is cut out of the code, the document number only survives as the keyed person hash.
 
 Version 1 records (JSON, written by earlier engines) are still read, so a WAL left by an older engine drains
 after an upgrade.

@@ -1,7 +1,7 @@
 """Rows of the ``scans`` table, column-wise: the one shape the WAL record, the store insert and the tests share.
 
 Why this shape: the store insert used to turn every value into a Python object (ints for UUIDs, one ``bytes``
-per person key, one label per enum) for clickhouse-connect's Native writer, ~1.5 µs per row of Python on the
+per person key, one label per enum) for clickhouse-connect's Native writer, a Python loop per row on the
 store thread, and the WAL record was JSON that had to be parsed back into lists first. Here every column is
 a numpy array or a packed buffer from the moment the verify stage produces it; concatenating batches is a few
 ``np.concatenate`` calls whatever the row count, and :func:`to_arrow` wraps the buffers in an Arrow table

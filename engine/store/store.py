@@ -225,7 +225,7 @@ class Store:
         ``columns`` is :class:`engine.store.columns.Rows` (what the drain decodes from the WAL) or a mapping of
         ``SCAN_COLUMNS`` to lists/arrays (tests, tools), checked by :func:`engine.store.columns.rows_from_columns`.
         The insert is Arrow (``insert_arrow``): the row buffers are handed over as they are, with no Python
-        object per value; measured beside the Native path this removed ~1.5 µs of Python per row on the store
+        object per value; measured beside the Native path this removed the Python loop per row on the store
         thread (README, "Measured"). With ``dedup_token`` ClickHouse drops a block it has already seen with that
         token (within ``non_replicated_deduplication_window``/``replicated_deduplication_window``), so replaying
         a WAL batch after a crash is a no-op, and the materialized views' blocks are deduplicated with it.
@@ -239,9 +239,9 @@ class Store:
         query_settings: dict[str, Any] = {
             "insert_deduplicate": 1,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
-            # Replacing tables would otherwise collapse equal keys inside each new block at insert time: ~1.3 µs
-            # of ClickHouse CPU per row of the three tables (bench/store_bench.py, measured side by side), to
-            # remove duplicates the batcher's recent-id map already keeps out. Merges and readers still collapse.
+            # Replacing tables would otherwise collapse equal keys inside each new block at insert time, ClickHouse
+            # CPU per row of the three tables (bench/store_bench.py --versus; README), to remove duplicates the
+            # batcher's recent-id map already keeps out. Merges and readers still collapse.
             "optimize_on_insert": 0,
             **(settings or {}),
         }

@@ -33,31 +33,31 @@ from engine.tracing.pairing import Span, overlaps, pair_stays, rank, stay_of, to
 
 _RANGES_PER_QUERY = 200  # key ranges per venue query: keeps the statement small and the key analysis cheap
 # Key ranges at one venue less than this apart are read as one (a workplace's weekdays across a weekend): each
-# range costs planning on chdb, and a few quiet days of one venue cost less to read (measured at 10M rows:
-# p50 -1.3 ms, mean -3 ms of the others' read, against merging only overlapping ranges).
+# range costs planning on chdb, and a few quiet days of one venue cost less to read than a range more (README,
+# "Measured": tracing).
 _RANGE_GAP_MS = 3 * DAY_MS
 
 _TRUSTED_SQL = "verdict IN (" + ", ".join(f"'{v.label}'" for v in sorted(TRUSTED)) + ")"
 _UNVERIFIED_SQL = f"verdict != '{Verdict.MALFORMED.label}'"  # a malformed code names nobody
-# Rows stay duplicated until merges. Measured at 10M rows (bench/trace_bench.py, person trace p50): LIMIT 1 BY
-# 36 ms against FINAL's 47 ms on a store as a live engine leaves it (30 parts), 30 against 28 once merged, so
-# choosing by part count would win 2 ms at best, less than asking for the count costs.
+# Rows stay duplicated until merges. LIMIT 1 BY beat FINAL clearly on a store as a live engine leaves it and
+# lost only narrowly once merged (bench/trace_bench.py; README), so choosing by part count would win less than
+# asking for the count costs.
 _DEDUP = "LIMIT 1 BY scan_id"
 _FINAL = ""  # "FINAL" here and "" above is the alternative the benchmark measures
 _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
     "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
 )
-# Settings of every tracing read, measured at 10M rows (bench/trace_bench.py): every granule these key ranges
-# select holds matching rows, so PREWHERE's two-pass read only added work (~15%); and the expressions carry
-# this trace's constants, so JIT-compiling them (ClickHouse does on an expression's 4th use) never pays off
-# for another trace, while it stalls the 4th run of the same one by 30-40 ms.
+# Settings of every tracing read (bench/trace_bench.py): every granule these key ranges select holds matching
+# rows, so PREWHERE's two-pass read only adds work; and the expressions carry this trace's constants, so
+# JIT-compiling them (ClickHouse does on an expression's 4th use) never pays off for another trace, while it
+# stalls the 4th run of the same one.
 _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 0"
 # Everyone's scans around the windows, one row per scan id, in the order pairing walks them: grouped by person
 # and venue, then _pairing_order (the Enum puts 'in' before 'out'; scan ids compare as text, as in Python).
-# Python then pairs them in one pass with the same rule as the index case's (walk). Measured at 10M rows:
-# pairing in SQL with window functions cost more to plan on chdb (parse, analysis and pipeline of the nested
-# query: ~25 ms a trace) than shipping the rows (~3k a trace) and walking them.
+# Python then pairs them in one pass with the same rule as the index case's (walk). Pairing in SQL with window
+# functions cost more to plan on chdb (parse, analysis and pipeline of the nested query) than shipping the
+# rows and walking them (README, "Measured": tracing).
 _SCANS_AT_SQL = (
     "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
     "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} "

@@ -31,7 +31,7 @@ _AUTH_HEADERS = [
         "name": "X-Signature",
         "in": "header",
         "required": True,
-        "description": "base64url Ed25519 signature of the request (see engine/devices.py)",
+        "description": "base64url Ed25519 signature of the request (see engine/devices/auth.py)",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"},
     },
 ]

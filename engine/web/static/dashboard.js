@@ -1,6 +1,6 @@
 // Live dashboard: reads the engine's per-second points (server-sent events, polling as a fallback) and draws
 // them as SVG charts. Hand-written on purpose: no CDN and no vendored library, so it works on closed networks.
-// Every number here was computed by the engine (engine/dashboard.py); the page only formats and plots.
+// Every number here was computed by the engine (engine/ops/dashboard.py); the page only formats and plots.
 "use strict";
 
 (function () {

@@ -1,0 +1,106 @@
+"""The recent-scan map: answers a device's retry with the verdict it was first given, without a second verify.
+
+Scanners retry whole batches after a timeout or a lost answer; the map keeps the ids of the last ``capacity``
+accepted scans, each pointing at the :class:`Submission` that carried it (whose future holds the verdict once
+durable), or at a :class:`Verdicted` pair for ids loaded from the store at start-up. Beyond that window the
+store's ReplacingMergeTree collapses what slips through. First-in first-out is enough: an id is remembered
+when accepted and answered from its submission after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.ingest.intake import Intake
+
+
+class Verdicted(NamedTuple):
+    """A scan answered before this process started (read back from the store)."""
+
+    verdict: int
+    reason: int
+
+
+class Submission:
+    """One request's new scans waiting for a verdict and durability.
+
+    The map points every id at its submission and keeps pointing there after the answer: a retried id finds its
+    verdict in ``future``'s result (``keys.index`` gives its place). Writing each verdict back into the map
+    instead cost a second pass of random lookups per request into a dict of up to ``capacity`` entries.
+    """
+
+    __slots__ = ("future", "intake", "keys", "received_ms", "t0")
+
+    def __init__(self, intake: Intake, keys: list[bytes], received_ms: int) -> None:
+        self.intake: Intake | None = intake  # only the scans that are new; dropped once answered (memory)
+        self.keys = keys  # their scan ids, the map's keys
+        self.received_ms = received_ms
+        self.t0 = time.perf_counter()
+        self.future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    async def verdict_of(self, key: bytes) -> tuple[int, int]:
+        """The verdict of one of its scans, waiting for it while the submission is still in flight."""
+        verdicts, reasons = await asyncio.shield(self.future)
+        k = self.keys.index(key)
+        return int(verdicts[k]), int(reasons[k])
+
+
+Earlier = Submission | Verdicted
+
+
+class RecentScans:
+    """Bounded map of recently accepted scan keys to what answers them (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        # plain dict + FIFO of keys: about half the cost per scan of an OrderedDict's node bookkeeping
+        self._map: dict[bytes, Earlier] = {}
+        self._order: deque[bytes] = deque()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def all_new(self, keys: list[bytes]) -> bool:
+        """True for the common request: no key seen before and none twice (checked in C, no Python loop)."""
+        return self._map.keys().isdisjoint(keys) and len(set(keys)) == len(keys)
+
+    def get(self, key: bytes) -> Earlier | None:
+        return self._map.get(key)
+
+    def seed(self, keys: list[bytes], codes: list[int]) -> None:
+        """Remember scans answered before a restart; ``codes`` are ``verdict << 8 | reason``."""
+        if self.capacity <= 0:
+            return
+        for key, code in zip(keys, codes, strict=True):
+            if key not in self._map:
+                self._order.append(key)
+            self._map[key] = Verdicted(code >> 8, code & 0xFF)
+        self._trim()
+
+    def remember(self, sub: Submission) -> None:
+        """Map the submission's keys to it, in C calls; the entries stay until the FIFO forgets them."""
+        if self.capacity > 0:
+            self._map.update(dict.fromkeys(sub.keys, sub))
+            self._order.extend(sub.keys)
+            self._trim()
+
+    def forget(self, sub: Submission) -> None:
+        """A submission that failed: let the device's retry of its scans be accepted as new."""
+        for key in sub.keys:
+            if self._map.get(key) is sub:
+                del self._map[key]
+
+    def _trim(self) -> None:
+        # A key dropped early (a failed request) may sit in the FIFO twice once retried; popping it then only
+        # forgets it a little sooner.
+        m, order = self._map, self._order
+        while len(m) > self.capacity or len(order) > 2 * self.capacity:
+            m.pop(order.popleft(), None)
