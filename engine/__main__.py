@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.cli import COMMAND_MODULES
+from engine.config import argv_secret_warnings
 from engine.errors import EngineError
 
 
@@ -19,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for warning in argv_secret_warnings(sys.argv[1:] if argv is None else argv):
+        print(f"warning: {warning}", file=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -54,11 +56,52 @@ class Config:
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    # -- security (docs/security.md) -------------------------------------------------------------------------
+    tls_cert: Path = field(default=Path(""), metadata={"help": "TLS certificate chain (PEM); re-read on SIGHUP"})
+    tls_key: Path = field(default=Path(""), metadata={"help": "TLS private key (PEM, mode 0600); re-read on SIGHUP"})
+    tls_client_ca: Path = field(
+        default=Path(""), metadata={"help": "CA bundle for device client certificates (mTLS on /v1/scans)"}
+    )
+    plaintext_behind_proxy: bool = field(
+        default=False, metadata={"help": "allow plain HTTP off loopback: a TLS terminator sits in front"}
+    )
+    ops_host: str = field(default="127.0.0.1", metadata={"help": "operations listener (/metrics, /dashboard)"})
+    ops_port: int = field(default=8081, metadata={"help": "operations listener port"})
+    dsn_password_file: Path = field(
+        default=Path(""), metadata={"help": "file holding the ClickHouse password (mode 0600)"}
+    )
+    #: the password itself comes only from the environment: a flag would put it in /proc/<pid>/cmdline
+    dsn_password: str = field(default="", repr=False, metadata={"help": "ClickHouse password", "env_only": True})
+    tracer_person_per_hour: float = field(default=120.0, metadata={"help": "person traces per tracer per hour"})
+    tracer_wide_per_hour: float = field(
+        default=20.0, metadata={"help": "venue and second-degree traces per tracer per hour"}
+    )
 
     # -- derived --------------------------------------------------------------------------------------------
     @property
     def store_dsn(self) -> str:
-        return self.dsn or f"chdb://{(self.data_dir / 'store').resolve()}"
+        """The DSN the store is opened with, the password filled in from ``ENGINE_DSN_PASSWORD`` or
+        ``--dsn-password-file`` (read when asked, so a rotated file is picked up by the next connection)."""
+        dsn = self.dsn or f"chdb://{(self.data_dir / 'store').resolve()}"
+        password = self.dsn_password
+        if not password and _is_set(self.dsn_password_file):
+            from engine.permissions import read_secret_file
+
+            password = read_secret_file(self.dsn_password_file, "DSN password file")
+        if not password or not dsn.startswith(("http://", "https://")):
+            return dsn
+        scheme, rest = dsn.split("://", 1)
+        netloc, _, tail = rest.partition("/")
+        userinfo, at, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            raise ConfigError("the DSN already holds a password: give it in one place only (a file or the env)")
+        user = urllib.parse.quote(urllib.parse.unquote(userinfo) if at else "default", safe="")
+        quoted = urllib.parse.quote(password, safe="")
+        return f"{scheme}://{user}:{quoted}@{hostport}" + (f"/{tail}" if tail else "")
+
+    @property
+    def tls(self) -> bool:
+        return _is_set(self.tls_cert)
 
     @property
     def trust_list_path(self) -> Path:
@@ -104,6 +147,11 @@ class Config:
             ),
             (self.database.replace("_", "").isalnum(), "database must be alphanumeric/underscore"),
             (not self.cluster or self.cluster.replace("_", "").isalnum(), "cluster must be alphanumeric/underscore"),
+            (_is_set(self.tls_cert) == _is_set(self.tls_key), "tls_cert and tls_key go together"),
+            (not _is_set(self.tls_client_ca) or _is_set(self.tls_cert), "tls_client_ca needs tls_cert and tls_key"),
+            (0 <= self.ops_port <= 65535, "ops_port must be 0..65535"),
+            (self.ops_port == 0 or self.ops_port != self.port, "ops_port must differ from port"),
+            (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -115,6 +163,8 @@ class Config:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in."""
         for f in fields(cls):
+            if f.metadata.get("env_only"):
+                continue
             flag = "--" + f.name.replace("_", "-")
             help_text = f"{f.metadata.get('help', '')} [env {_env_name(f.name)}]"
             if f.type in ("bool", bool):
@@ -129,7 +179,7 @@ class Config:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = getattr(args, f.name, None) if args is not None else None
+            raw = getattr(args, f.name, None) if args is not None and not f.metadata.get("env_only") else None
             if raw is None:
                 raw = environ.get(_env_name(f.name))
             if raw is None:
@@ -139,6 +189,36 @@ class Config:
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes).validate()
+
+
+def _is_set(path: Path) -> bool:
+    return str(path) not in ("", ".")
+
+
+#: argv patterns that carry a secret: a DSN with a password in it, and the old ``--token`` flag
+_DSN_WITH_PASSWORD = re.compile(r"^[a-z]+://[^/@:]*:[^/@]+@")
+_SECRET_FLAGS = ("--token", "--dsn-password", "--password")
+
+
+def argv_secret_warnings(argv: Sequence[str]) -> list[str]:
+    """Warnings for secrets given on the command line, where every local user reads them in
+    ``/proc/<pid>/cmdline`` and shell history keeps them; each names where the secret should come from."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name == "--dsn":
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if _DSN_WITH_PASSWORD.match(value):
+                out.append(
+                    "a password was given in --dsn on the command line, readable by every local user in "
+                    "/proc/<pid>/cmdline: use --dsn-password-file FILE or ENGINE_DSN_PASSWORD instead"
+                )
+        elif name in _SECRET_FLAGS:
+            out.append(
+                f"a secret was given as {name} on the command line, readable by every local user in "
+                "/proc/<pid>/cmdline: use --token-file FILE or ENGINE_TRACER_TOKEN instead"
+            )
+    return out
 
 
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:

@@ -163,7 +163,7 @@ async def test_weak_device_keys_cannot_be_registered(engine: Any) -> None:
 
 async def test_tracing_refuses_scanner_credentials_and_anonymous_callers(engine: Any) -> None:
     e = await engine()
-    path = "/v1/trace/venue?venue_id=venue-1"
+    path = "/v1/trace/venue?venue_id=venue-1&case_id=HN-2026-001"
     status, _ = await e.client.request("GET", path)  # a validly signed scanner request
     assert status == 403
     status, _, _ = await e.raw("GET", path, b"", {})

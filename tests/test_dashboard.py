@@ -33,6 +33,7 @@ from engine.testing.engines import (
 )
 from engine.web.app import create_app
 from engine.web.dashboard import STATS
+from engine.web.keys import LISTENERS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = (
@@ -258,7 +259,7 @@ async def loaded_engine(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[tu
     load = Load(client, fx)
     task = asyncio.create_task(load.run())
     try:
-        yield url, server.app, load
+        yield server.app[LISTENERS].ops_url, server.app, load  # the dashboard lives on the operations listener
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -326,7 +327,8 @@ async def test_open_streams_do_not_hold_up_shutdown(tmp_path: Path, aiohttp_serv
     """A dashboard left open must not make a SIGTERM wait for the full shutdown timeout: on_shutdown ends it."""
     fx = make_fixture(tmp_path / "engine")
     server = await aiohttp_server(create_app(engine_config(fx.data_dir)), shutdown_timeout=60.0)
-    async with aiohttp.ClientSession() as http, http.get(str(server.make_url("/v1/stats/stream"))) as r:
+    stream = server.app[LISTENERS].ops_url + "/v1/stats/stream"
+    async with aiohttp.ClientSession() as http, http.get(stream) as r:
         assert (await r.content.readline()).startswith(b"retry:")
         closing = asyncio.create_task(server.close())
         rest = await asyncio.wait_for(r.content.read(), 30)  # returns at end of stream, not at the timeout

@@ -176,15 +176,17 @@ async def test_health_readiness_metrics_openapi(engine: Any) -> None:
     status, body = await e.client.request("GET", "/healthz")
     assert status == 200
     status, body = await e.client.request("GET", "/readyz")
-    assert status == 200 and body["ready"] is True
-    status, text = await e.client.request("GET", "/metrics")
+    assert status == 200 and body == {"ready": True, "cause": "ok"}  # nothing else for an anonymous probe
+    status, body = await e.client.request("GET", "/metrics")
+    assert status == 404 and "operations listener" in body["message"]  # not on the device/tracer listener
+    status, text = await e.ops.request("GET", "/metrics")
     assert status == 200
     assert 'engine_scans_acked_total{verdict="ok"} 5.0' in text
     assert "engine_scans_stored_total 5.0" in text
     assert "# TYPE engine_cache_hits_total counter" in text  # counters, so rate() survives a restart
     assert "engine_cache_lookups_total 5.0" in text and "engine_cache_hits_total 0.0" in text
     await e.client.post_scans([make_scan(e.fx.code(i), "w") for i in range(5)])  # the same codes, new scans
-    status, text = await e.client.request("GET", "/metrics")
+    status, text = await e.ops.request("GET", "/metrics")
     assert "engine_cache_lookups_total 10.0" in text and "engine_cache_hits_total 5.0" in text
     assert "engine_cache_hit_ratio 0.5" in text
     status, spec = await e.client.request("GET", "/openapi.json")

@@ -109,7 +109,7 @@ WORLD = [
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
-    d.mkdir()
+    d.mkdir(mode=0o700)
     store = Store.connect(f"chdb://{(d / 'store').resolve()}", database="vnqr", retention_days=28)
     try:
         store.migrate()
@@ -262,15 +262,18 @@ def test_refuses_bad_input(store: Store) -> None:
 
 
 # -- CLI and HTTP ---------------------------------------------------------------------------------------
-def test_cli_opens_the_store_when_no_engine_runs(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_opens_the_store_when_no_engine_runs(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = "1"  # nothing listens there
+    monkeypatch.setenv("ENGINE_TRACER_TOKEN", TracerRegistry.for_data_dir(data_dir).add("epi-1"))
     rc = main(["trace", "person", "--qr-id", "QR-alice", "--data-dir", str(data_dir), "--port", port,
-               "--format", "json"])  # fmt: skip
+               "--case-id", "HN-2026-001", "--format", "json"])  # fmt: skip
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert [c["person_key"] for c in doc["exposures"]] == [kh("bob"), kh("carol"), kh("dave")]
     rc = main(["trace", "venue", "--venue-id", "bakery", "--data-dir", str(data_dir), "--port", port,
-               "--format", "csv"])  # fmt: skip
+               "--case-id", "HN-2026-001", "--format", "csv"])  # fmt: skip
     assert rc == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["person_key"] for r in rows] == [kh("frank")]
@@ -284,7 +287,9 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_http_auth_and_cli_through_running_engine(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["tracer-add", "alice-tracer", "--data-dir", str(data_dir)]) == 0
     token = capsys.readouterr().out.strip()
     assert (data_dir / "tracers.json").stat().st_mode & 0o777 == 0o600
@@ -292,7 +297,7 @@ def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest
     assert TracerRegistry.for_data_dir(data_dir).authenticate(token) is not None
     engine = EngineProcess(data_dir).start()
     try:
-        url = engine.url + "/v1/trace/person?qr_id=QR-alice"
+        url = engine.url + "/v1/trace/person?qr_id=QR-alice&case_id=HN-2026-001"
         assert _get(url)[0] == 401
         assert _get(url, {"Authorization": "Bearer not-a-token"})[0] == 401
         assert _get(url, admin_headers(data_dir))[0] == 403
@@ -305,20 +310,23 @@ def test_http_auth_and_cli_through_running_engine(data_dir: Path, capsys: pytest
         status, body = _get(url + "&format=csv&include_unverified=1", auth)
         assert status == 200 and kh("gina") in body.decode()
         t1 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((T0 + HOUR) / 1000))
-        status, body = _get(engine.url + f"/v1/trace/venue?venue_id=bakery&to={t1}", auth)
+        status, body = _get(engine.url + f"/v1/trace/venue?venue_id=bakery&to={t1}&case_id=HN-2026-001", auth)
         assert status == 200 and [s["person_key"] for s in json.loads(body)["stays"]] == [kh("frank")]
-        assert _get(engine.url + "/v1/trace/person?person_key=nothex", auth)[0] == 400
+        assert _get(engine.url + "/v1/trace/person?person_key=nothex&case_id=HN-2026-001", auth)[0] == 400
 
-        args = ["trace", "person", "--qr-id", "QR-alice", "--data-dir", str(data_dir), "--port", str(engine.port)]
-        assert main([*args, "--token", token, "--format", "json"]) == 0
+        args = ["trace", "person", "--qr-id", "QR-alice", "--data-dir", str(data_dir), "--port", str(engine.port),
+                "--case-id", "HN-2026-001"]  # fmt: skip
+        monkeypatch.setenv("ENGINE_TRACER_TOKEN", token)
+        assert main([*args, "--format", "json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["exposures"][0]["person_key"] == kh("bob")
         # the store is the engine's: without a tracer token the CLI says what to do rather than failing oddly
+        monkeypatch.delenv("ENGINE_TRACER_TOKEN")
         assert main(args) == 2
         assert "tracer-add" in capsys.readouterr().err
     finally:
         engine.terminate()
-    assert "trace by alice-tracer" in engine.log_path.read_text()
+    assert 'trace answered: tracer="alice-tracer" kind=person subject="qr_id=QR-alice"' in engine.log_path.read_text()
 
 
 def reference_pairing(scans: list[Scan], *, dwell_min: float, max_stay_min: float) -> list[Stay]:

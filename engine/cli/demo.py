@@ -97,8 +97,11 @@ def demo_scanner_ctx(
         from engine.devices.client import ScannerClient, make_scan
 
         async def run() -> None:
+            from engine.web.tls import client_context
+
             host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
-            client = ScannerClient(f"http://{host}:{config.port}", DEMO_DEVICE, device.signing_key)
+            scheme, ctx = ("https", client_context(pinned=[config.tls_cert])) if config.tls else ("http", None)
+            client = ScannerClient(f"{scheme}://{host}:{config.port}", DEMO_DEVICE, device.signing_key, ssl_context=ctx)
             rng = random.Random()
             try:
                 await asyncio.sleep(1.0)

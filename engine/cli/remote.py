@@ -7,6 +7,7 @@ to open the store itself.
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -25,7 +26,17 @@ class EngineUnreachable(EngineError):
 
 def engine_url(cfg: Config) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-    return f"http://{host}:{cfg.port}"
+    return f"{'https' if cfg.tls else 'http'}://{host}:{cfg.port}"
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """With TLS on, the CLI trusts exactly the engine's own certificate (it connects to loopback, which the
+    certificate rarely names; only the holder of that certificate's key can answer)."""
+    if not cfg.tls:
+        return None
+    from engine.web.tls import client_context
+
+    return client_context(pinned=[cfg.tls_cert])
 
 
 def admin_token(cfg: Config) -> str | None:
@@ -45,7 +56,7 @@ def call_engine(
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=_tls_context(cfg)) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

@@ -8,6 +8,9 @@ import logging
 import os
 
 from engine.config import Config
+from engine.errors import ConfigError
+from engine.ops.logs import configure_logging
+from engine.permissions import restrict_umask
 
 
 async def _freeze_startup_heap(app: object) -> None:
@@ -24,10 +27,21 @@ def _run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from engine.web.app import create_app
+    from engine.web.keys import TLS_CONTEXT
+    from engine.web.listeners import is_loopback
 
+    restrict_umask()  # before anything is created: WAL segments, chdb parts, secrets, logs of this process
     config = Config.from_sources(args)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level)
+    if args.demo and not (is_loopback(config.host) and is_loopback(config.ops_host)):
+        raise ConfigError(
+            "--demo puts a trusted issuer's private key in the data directory: it listens on loopback only "
+            f"(not {config.host})"
+        )
+    if args.demo and str(config.tls_client_ca) not in ("", "."):
+        raise ConfigError("--demo's scanner has no client certificate: run it without --tls-client-ca")
     app = create_app(config)
+    tls = app.get(TLS_CONTEXT)
     if args.demo:
         from engine.cli.demo import demo_codes, demo_scanner_ctx, prepare_demo
 
@@ -40,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         app,
         host=config.host,
         port=config.port,
+        ssl_context=tls.context if tls is not None else None,
         shutdown_timeout=config.shutdown_timeout_s,
         keepalive_timeout=config.keepalive_timeout_s,
         access_log=None,
@@ -55,6 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--demo",
         action="store_true",
-        help="first run: create a demo issuer key, trust list and scanner device in the data directory",
+        help="first run: create a demo issuer key, trust list and scanner device in the data directory (loopback only)",
     )
     p.set_defaults(func=_run)

@@ -1,9 +1,12 @@
-"""Contact-tracing commands: ``trace person``, ``trace venue`` and ``tracer-add``.
+"""Contact-tracing commands: ``trace person``, ``trace venue``, and the tracer credentials: ``tracer-add``,
+``tracer-list``, ``tracer-revoke``.
 
-Where the answer comes from is the command's problem, not the user's: with a ClickHouse server DSN it
-queries the server directly; otherwise it asks a running engine over HTTP with a tracer token (``--token``
-or ``ENGINE_TRACER_TOKEN``), and when no engine answers it opens the embedded store itself (chdb lets one
-process hold it). All three print the same output, rendered by ``engine.tracing.render``.
+Every trace needs a tracer token (``ENGINE_TRACER_TOKEN`` or ``--token-file FILE``, never the command line,
+where every local user reads it) and a case or purpose id (``--case-id``). The command asks a running engine
+over HTTP; when none answers it opens the store itself, and then the same gate applies in this process: the
+token is checked against the data directory's tracers, the case id is required, and the audit record is
+written to the same chain (under the chain's writer lock) before anything is printed. All paths print the same
+output, rendered by ``engine.tracing.render``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import os
 import sys
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from engine.cli.remote import EngineUnreachable, call_engine
@@ -55,33 +59,77 @@ def _query_string(args: argparse.Namespace, extra: dict[str, str]) -> str:
     return urllib.parse.urlencode(q)
 
 
-def _run(args: argparse.Namespace, path: str, extra: dict[str, str], local: Any) -> int:
-    """Ask the server, the running engine, or the embedded store, in that order of preference."""
+def tracer_token(args: argparse.Namespace) -> str:
+    """The tracer token from ``--token-file`` (0600), ``ENGINE_TRACER_TOKEN`` or the deprecated ``--token``."""
+    from engine.permissions import read_secret_file
+
+    if args.token_file:
+        return read_secret_file(Path(args.token_file), "tracer token file")
+    token = os.environ.get("ENGINE_TRACER_TOKEN") or args.token
+    if not token:
+        raise EngineError(
+            "tracing needs a tracer token: ENGINE_TRACER_TOKEN or --token-file FILE (mode 0600); an operator issues "
+            "one with `python -m engine tracer-add NAME`"
+        )
+    return str(token)
+
+
+def _run(args: argparse.Namespace, path: str, extra: dict[str, str], ask: Any, local: Any) -> int:
+    """Ask the running engine; when none answers, open the store here, through the same gate."""
     from engine.tracing import render as tracing
+    from engine.tracing.gate import check_case_id
 
     cfg = Config.from_sources(args)
-    trace = None
-    if not cfg.store_dsn.startswith("chdb://"):
-        trace = _with_store(cfg, local)
-    else:
-        token = args.token or os.environ.get("ENGINE_TRACER_TOKEN") or None
-        try:
-            doc = call_engine(cfg, "GET", f"{path}?{_query_string(args, extra)}", token=token)
-            trace = tracing.from_json(doc)
-        except EngineUnreachable:
-            trace = _with_store(cfg, local)
+    token = tracer_token(args)
+    check_case_id(args.case_id)
+    try:
+        doc = call_engine(cfg, "GET", f"{path}?{_query_string(args, {**extra, 'case_id': args.case_id})}", token=token)
+        trace = tracing.from_json(doc)
+    except EngineUnreachable:
+        trace = _with_store(cfg, token, ask, local)
     sys.stdout.write(tracing.render(trace, args.format))
     return 0
 
 
-def _with_store(cfg: Config, fn: Any) -> Any:
-    from engine.store.store import Store
-    from engine.tracing.queries import TraceQueries
+def _local_client() -> str:
+    """Who traced, for the audit record, when the CLI reads the store itself: the local account and host."""
+    import getpass
+    import socket
 
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"cli {user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _with_store(cfg: Config, token: str, ask: Any, fn: Any) -> Any:
+    """The direct path: the gate (token, case id, audit chain) in this process, record stored before printing."""
+    from engine.permissions import restrict_umask
+    from engine.store.store import Store
+    from engine.tracing.audit import AuditLog
+    from engine.tracing.gate import TraceGate
+    from engine.tracing.queries import TraceQueries
+    from engine.web.app import check_private_files
+    from engine.web.trace import result_size
+
+    restrict_umask()
+    check_private_files(cfg)
+    tracers = TracerRegistry.for_data_dir(cfg.data_dir)
+    tracers.authenticate(token)  # refused before the store is even opened
+    the_ask = ask(_local_client())
     store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
     try:
         store.migrate()
-        return fn(TraceQueries(store.query))
+        audit = AuditLog(store, cfg.data_dir).open()
+        try:
+            gate = TraceGate(tracers, audit)
+            tracer = gate.admit(token, the_ask)
+            trace = fn(TraceQueries(store.query))
+            gate.record(tracer, the_ask, result_size(trace))
+        finally:
+            audit.close()
+        return trace
     finally:
         store.close()
 
@@ -93,32 +141,87 @@ def _times(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _person(args: argparse.Namespace) -> int:
+    from engine.tracing.gate import TraceAsk
+    from engine.web.trace import person_subject, trace_parameters
+
     if (args.qr_id is None) == (args.person_key is None):
         raise EngineError("give exactly one of --qr-id or --person-key")
     opt, (t0, t1) = _options(args), _times(args)
     extra = {"qr_id": args.qr_id} if args.qr_id is not None else {"person_key": args.person_key}
+    kind = "second_degree" if opt.second_degree else "person"
+    subject = person_subject(args.person_key, args.qr_id)
     return _run(
         args,
         "/v1/trace/person",
         extra,
+        lambda client: TraceAsk(kind, subject, args.case_id, trace_parameters(t0, t1, opt), client),
         lambda q: q.person(person_key=args.person_key, qr_id=args.qr_id, from_ms=t0, to_ms=t1, options=opt),
     )
 
 
 def _venue(args: argparse.Namespace) -> int:
+    from engine.tracing.gate import TraceAsk
+    from engine.web.trace import trace_parameters
+
     opt, (t0, t1) = _options(args), _times(args)
-    return _run(args, "/v1/trace/venue", {"venue_id": args.venue_id}, lambda q: q.venue(args.venue_id, t0, t1, opt))
+    return _run(
+        args,
+        "/v1/trace/venue",
+        {"venue_id": args.venue_id},
+        lambda client: TraceAsk(
+            "venue", f"venue_id={args.venue_id}", args.case_id, trace_parameters(t0, t1, opt), client
+        ),
+        lambda q: q.venue(args.venue_id, t0, t1, opt),
+    )
 
 
 def _tracer_add(args: argparse.Namespace) -> int:
     cfg = Config.from_sources(args)
-    token = TracerRegistry.for_data_dir(cfg.data_dir).add(args.name)
-    print(token)
+    registry = TracerRegistry.for_data_dir(cfg.data_dir)
+    token = registry.add(args.name, args.valid_days)
+    tracer = next(t for t in registry.tracers() if t.name == args.name)
+    if args.token_out:
+        from engine.durable import create_private_file
+
+        create_private_file(Path(args.token_out), token.encode() + b"\n")
+    else:
+        print(token)
     print(
-        f"tracer {args.name!r} created; this token is shown once and stored only as a hash. "
-        "Use it as ENGINE_TRACER_TOKEN or --token.",
+        f"tracer {args.name!r} created, valid until {_when(tracer.expires)}; the token is shown once and stored "
+        "only as a hash. Use it as ENGINE_TRACER_TOKEN or --token-file FILE (0600).",
         file=sys.stderr,
     )
+    return 0
+
+
+def _when(ts: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _tracer_list(args: argparse.Namespace) -> int:
+    import time
+
+    cfg = Config.from_sources(args)
+    now = time.time()
+    tracers = TracerRegistry.for_data_dir(cfg.data_dir).tracers()
+    if args.json:
+        import orjson
+
+        doc = [{"name": t.name, "created": t.created, "expires": t.expires, "revoked": t.revoked, "state": t.state(now)}
+               for t in tracers]  # fmt: skip
+        print(orjson.dumps({"tracers": doc}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for t in tracers:
+        print(f"{t.name:32} {t.state(now):8} created {_when(t.created)}  expires {_when(t.expires)}")
+    return 0
+
+
+def _tracer_revoke(args: argparse.Namespace) -> int:
+    cfg = Config.from_sources(args)
+    tracer = TracerRegistry.for_data_dir(cfg.data_dir).revoke(args.name)
+    print(f"tracer {tracer.name!r} revoked at {_when(tracer.revoked)} (refused from its next request)")
     return 0
 
 
@@ -132,7 +235,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dwell-min", type=float, default=60.0, help="stay assumed when an exit is missing (min)")
     p.add_argument("--margin-min", type=float, default=15.0, help="stays this close count as overlapping (min)")
     p.add_argument("--max-stay-min", type=float, default=720.0, help="longest stay an entry/exit pair may span")
-    p.add_argument("--token", help="tracer token for a running engine [env ENGINE_TRACER_TOKEN]")
+    p.add_argument("--case-id", required=True, help="the case or purpose this trace serves (kept in the audit log)")
+    p.add_argument("--token-file", help="file holding the tracer token (mode 0600) [or env ENGINE_TRACER_TOKEN]")
+    p.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: argv is readable by every local user
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -153,4 +258,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tracer-add", help="create a tracer credential and print its token once")
     Config.add_arguments(p)
     p.add_argument("name")
+    p.add_argument("--valid-days", type=float, default=90.0, help="days until the token expires (default 90, max 366)")
+    p.add_argument("--token-out", help="write the token to this new file (0600) instead of printing it")
     p.set_defaults(func=_tracer_add)
+    p = sub.add_parser("tracer-list", help="tracers with their state (active, expired, revoked) and expiry")
+    Config.add_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_tracer_list)
+    p = sub.add_parser("tracer-revoke", help="end a tracer's token at once")
+    Config.add_arguments(p)
+    p.add_argument("name")
+    p.set_defaults(func=_tracer_revoke)

@@ -8,6 +8,7 @@ the two sides cannot drift apart. The contract itself is written down in ``engin
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -77,17 +78,20 @@ class ScannerClient:
         key: SigningKey,
         *,
         session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.device_id = device_id
         self._key = key
+        self._ssl = ssl_context  # https: the server's trust anchor, and the device's client certificate for mTLS
         self._session = session
         self._owns_session = session is None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running loop, and constructors here are sync.
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def post_scans(

@@ -176,7 +176,7 @@ class WriteAheadLog:
     # -- open / recovery -------------------------------------------------------------------------------------
     def open(self) -> None:
         """Create the directory, take the process lock, verify every segment, repair a torn tail."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # acknowledged scans: owner only
         self._take_dir_lock()
         try:
             (self.directory / "checkpoint.tmp").unlink(missing_ok=True)
@@ -317,7 +317,7 @@ class WriteAheadLog:
             return seg
         path = self.directory / f"{first:020d}{_SEG_SUFFIX}"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
             raise self._os_error(f"create {path}", exc) from exc
         try:
@@ -401,7 +401,7 @@ class WriteAheadLog:
             tmp, final = self.directory / "checkpoint.tmp", self.directory / "checkpoint"
             head = struct.pack("<8sQ", _CKPT_MAGIC, lsn)
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
                     os.write(fd, head + struct.pack("<I", zlib.crc32(head)))
                     self._fsync_fd(fd)

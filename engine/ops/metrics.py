@@ -64,6 +64,23 @@ class Metrics:
         self.cache_hit_ratio = Gauge("engine_cache_hit_ratio", "Cache hits / lookups since start", registry=r)
         self.store_up = Gauge("engine_store_up", "1 if the last store operation succeeded", registry=r)
         self.active_devices = Gauge("engine_active_devices", "Devices that sent a request in the last 60 s", registry=r)
+        self.auth_failures = Counter(
+            "engine_auth_failures",
+            "Failed authentications of tracer and operator credentials, by credential kind and reason",
+            ["credential", "reason"],
+            registry=r,
+        )
+        self.traces = Counter(
+            "engine_traces", "Traces answered (each with its audit record), by kind", ["kind"], registry=r
+        )
+        self.traces_refused = Counter(
+            "engine_traces_refused", "Traces refused after authentication, by cause", ["cause"], registry=r
+        )
+        self.audit_chain_ok = Gauge(
+            "engine_audit_chain_ok",
+            "1 if the audit chain matched its anchor at start (else tracing is refused)",
+            registry=r,
+        )
         for v in VERDICTS:
             self.scans_acked.labels(verdict=v)
         self._refreshers: list[Callable[[], None]] = []

@@ -120,7 +120,7 @@ class Store:
         try:
             if dsn.startswith("chdb:"):
                 path = Path(urlparse(dsn).path or ".")
-                path.mkdir(parents=True, exist_ok=True)
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)  # scans are personal data: owner only
                 client = clickhouse_connect.get_client(dsn=dsn, tz_mode="aware")
             elif dsn.startswith(("http://", "https://")):
                 client = clickhouse_connect.get_client(
@@ -287,6 +287,24 @@ class Store:
                     column_names=["device_id", "public_key", "label", "revoked", "registered_at", "updated_at"],
                     database=self.database,
                     column_type_names=_DEVICE_TYPES,
+                    column_oriented=True,
+                ),
+            )
+
+    def insert_rows(
+        self, table: str, column_names: Sequence[str], column_types: Sequence[str], columns: Sequence[Sequence[Any]]
+    ) -> None:
+        """A small column-oriented insert into one of our tables (the audit log's records), types given so the
+        driver needs no round trip to describe the table."""
+        with self._lock:
+            self._run(
+                f"insert into {table}",
+                lambda: self._client.insert(
+                    table,
+                    [list(c) for c in columns],
+                    column_names=list(column_names),
+                    database=self.database,
+                    column_type_names=list(column_types),
                     column_oriented=True,
                 ),
             )

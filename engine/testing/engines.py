@@ -47,7 +47,7 @@ class Fixture:
 
 def make_fixture(data_dir: Path) -> Fixture:
     """Write a trust list with one issuer key into ``data_dir`` (as an operator would before first start)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the engine refuses a data directory others can read
     issuer, device = SigningKey.generate(), SigningKey.generate()
     pk = bytes(issuer.verify_key)
     now = int(time.time())
@@ -66,6 +66,7 @@ def engine_config(data_dir: Path, **overrides: Any) -> Config:
         "verify_threads": 2,
         "shutdown_timeout_s": 10.0,
         "insert_interval_ms": 50.0,  # tests wait for the store; production paces inserts at 3 s
+        "ops_port": 0,  # the operations listener on a free loopback port (InProcessEngine.ops_url)
     }
     base.update(overrides)
     return Config(**base).validate()
@@ -91,13 +92,24 @@ class EngineProcess:
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.env = {**os.environ, "ENGINE_DATA_DIR": str(data_dir), "ENGINE_PORT": str(self.port), **env}
+        self.ops_port = free_port()
+        self.env = {
+            **os.environ,
+            "ENGINE_DATA_DIR": str(data_dir),
+            "ENGINE_PORT": str(self.port),
+            "ENGINE_OPS_PORT": str(self.ops_port),
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "engine.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def start(self, timeout: float = 60.0) -> EngineProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
@@ -156,16 +168,37 @@ class InProcessEngine:
     """An engine inside the test process (aiohttp test server), with its fixture and a signed scanner client."""
 
     def __init__(self, server: Any, fx: Fixture) -> None:
-        from engine.web.keys import RUNTIME
+        from engine.web.keys import LISTENERS, RUNTIME
 
         self.server, self.fx, self.app = server, fx, server.app
         self._runtime_key = RUNTIME
         self.url = str(server.make_url("")).rstrip("/")
-        self.client = ScannerClient(self.url, DEVICE_ID, fx.device)
+        self.client = ScannerClient(self.url, DEVICE_ID, fx.device, ssl_context=self.client_tls())
+        self.ops_url = self.app[LISTENERS].ops_url  # /metrics, /dashboard, /v1/stats
+        self.ops = ScannerClient(self.ops_url, DEVICE_ID, fx.device)  # its request() for plain GETs there
 
     @property
     def rt(self) -> Any:
         return self.app[self._runtime_key]
+
+    def client_tls(self, *, cert: Any = None) -> Any:
+        """An SSL context trusting this engine's certificate (None without TLS); ``cert`` = (chain, key) for mTLS."""
+        from engine.web.keys import CONFIG
+        from engine.web.tls import client_context
+
+        cfg = self.app[CONFIG]
+        if not cfg.tls:
+            return None
+        ctx = client_context(pinned=[cfg.tls_cert])
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        return ctx
+
+    def tracer(self, name: str = "tracer-1", **kwargs: Any) -> dict[str, str]:
+        """A new tracer's ``Authorization`` header (the token goes nowhere else)."""
+        from engine.tracing.credentials import TracerRegistry
+
+        return {"Authorization": "Bearer " + TracerRegistry.for_data_dir(self.fx.data_dir).add(name, **kwargs)}
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read the engine's own store on its store thread (the embedded store belongs to the engine)."""
@@ -186,10 +219,15 @@ class EngineStarter:
 
     async def __call__(self, **overrides: Any) -> Any:
         from engine.web.app import create_app
+        from engine.web.keys import TLS_CONTEXT
 
         fx = make_fixture(self.tmp_path / f"e{len(self.engines)}")
+        prepare = overrides.pop("prepare", None)
+        if prepare is not None:  # e.g. write certificates into the data directory before the app is built
+            overrides.update(prepare(fx.data_dir))
         app = create_app(engine_config(fx.data_dir, **{**self.defaults, **overrides}))
-        e = self.cls(await self.aiohttp_server(app), fx)
+        tls = app.get(TLS_CONTEXT)
+        e = self.cls(await self.aiohttp_server(app, **({"ssl": tls.context} if tls else {})), fx)
         status, body = await e.client.request(
             "POST", "/v1/admin/devices", device_registration(fx), headers_override=admin_headers(fx.data_dir)
         )
@@ -200,3 +238,4 @@ class EngineStarter:
     async def close(self) -> None:
         for e in self.engines:
             await e.client.close()
+            await e.ops.close()

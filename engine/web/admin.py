@@ -20,19 +20,23 @@ from engine.codes.payload import b64url_decode_canonical, b64url_encode
 from engine.devices.auth import Device
 from engine.errors import AuthError, EngineError, ForbiddenError, PayloadError
 from engine.web.body import read_body
-from engine.web.keys import RUNTIME, Runtime
+from engine.web.keys import AUTH_FAILURES, RUNTIME, TLS_CONTEXT, Runtime
 
 log = logging.getLogger(__name__)
 
 
 def require_admin(request: web.Request) -> Runtime:
+    """The runtime, for a caller holding the admin token; every failure is counted and logged (rate-limited)."""
     rt = request.app[RUNTIME]
     header = request.headers.get("Authorization", "")
+    failures = request.app[AUTH_FAILURES]
     if not header.startswith("Bearer "):
+        failures.record("admin", "missing", request.remote or "?")
         raise AuthError("operator endpoints need Authorization: Bearer <admin token>")
     if request.headers.get("X-Device-Id"):
         raise ForbiddenError("scanner credentials are not accepted on operator endpoints")
     if not hmac.compare_digest(header[7:].strip().encode(), rt.admin_token.encode()):
+        failures.record("admin", "invalid", request.remote or "?")
         raise AuthError("admin token is not valid")
     return rt
 
@@ -110,7 +114,10 @@ async def wal_state(request: web.Request) -> web.Response:
 
 
 async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
-    """SIGHUP reloads the trust list, as operators expect of a long-running daemon."""
+    """SIGHUP reloads the trust list and the TLS certificate, as operators expect of a long-running daemon.
+
+    The certificate goes into the listeners' existing SSL context (``engine.web.tls``): open connections stay
+    up, new handshakes get the new certificate; a bad new pair is logged and the old one stays in force."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
@@ -120,6 +127,12 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
                 await app[RUNTIME].reload_trust()
             except EngineError as exc:
                 log.error("trust list reload on SIGHUP failed, keeping the old list: %s", exc)
+            tls = app.get(TLS_CONTEXT)
+            if tls is not None:
+                try:
+                    tls.reload()
+                except EngineError as exc:
+                    log.error("TLS certificate reload on SIGHUP failed, keeping the old one: %s", exc)
 
         task = loop.create_task(reload())
         pending.add(task)

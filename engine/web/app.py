@@ -30,11 +30,31 @@ from engine.errors import EngineError, OverloadedError, RateLimitedError
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
+from engine.ops.authlog import AuthFailures
 from engine.ops.metrics import Metrics
+from engine.permissions import private_dir, require_private
 from engine.store.store import Store
+from engine.tracing.audit import HEAD_FILE, AuditLog
+from engine.tracing.credentials import TRACERS_FILE, TracerRegistry
+from engine.tracing.gate import TraceGate
+from engine.tracing.quotas import TracerQuotas
 from engine.verify import make_verifier
-from engine.web import admin, dashboard, scans, trace
-from engine.web.keys import CONFIG, METRICS, RUNTIME, STORE, WAL, Runtime
+from engine.web import admin, audit, dashboard, scans, trace
+from engine.web.keys import (
+    AUTH_FAILURES,
+    CONFIG,
+    LISTENERS,
+    METRICS,
+    RUNTIME,
+    STORE,
+    TLS_CONTEXT,
+    TRACE_GATE,
+    WAL,
+    Listeners,
+    Runtime,
+)
+from engine.web.listeners import check_listeners, ops_listener_ctx
+from engine.web.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,7 +63,7 @@ T = TypeVar("T")
 WAL_BYTES_PER_ROW = 130
 
 #: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers, the dashboard
-ROUTE_MODULES = (scans, admin, trace, dashboard)
+ROUTE_MODULES = (scans, admin, trace, audit, dashboard)
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
@@ -164,6 +184,22 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
 
 
+async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The tracing audit chain of this data directory, held (locked) for the engine's life; the trace gate."""
+    cfg, rt = app[CONFIG], app[RUNTIME]
+    log_ = await rt.in_store_thread(lambda: AuditLog(rt.store, cfg.data_dir).open())
+    app[METRICS].audit_chain_ok.set(0 if log_.broken else 1)
+    app[TRACE_GATE] = TraceGate(
+        TracerRegistry.for_data_dir(cfg.data_dir),
+        log_,
+        quotas=TracerQuotas(cfg.tracer_person_per_hour, cfg.tracer_wide_per_hour),
+        failures=app[AUTH_FAILURES],
+        metrics=app[METRICS],
+    )
+    yield
+    log_.close()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     """Runs when the listener has closed, before in-flight handlers are awaited: refuse new work cleanly."""
     if RUNTIME in app:
@@ -207,14 +243,39 @@ async def error_middleware(
     return response
 
 
+def check_private_files(config: Config) -> None:
+    """Least privilege on disk (docs/security.md): the data directory 0700, created so if missing; refuse to start
+    when it, the WAL or store directory, or a secret is open to other users, with the chmod that fixes it."""
+    private_dir(config.data_dir)
+    d = config.data_dir
+    paths = [
+        (d, "data directory"),
+        (config.wal_path, "WAL directory"),
+        (config.secret_path, "person-key secret"),
+        (d / "admin.token", "admin token"),
+        (d / TRACERS_FILE, "tracer credentials file"),
+        (d / HEAD_FILE, "audit anchor"),
+    ]
+    if config.store_dsn.startswith("chdb://"):
+        paths.append((d / "store", "embedded store directory"))
+    require_private(paths)
+
+
 def create_app(config: Config) -> web.Application:
     """The app factory: the only way an engine is built, by ``serve`` and by the tests alike."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    check_listeners(config)
+    check_private_files(config)
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx])
+    app[LISTENERS] = Listeners()
+    app[AUTH_FAILURES] = AuthFailures(app[METRICS])
+    tls = ServerTLS.from_config(config)
+    if tls is not None:
+        app[TLS_CONTEXT] = tls
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _audit_ctx])
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTE_MODULES:
         routes.setup(app)
+    app.cleanup_ctx.append(ops_listener_ctx([error_middleware]))  # last: it serves what the others built
     return app

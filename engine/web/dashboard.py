@@ -1,6 +1,7 @@
 """The operations dashboard over HTTP: the page and its assets, ``/v1/stats`` and its server-sent event stream.
 
-The figures come from :class:`engine.ops.dashboard.StatsRing`, which derives them from the app's own metrics
+Served on the operations listener (``--ops-host/--ops-port``, loopback by default). The figures come from
+:class:`engine.ops.dashboard.StatsRing`, which derives them from the app's own metrics
 once a second; everything the page needs is shipped in the package (no CDN).
 """
 
@@ -95,11 +96,16 @@ async def dashboard_asset(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application, *, interval_s: float = 1.0, window_s: float = 5.0, history_s: float = 300.0) -> None:
+    """The stats ring lives with the engine's app; its routes are served by the operations listener
+    (``engine.web.listeners``), never by the device/tracer listener."""
     app[STATS] = StatsRing(app[METRICS], interval_s=interval_s, window_s=window_s, history_s=history_s)
     app.cleanup_ctx.append(_stats_ctx)
     app.on_shutdown.append(_end_streams)
-    app.router.add_get("/dashboard", dashboard_page)
-    app.router.add_get("/dashboard/", dashboard_slash)
-    app.router.add_get("/dashboard/{name}", dashboard_asset)
-    app.router.add_get("/v1/stats", stats)
-    app.router.add_get("/v1/stats/stream", stats_stream)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/dashboard", dashboard_page)
+    router.add_get("/dashboard/", dashboard_slash)
+    router.add_get("/dashboard/{name}", dashboard_asset)
+    router.add_get("/v1/stats", stats)
+    router.add_get("/v1/stats/stream", stats_stream)

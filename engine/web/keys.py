@@ -21,9 +21,12 @@ from engine.devices.auth import DeviceRegistry
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
+from engine.ops.authlog import AuthFailures
 from engine.ops.metrics import Metrics
 from engine.store.store import Store
 from engine.threads import keeping_name
+from engine.tracing.gate import TraceGate
+from engine.web.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +47,7 @@ class Runtime:
     admin_token: str
     started: float
     shutting_down: bool = False
+    ready_cause: str = "ok"  # the last /readyz cause, so a change is logged once
 
     async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on the one store thread (chdb is single-process, one call at a time)."""
@@ -59,8 +63,19 @@ class Runtime:
         return trust
 
 
+@dataclass
+class Listeners:
+    """Where this engine's listeners ended up (a port of 0 is chosen at bind time): tests and the CLI read it."""
+
+    ops_url: str = ""
+
+
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 RUNTIME = web.AppKey("runtime", Runtime)
 STORE = web.AppKey("store", Store)
 WAL = web.AppKey("wal", WriteAheadLog)
+TLS_CONTEXT = web.AppKey("tls_context", ServerTLS)
+LISTENERS = web.AppKey("listeners", Listeners)
+AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
+TRACE_GATE = web.AppKey("trace_gate", TraceGate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -10,13 +11,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.errors import OverloadedError, PayloadError
+from engine.errors import NotFoundError, OverloadedError, PayloadError
 from engine.ingest.batcher import SubmitResult
 from engine.ingest.intake import parse_body, render_answer
 from engine.web.body import read_body
-from engine.web.keys import METRICS, RUNTIME
+from engine.web.keys import METRICS, RUNTIME, TLS_CONTEXT
 from engine.web.openapi import openapi_document
+from engine.web.tls import require_device_certificate
 
+log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 
 
@@ -31,6 +34,9 @@ async def post_scans(request: web.Request) -> web.Response:
         raise OverloadedError("the engine is shutting down; retry", 5.0)
     if request.content_type != "application/json":
         raise PayloadError("Content-Type must be application/json")
+    tls = request.app.get(TLS_CONTEXT)
+    if tls is not None and tls.requires_client_certificates:  # from the headers, before any body is read
+        require_device_certificate(request.transport, request.headers.get("X-Device-Id", ""))
     body = await read_body(request)  # size bounded by client_max_size (413), time by body_timeout_s (408)
     device = rt.devices.authenticate(request.method, request.path_qs, request.headers, body)
     now_ms = int(time.time() * 1000)
@@ -58,27 +64,35 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "alive"})
 
 
+#: readiness causes, the only thing /readyz tells an anonymous caller (details go to the log and /metrics)
+READY_CAUSES = ("ok", "shutting_down", "store_unavailable", "wal_over_budget")
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = the store answers and the WAL is within budget; load balancers stop sending otherwise."""
+    """Ready = the store answers and the WAL is within budget; load balancers stop sending otherwise.
+
+    The answer is ``{"ready", "cause"}`` and nothing more: the store's error text names DSN users, hosts and
+    paths, which an anonymous probe must not learn. Why the node is not ready goes to the log (once per change
+    of cause) and to ``/metrics`` and ``/v1/admin/wal``.
+    """
     rt = request.app[RUNTIME]
     try:
         store_ok = await asyncio.wait_for(rt.in_store_thread(rt.store.ping), timeout=2.0)
     except TimeoutError:
         store_ok = False
-    budget = rt.config.wal_budget_mb << 20
-    wal_ok = rt.wal.backlog_bytes <= budget
-    ready = store_ok and wal_ok and rt.drain.store_ok
-    return _json(
-        {
-            "ready": ready,
-            "store": "ok" if store_ok and rt.drain.store_ok else f"unavailable: {rt.drain.last_error or 'ping failed'}",
-            "wal_backlog_bytes": rt.wal.backlog_bytes,
-            "wal_backlog_records": rt.wal.backlog_records,
-            "wal_budget_bytes": budget,
-            "queue_scans": rt.batcher.queued_scans,
-        },
-        status=200 if ready else 503,
-    )
+    if rt.shutting_down:
+        cause = "shutting_down"
+    elif not (store_ok and rt.drain.store_ok):
+        cause = "store_unavailable"
+    elif rt.wal.backlog_bytes > rt.config.wal_budget_mb << 20:
+        cause = "wal_over_budget"
+    else:
+        cause = "ok"
+    if cause != rt.ready_cause:
+        rt.ready_cause = cause
+        detail = rt.drain.last_error or "ping failed" if cause == "store_unavailable" else ""
+        log.log(logging.INFO if cause == "ok" else logging.WARNING, "readiness: %s %s", cause, detail)
+    return _json({"ready": cause == "ok", "cause": cause}, status=200 if cause == "ok" else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -89,9 +103,16 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
 
 
+async def on_ops_listener(request: web.Request) -> web.Response:
+    raise NotFoundError(
+        f"{request.path} is served on the operations listener (--ops-host/--ops-port, loopback by default), not here"
+    )
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/scans", post_scans)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
+    for path in ("/metrics", "/dashboard", "/v1/stats"):
+        app.router.add_get(path, on_ops_listener)

@@ -1,43 +1,53 @@
-"""Tracing over HTTP: ``GET /v1/trace/person`` and ``/v1/trace/venue`` for tracer credentials only."""
+"""Tracing over HTTP: ``GET /v1/trace/person`` and ``/v1/trace/venue`` for tracer credentials only.
+
+Every trace goes through the :class:`engine.tracing.gate.TraceGate` (token, ``case_id``, allowance, audit chain),
+and its audit record is stored on the store thread before the answer is sent: if the record cannot be written,
+the tracer gets a 503 and no data.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
-import logging
+import re
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from engine.errors import AuthError, ForbiddenError, PayloadError
-from engine.tracing.credentials import TracerRegistry
+from engine.errors import ForbiddenError, PayloadError
+from engine.ingest.intake import MAX_VENUE_CHARS
+from engine.tracing.gate import TraceAsk
 from engine.tracing.model import PersonTrace, TraceOptions, VenueTrace, parse_time
 from engine.tracing.queries import TraceQueries
 from engine.tracing.render import to_csv, to_json
-from engine.web.keys import CONFIG, RUNTIME
+from engine.web.keys import AUTH_FAILURES, CONFIG, RUNTIME, TRACE_GATE
 
-log = logging.getLogger(__name__)
-
-
-_TRACERS = web.AppKey("tracers", TracerRegistry)
+_VENUE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}")
 
 
-def require_tracer(request: web.Request) -> str:
-    """The tracer's name; scanner devices and the operator's admin token are refused even when valid."""
+def bearer_token(request: web.Request) -> str | None:
+    """The tracer token offered, if any; scanner-device credentials and the admin token are refused even when valid."""
     if request.headers.get("X-Device-Id") or request.headers.get("X-Signature"):
         raise ForbiddenError("scanner-device credentials cannot trace")
     header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer ") or not header[7:].strip():
-        raise AuthError("tracing needs Authorization: Bearer <tracer token>")
-    token = header[7:].strip()
-    if hmac.compare_digest(token.encode(), request.app[RUNTIME].admin_token.encode()):
+    token = header[7:].strip() if header.startswith("Bearer ") else ""
+    if token and hmac.compare_digest(token.encode(), request.app[RUNTIME].admin_token.encode()):
+        request.app[AUTH_FAILURES].record("tracer", "admin_token", client_address(request))
         raise ForbiddenError(
             "the admin token is not a tracer credential: create one with `python -m engine tracer-add NAME`"
         )
-    tracer = request.app[_TRACERS].authenticate(token)
-    if tracer is None:
-        raise AuthError("tracer token is not valid")
-    return tracer.name
+    return token or None
+
+
+def client_address(request: web.Request) -> str:
+    """The peer address; behind a declared TLS terminator, the address it forwarded too (as it claimed it)."""
+    peer = request.remote or "?"
+    if request.app[CONFIG].plaintext_behind_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if forwarded:
+            return f"{forwarded[:100]} via {peer}"
+    return peer
 
 
 def options_from_query(q: Any) -> tuple[int | None, int | None, TraceOptions]:
@@ -62,38 +72,76 @@ def options_from_query(q: Any) -> tuple[int | None, int | None, TraceOptions]:
     return t0, t1, opt
 
 
+def trace_parameters(t0: int | None, t1: int | None, opt: TraceOptions) -> dict[str, Any]:
+    """What the audit record keeps of a trace's parameters (the CLI's direct path uses the same)."""
+    return {"from_ms": t0, "to_ms": t1, **dataclasses.asdict(opt)}
+
+
+def _format(q: Any) -> str:
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise PayloadError("format must be json or csv")
+    return str(fmt)
+
+
 def _respond(trace: PersonTrace | VenueTrace, fmt: str) -> web.Response:
     if fmt == "csv":
         return web.Response(text=to_csv(trace), content_type="text/csv")
-    if fmt != "json":
-        raise PayloadError("format must be json or csv")
     return web.Response(body=orjson.dumps(to_json(trace)), content_type="application/json")
 
 
+def person_subject(person_key: str | None, qr_id: str | None) -> str:
+    if (person_key is None) == (qr_id is None):
+        raise PayloadError("give exactly one of qr_id or person_key")
+    return f"qr_id={qr_id}" if qr_id is not None else f"person_key={person_key}"
+
+
+def result_size(trace: PersonTrace | VenueTrace) -> int:
+    if isinstance(trace, PersonTrace):
+        return len(trace.visits) + len(trace.contacts)
+    return len(trace.stays)
+
+
 async def trace_person(request: web.Request) -> web.Response:
-    name = require_tracer(request)
     q = request.query
+    token = bearer_token(request)
+    fmt = _format(q)
     t0, t1, opt = options_from_query(q)
+    pk, qr = q.get("person_key"), q.get("qr_id")
+    kind = "second_degree" if opt.second_degree else "person"
+    ask = TraceAsk(
+        kind, person_subject(pk, qr), q.get("case_id", ""), trace_parameters(t0, t1, opt), client_address(request)
+    )
+    gate = request.app[TRACE_GATE]
+    tracer = gate.admit(token, ask)
     rt = request.app[RUNTIME]
     queries = TraceQueries(rt.store.query)
-    pk, qr = q.get("person_key"), q.get("qr_id")
     trace = await rt.in_store_thread(lambda: queries.person(person_key=pk, qr_id=qr, from_ms=t0, to_ms=t1, options=opt))
-    log.info("trace by %s: person (%d visits, %d contacts)", name, len(trace.visits), len(trace.contacts))
-    return _respond(trace, q.get("format", "json"))
+    response = _respond(trace, fmt)
+    await rt.in_store_thread(gate.record, tracer, ask, result_size(trace))  # before the answer leaves
+    return response
 
 
 async def trace_venue(request: web.Request) -> web.Response:
-    name = require_tracer(request)
     q = request.query
+    token = bearer_token(request)
+    fmt = _format(q)
     t0, t1, opt = options_from_query(q)
     venue_id = q.get("venue_id", "")
+    if not _VENUE.fullmatch(venue_id):
+        raise PayloadError(f"venue_id must be 1-{MAX_VENUE_CHARS} characters of letters, digits and _ . : -")
+    ask = TraceAsk(
+        "venue", f"venue_id={venue_id}", q.get("case_id", ""), trace_parameters(t0, t1, opt), client_address(request)
+    )
+    gate = request.app[TRACE_GATE]
+    tracer = gate.admit(token, ask)
     rt = request.app[RUNTIME]
     trace = await rt.in_store_thread(TraceQueries(rt.store.query).venue, venue_id, t0, t1, opt)
-    log.info("trace by %s: venue %s (%d stays)", name, venue_id, len(trace.stays))
-    return _respond(trace, q.get("format", "json"))
+    response = _respond(trace, fmt)
+    await rt.in_store_thread(gate.record, tracer, ask, result_size(trace))
+    return response
 
 
 def setup(app: web.Application) -> None:
-    app[_TRACERS] = TracerRegistry.for_data_dir(app[CONFIG].data_dir)
     app.router.add_get("/v1/trace/person", trace_person)
     app.router.add_get("/v1/trace/venue", trace_venue)
