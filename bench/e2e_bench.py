@@ -13,8 +13,12 @@ at 0 % and 80 % repeat codes, beside the verify-only cost measured in the same r
 one thread, cold codes) — and the same load against ``bench/naive_server.py``, the plain handler a user
 might have written, as scans per server CPU-second.
 
+With ``--tls`` every engine scenario also runs with TLS on (a certificate made by the bench, TLS 1.3 with the
+engine's defaults, keep-alive connections as scanners hold them), interleaved with the plain runs, and the
+summary sets the engine's CPU per scan with TLS against without, side by side.
+
 Usage: python bench/e2e_bench.py [--quick] [--requests N] [--scans N] [--concurrency N] [--json FILE]
-                                 [--batch-size N] [--repeat-shares 0,0.8]
+                                 [--batch-size N] [--repeat-shares 0,0.8] [--tls]
 
 ``run(args) -> dict`` is the same run without printing, for ``bench/suite.py``; ``parser()`` gives its arguments.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import random
 import statistics
 import subprocess
@@ -148,12 +153,13 @@ def bodies(codes: list[str], per_request: int) -> list[bytes]:
 
 
 async def drive(
-    url: str, key: SigningKey, payloads: list[bytes], concurrency: int
+    url: str, key: SigningKey, payloads: list[bytes], concurrency: int, tls: ssl.SSLContext | None = None
 ) -> tuple[list[float], dict[str, int]]:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     queue = list(reversed(payloads))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls if tls is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
             while queue:
@@ -176,7 +182,9 @@ async def drive(
     return latencies, statuses
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 90, tls: ssl.SSLContext | None = None
+) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -184,7 +192,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
+            with urllib.request.urlopen(url + "/healthz", timeout=1, context=tls):
                 return
         except OSError:
             time.sleep(0.2)
@@ -192,7 +200,8 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -
 
 
 def stored_scans(url: str) -> int:
-    """``engine_scans_stored_total`` from the engine's /metrics (0 for the naive server, which has none)."""
+    """``engine_scans_stored_total`` from the engine's /metrics (0 for the naive server, which has none);
+    ``url`` is the engine's operations listener."""
     import urllib.request
 
     try:
@@ -224,20 +233,31 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         fx = make_fixture(Path(tmp))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        device_pk = b64url_encode(bytes(fx.device.verify_key))
+        port, ops_port = free_port(), free_port()
+        tls = None
         env = {
             **os.environ,
             "ENGINE_DATA_DIR": tmp,
             "ENGINE_PORT": str(port),
+            "ENGINE_OPS_PORT": str(ops_port),
             "ENGINE_DEVICE_RATE": "100000",
             "ENGINE_DEVICE_BURST": "100000",
             "ENGINE_LOG_LEVEL": "WARNING",
         }
-        if target == "engine" and args.batch_size:
+        if target == "engine-tls":  # a certificate made here, pinned by the load generator
+            from engine.testing.certificates import TestCA
+            from engine.web.tls import client_context
+
+            server = TestCA(Path(tmp) / "tls").server()
+            env["ENGINE_TLS_CERT"], env["ENGINE_TLS_KEY"] = str(server.cert), str(server.key)
+            tls = client_context(pinned=[server.cert])
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        ops_url = f"http://127.0.0.1:{ops_port}"
+        device_pk = b64url_encode(bytes(fx.device.verify_key))
+        engine = target in ("engine", "engine-tls")
+        if engine and args.batch_size:
             env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
-        if target == "engine":
+        if engine:
             cmd = [sys.executable, "-m", "engine", "serve"]
         elif target.startswith("floor-"):  # bench/floor_bench.py: the stack alone, one stage at a time
             cmd = [sys.executable, str(ROOT / "bench" / "floor_server.py"), "--stage", target.removeprefix("floor-")]
@@ -256,8 +276,8 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            wait_healthy(url, proc)
-            if target == "engine":
+            wait_healthy(url, proc, tls=tls)
+            if engine:
                 import urllib.request
 
                 token = (Path(tmp) / "admin.token").read_text().strip()
@@ -267,18 +287,19 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                     method="POST",
                 )
-                urllib.request.urlopen(req, timeout=30).read()
+                urllib.request.urlopen(req, timeout=30, context=tls).read()
             codes = make_codes(fx.issuer, args.requests * args.scans, repeat_share, rng)
             payloads = bodies(codes, args.scans)
             # warm-up outside the measurement: connections, code paths, first chdb parts
-            asyncio.run(drive(url, fx.device, bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans), 4))
-            stored0 = stored_scans(url)
+            warm = bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans)
+            asyncio.run(drive(url, fx.device, warm, 4, tls))
+            stored0 = stored_scans(ops_url)
             threads0 = thread_times(proc.pid)
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency))
+            latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency, tls))
             wall, ack_cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
             # the scans are acknowledged (durable in the WAL); the store insert is still part of their cost
-            wait_stored(url, stored0 + len(codes) if target == "engine" else None)
+            wait_stored(ops_url, stored0 + len(codes) if engine else None)
             cpu = cpu_seconds(proc.pid) - cpu0
             threads1 = thread_times(proc.pid)
         finally:
@@ -289,7 +310,7 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
     return Result(
         target=target,
         repeat_share=repeat_share,
-        batch_size=args.batch_size if target == "engine" else None,
+        batch_size=args.batch_size if target.startswith("engine") else None,
         scans=n,
         wall_s=round(wall, 3),
         scans_per_s=round(n / wall, 1),
@@ -342,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
         help="run every scenario this many times, interleaved; report medians and per-run ratios to the "
         "verify-only samples taken just before and after each run (the host's drift cancels)",
     )
+    ap.add_argument(
+        "--tls", action="store_true", help="also run every engine scenario with TLS on, interleaved, side by side"
+    )
     ap.add_argument("--json", type=Path, help="also write results as JSON")
     return ap
 
@@ -359,7 +383,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = [verify_only_us(n_codes)]
     results = []
     for _ in range(max(1, getattr(args, "rounds", 1))):
-        for target in ("engine",) if args.no_naive else ("engine", "naive"):
+        engines = ("engine", "engine-tls") if getattr(args, "tls", False) else ("engine",)
+        for target in engines if args.no_naive else (*engines, "naive"):
             for share in args.repeat_shares:
                 r = run_scenario(target, share, args)
                 samples.append(verify_only_us(n_codes))
@@ -414,12 +439,12 @@ def main() -> None:
         " store = WAL → ClickHouse insert; chdb = ClickHouse's own threads):"
     )
     for r in results:
-        if r.target != "engine":
+        if not r.target.startswith("engine"):
             continue
         st = by_stage(r.cpu_us_by_thread)
         ack = st["loop"] + st["verify"] + st["wal"]
         print(
-            f"  engine {r.repeat_share:>4.0%}: "
+            f"  {r.target:10} {r.repeat_share:>4.0%}: "
             + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
             + f"  | ack path {ack:.1f} ({ack / r.verify_us_adjacent:.2f}× verify-only),"
             + f" store+chdb {st['store'] + st['chdb']:.1f}  | until the last 202: {r.ack_cpu_us_per_scan:.1f}"
@@ -437,7 +462,7 @@ def main() -> None:
                 f"{med(r.cpu_us_per_scan / r.verify_us_adjacent for r in g):.2f} "
                 f"(runs {', '.join(f'{r.cpu_us_per_scan / r.verify_us_adjacent:.2f}' for r in g)})"
             )
-            if target == "engine":
+            if target.startswith("engine"):
                 stages = [by_stage(r.cpu_us_by_thread) for r in g]
                 pipeline = [r.cpu_us_per_scan - st["verify"] for r, st in zip(g, stages, strict=True)]
                 line += f", pipeline outside the verify thread {med(pipeline):.1f} µs/scan"
@@ -449,6 +474,17 @@ def main() -> None:
                     in_run = [r.cpu_us_per_scan / st["verify"] for r, st in zip(g, stages, strict=True)]
                     line += f", total ÷ verify thread {med(in_run):.3f} (runs {', '.join(f'{x:.3f}' for x in in_run)})"
             print(line)
+    if getattr(args, "tls", False):
+        print("\nTLS on vs off (engine CPU µs per scan until stored, medians over the rounds, same run):")
+        for share in args.repeat_shares:
+            off = statistics.median(r.cpu_us_per_scan for r in groups[("engine", share)])
+            on = statistics.median(r.cpu_us_per_scan for r in groups[("engine-tls", share)])
+            loop_off = statistics.median(by_stage(r.cpu_us_by_thread)["loop"] for r in groups[("engine", share)])
+            loop_on = statistics.median(by_stage(r.cpu_us_by_thread)["loop"] for r in groups[("engine-tls", share)])
+            print(
+                f"  {share:>4.0%} repeats: off {off:.1f}, on {on:.1f} → {100 * (on - off) / off:+.1f} % "
+                f"(event loop {loop_off:.1f} → {loop_on:.1f}; target ≤ +5 %)"
+            )
     if not args.no_naive:
         for share in args.repeat_shares:
             eng, nai = groups[("engine", share)], groups[("naive", share)]

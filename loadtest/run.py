@@ -67,6 +67,7 @@ class Engine:
             "PYTHONPATH": str(ROOT),
             "ENGINE_HOST": HOST,
             "ENGINE_PORT": str(self.port),
+            "ENGINE_OPS_PORT": str(free_port()),  # the operations listener, off the shared default port
             "ENGINE_DATA_DIR": str(data_dir),
             "ENGINE_LOG_LEVEL": "WARNING",
             **extra_env,
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     while run_dir.exists():
         run_dir = run_dir.with_name(run_dir.name + "x")
     data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(mode=0o700, parents=True)  # the engine refuses a data directory others can read
     keys = Keyring.create(args.devices)
     keys.save(run_dir / "keys.json")
     keys.trust_list(int(time.time())).save(data_dir / "trust.json")

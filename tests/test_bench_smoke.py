@@ -112,3 +112,33 @@ def test_floor_bench_measures_every_part_of_the_stack(tmp_path: Path) -> None:
     assert doc["floor_us"] == pytest.approx(med["intake"] + med["store"], abs=0.02)
     assert doc["floor_vs_verify"] == pytest.approx(doc["floor_us"] / med["verify"], rel=0.01)
     assert "floor = intake + store" in done.stdout
+
+
+@pytest.mark.slow
+def test_e2e_bench_tls_runs_beside_plain(tmp_path: Path) -> None:
+    """``e2e_bench.py --tls`` makes its own certificate, drives the engine over HTTPS beside the plain run, and
+    prints the side-by-side line; every request got its 202 over both."""
+    out = tmp_path / "e2e.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/e2e_bench.py",
+            "--quick",
+            "--tls",
+            "--no-naive",
+            "--repeat-shares",
+            "0",
+            "--json",
+            str(out),
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    assert [r["target"] for r in doc["results"]] == ["engine", "engine-tls"]
+    for r in doc["results"]:
+        assert r["statuses"] == {"202": 40} and r["cpu_us_per_scan"] > 0, r
+    assert "TLS on vs off" in done.stdout

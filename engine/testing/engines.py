@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,8 +90,11 @@ def free_port() -> int:
 class EngineProcess:
     """``python -m engine serve`` as a child process, for crash and signal tests."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *, ssl_context: ssl.SSLContext | None = None, **env: str) -> None:
+        """``env`` is the engine's configuration (``ENGINE_*``): secrets travel there, never in argv.
+        ``ssl_context`` is how this harness reaches an engine started with TLS (its certificate pinned)."""
         self.data_dir = data_dir
+        self.ssl_context = ssl_context
         self.port = free_port()
         self.ops_port = free_port()
         self.env = {
@@ -105,7 +109,7 @@ class EngineProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ops_url(self) -> str:
@@ -121,7 +125,7 @@ class EngineProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"engine exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1, context=self.ssl_context) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -140,14 +144,14 @@ class EngineProcess:
 
     def get_json(self, path: str, headers: dict[str, str] | None = None) -> Any:
         req = urllib.request.Request(self.url + path, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as r:
             return orjson.loads(r.read())
 
     def post_json(self, path: str, body: bytes, headers: dict[str, str]) -> Any:
         req = urllib.request.Request(
             self.url + path, data=body, method="POST", headers={**headers, "Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as r:
             return orjson.loads(r.read())
 
 

@@ -99,7 +99,8 @@ def ops_listener_ctx(
         ops_routes(ops.router)
         runner = web.AppRunner(ops, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        tls = app.get(TLS_CONTEXT)
+        # TLS where it crosses a network; on loopback plain HTTP, so Prometheus on the host needs no certificate
+        tls = app.get(TLS_CONTEXT) if not is_loopback(cfg.ops_host) else None
         site = web.TCPSite(runner, cfg.ops_host, cfg.ops_port, ssl_context=tls.context if tls else None)
         await site.start()
         server = site._server
