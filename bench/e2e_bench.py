@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import random
+import ssl
 import statistics
 import subprocess
 import sys

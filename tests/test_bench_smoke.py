@@ -119,18 +119,9 @@ def test_e2e_bench_tls_runs_beside_plain(tmp_path: Path) -> None:
     """``e2e_bench.py --tls`` makes its own certificate, drives the engine over HTTPS beside the plain run, and
     prints the side-by-side line; every request got its 202 over both."""
     out = tmp_path / "e2e.json"
+    cmd = [sys.executable, "bench/e2e_bench.py", "--quick", "--tls", "--no-naive", "--repeat-shares", "0"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "bench/e2e_bench.py",
-            "--quick",
-            "--tls",
-            "--no-naive",
-            "--repeat-shares",
-            "0",
-            "--json",
-            str(out),
-        ],  # fmt: skip
+        [*cmd, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
