@@ -91,13 +91,13 @@ class Config:
         if not password or not dsn.startswith(("http://", "https://")):
             return dsn
         scheme, rest = dsn.split("://", 1)
-        netloc, _, tail = rest.partition("/")
+        netloc, sep, tail = rest.partition("/")
         userinfo, at, hostport = netloc.rpartition("@")
         if ":" in userinfo:
             raise ConfigError("the DSN already holds a password: give it in one place only (a file or the env)")
         user = urllib.parse.quote(urllib.parse.unquote(userinfo) if at else "default", safe="")
         quoted = urllib.parse.quote(password, safe="")
-        return f"{scheme}://{user}:{quoted}@{hostport}" + (f"/{tail}" if tail else "")
+        return f"{scheme}://{user}:{quoted}@{hostport}{sep}{tail}"
 
     @property
     def tls(self) -> bool:
@@ -161,7 +161,11 @@ class Config:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in."""
+        """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in.
+
+        Abbreviations are off: ``--dsn-password SECRET`` must not be taken for ``--dsn-password-file`` (and the
+        secret then echoed back in "file not found")."""
+        parser.allow_abbrev = False
         for f in fields(cls):
             if f.metadata.get("env_only"):
                 continue
@@ -214,9 +218,14 @@ def argv_secret_warnings(argv: Sequence[str]) -> list[str]:
                     "/proc/<pid>/cmdline: use --dsn-password-file FILE or ENGINE_DSN_PASSWORD instead"
                 )
         elif name in _SECRET_FLAGS:
+            instead = (
+                "--token-file FILE or ENGINE_TRACER_TOKEN"
+                if name == "--token"
+                else ("--dsn-password-file FILE or ENGINE_DSN_PASSWORD")
+            )
             out.append(
                 f"a secret was given as {name} on the command line, readable by every local user in "
-                "/proc/<pid>/cmdline: use --token-file FILE or ENGINE_TRACER_TOKEN instead"
+                f"/proc/<pid>/cmdline: use {instead} instead"
             )
     return out
 

@@ -246,7 +246,8 @@ async def error_middleware(
 def check_private_files(config: Config) -> None:
     """Least privilege on disk (docs/security.md): the data directory 0700, created so if missing; refuse to start
     when it, the WAL or store directory, or a secret is open to other users, with the chmod that fixes it."""
-    private_dir(config.data_dir)
+    if not config.data_dir.exists():
+        private_dir(config.data_dir)
     d = config.data_dir
     paths = [
         (d, "data directory"),
