@@ -14,8 +14,11 @@ shops near home and Zipf venue popularity) and lays routines over it, day after 
 * **one static code per person** for the whole run, minted once under the bench issuer key with
   ``engine.payload.mint``'s construction and cached on disk (signing a million codes costs ~45 s of CPU; a
   cached book loads in well under a second);
-* **devices per venue** (``devices_per_venue``, default 1); a device uploads what it holds every ``hold_s``
-  simulated seconds (each device on its own phase), at most ``max_scans`` scans per request.
+* **devices per venue** (``devices_per_venue``, default 1), or relays that upload for ``venues_per_device``
+  venues (0: one upload stream for the whole city, which is how ``e2e_bench.py`` keeps its requests full); a
+  device uploads what it holds every ``hold_s`` simulated seconds (each device on its own phase), at most
+  ``max_scans`` scans per request. Scanners at single venues upload one or two scans at a time (a venue sees
+  ~100 scans a day), so the request size is a parameter a report must state, not a detail.
 
 Times are local (UTC+7) and the calendar ends at the last local midnight, so every ``scanned_at`` is in the past
 and inside the engine's accepted window (its retention period) as long as ``days`` ≤ 27.
@@ -47,7 +50,7 @@ import numpy as np
 from nacl.bindings import crypto_sign
 from nacl.signing import SigningKey
 
-from bench.synth import DAY_MS, HOUR_MS, World
+from bench.synth import DAY_MS, HOUR_MS, PEOPLE_PER_VENUE, World
 from engine.payload import DOMAIN, Person, b64url_encode, key_id_text, mint
 
 TZ_OFFSET_MS = 7 * HOUR_MS  # Vietnam: routines are local time
@@ -60,6 +63,11 @@ BOOK_FORMAT = 1
 MINT_CHUNK = 25_000
 _SURNAMES = ("NGUYEN", "TRAN", "LE", "PHAM", "HOANG", "HUYNH", "PHAN", "VU", "VO", "DANG", "BUI", "DO")
 _GIVEN = ("VAN AN", "THI BINH", "MINH CHAU", "QUOC DUNG", "THU HA", "DUC KHANH", "HONG LINH", "GIA BAO")
+
+
+def venues_for(people: int) -> int:
+    """As ``bench/synth.py`` sizes its world: a venue for every 40 people."""
+    return max(20, people // PEOPLE_PER_VENUE)
 
 
 def bench_issuer() -> SigningKey:
@@ -179,6 +187,7 @@ class CityParams:
     errand_sigma: float = 0.6
     scanned_out: float = 0.85
     devices_per_venue: int = 1
+    venues_per_device: int = 1  # > 1: a relay uploads for that many venues; 0: one relay for the whole city
     end_ms: int | None = None  # the calendar's end (a local midnight); default: the last one before now
 
     def validate(self) -> CityParams:
@@ -190,6 +199,11 @@ class CityParams:
             (self.errands_per_day >= 0, f"errands_per_day must be >= 0, not {self.errands_per_day}"),
             (self.errand_median_min > 0, f"errand_median_min must be > 0, not {self.errand_median_min}"),
             (self.devices_per_venue >= 1, f"devices_per_venue must be >= 1, not {self.devices_per_venue}"),
+            (self.venues_per_device >= 0, f"venues_per_device must be >= 0, not {self.venues_per_device}"),
+            (
+                self.devices_per_venue == 1 or self.venues_per_device == 1,
+                "devices_per_venue > 1 and relays (venues_per_device != 1) exclude each other",
+            ),
         )
         for ok, message in checks:
             if not ok:
@@ -218,7 +232,7 @@ class City:
         p = self.params = (params or CityParams()).validate()
         end = p.end_ms if p.end_ms is not None else self.last_local_midnight()
         start = end - p.days * DAY_MS
-        self.world = World(p.people, max(20, p.people // 40), start, p.days, p.seed)
+        self.world = World(p.people, venues_for(p.people), start, p.days, p.seed)
         self.start_ms, self.end_ms = start, end
         rng = np.random.default_rng([p.seed, 16])
         self.commuter = rng.random(p.people) < p.commuter_share
@@ -235,6 +249,8 @@ class City:
         # which of its venue's devices took the scan: fixed per (person, venue, day), as a person queues at one
         k = (who.astype(np.int64) * 7919 + day.astype(np.int64) * 104729) % p.devices_per_venue
         self.device: np.ndarray = where.astype(np.int64) * p.devices_per_venue + k
+        if p.venues_per_device != 1:  # relays: one upload stream for a group of venues (or the whole city)
+            self.device = where.astype(np.int64) // p.venues_per_device if p.venues_per_device else np.zeros_like(k)
 
     @staticmethod
     def last_local_midnight(now_ms: int | None = None) -> int:
@@ -276,19 +292,33 @@ class City:
             np.full(len(t), d + 1, np.int16),
         )
 
-    # -- what the benchmarks send -------------------------------------------------------------------------
-    @property
-    def devices(self) -> int:
-        return self.world.venues * self.params.devices_per_venue
+    # -- devices: derived from the parameters alone, so another process can register them without the scans --
+    @staticmethod
+    def device_count(params: CityParams) -> int:
+        venues, per = venues_for(params.people), params.venues_per_device
+        if per == 0:
+            return 1
+        return -(-venues // per) if per > 1 else venues * params.devices_per_venue
 
-    def device_id(self, device: int) -> str:
-        k = self.params.devices_per_venue
+    @staticmethod
+    def device_id_of(params: CityParams, device: int) -> str:
+        if params.venues_per_device != 1:
+            return f"city-relay-{device:05d}"
+        k = params.devices_per_venue
         return f"city-{device // k:06d}-{device % k}"
 
-    def device_key(self, device: int) -> SigningKey:
+    @staticmethod
+    def device_key_of(params: CityParams, device: int) -> SigningKey:
         """Device ``device``'s Ed25519 key, derived from the city's seed (so a run can register them in bulk)."""
-        seed = hashlib.blake2b(f"city-device|{self.params.seed}|{device}".encode(), digest_size=32).digest()
+        seed = hashlib.blake2b(f"city-device|{params.seed}|{device}".encode(), digest_size=32).digest()
         return SigningKey(seed)
+
+    @property
+    def devices(self) -> int:
+        return self.device_count(self.params)
+
+    def device_id(self, device: int) -> str:
+        return self.device_id_of(self.params, device)
 
     def window(self, day: int, hours: tuple[float, float] = (0.0, 24.0)) -> np.ndarray:
         """Indices of the scans taken on ``day`` (1-based) between ``hours`` (local, [from, to))."""
