@@ -4,7 +4,8 @@
 // It exists to prove the contract outside Python: it uses nothing but Node's built-in `crypto` (Ed25519,
 // SHA-256) and `fetch`, reads the key file the engine's `device-register` writes, and signs exactly the
 // message the document specifies. tests/test_device_contract.py runs it against a real engine and checks it
-// reproduces the document's worked example byte for byte. Node >= 20; no npm packages.
+// reproduces the document's worked example byte for byte. No npm packages; Node 18 or later (global fetch,
+// Ed25519 in crypto, base64url), tested with Node 20.
 //
 //   node scanner.mjs pubkey --key venue-0042.key
 //   node scanner.mjs sign   --key K --device-id D --body-file F [--method POST] [--path /v1/scans]
