@@ -44,7 +44,14 @@ T = TypeVar("T")
 #: A scan's share of a WAL batch record, about (engine.record): turns "rows per insert" into the read's byte bound.
 WAL_BYTES_PER_ROW = 130
 
-ROUTE_MODULES: tuple[str, ...] = ("engine.api", "engine.admin", "engine.tracing", "engine.dashboard")
+ROUTE_MODULES: tuple[str, ...] = (
+    "engine.api",
+    "engine.admin",
+    "engine.tracing",
+    "engine.dashboard",
+    "engine.enrollment",
+    "engine.scanner",
+)
 
 
 @dataclass
