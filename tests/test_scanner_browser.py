@@ -412,6 +412,7 @@ async def test_scanner_in_headless_chromium(tmp_path: Path) -> None:
                 (ROOT / "docs" / "scanner.png").write_bytes(png)
             await page.dt.evaluate("document.getElementById('lang').click()")  # English from now on (kept)
             await page.until("English labels", lambda s: s["lang"] == "en" and "Entry" in s["body"])
+            await wait_until(lambda: page.dt.evaluate("window.scanner.prefsSaved === 'en'"), timeout=10)
 
         # 3. a forged code: not verified, and why
         forged = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")

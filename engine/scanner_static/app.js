@@ -3,7 +3,7 @@
 // The code text itself lives only in the outbox until the engine has answered for it.
 
 import { Camera } from "./camera.js";
-import { EnrolError, enrol, isEnrolmentText, loadDevice, saveDevice } from "./device.js";
+import { EnrolError, enrol, isEnrolmentText, loadDevice, loadPrefs, saveDevice, savePrefs } from "./device.js";
 import { language, setLanguage, t, verdictLabel } from "./i18n.js";
 import { Sender, count, enqueue } from "./outbox.js";
 
@@ -18,7 +18,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   mode: "loading", // loading | enrol | scan
   device: null,
-  direction: localStorage.getItem("vnqr.direction") === "out" ? "out" : "in",
+  direction: "in",
   venue: null,
   current: null, // {scan_id, at, masked, direction}
   queue: 0,
@@ -30,6 +30,7 @@ const state = {
   lastError: "",
 };
 window.scanner = state;
+let prefs = {}; // {lang, direction, venue}: kept in IndexedDB
 
 const seen = new Map(); // code text -> last time it was in view (memory only)
 
@@ -197,7 +198,7 @@ function startScanning() {
       return o;
     }),
   );
-  state.venue = venues.includes(localStorage.getItem("vnqr.venue")) ? localStorage.getItem("vnqr.venue") : venues[0];
+  state.venue = venues.includes(prefs.venue) ? prefs.venue : venues[0];
   select.value = state.venue;
   select.disabled = venues.length < 2;
   $("reenrol").hidden = true;
@@ -207,7 +208,10 @@ function startScanning() {
 
 function setDirection(direction) {
   state.direction = direction;
-  localStorage.setItem("vnqr.direction", direction);
+  if (prefs.direction !== direction) {
+    prefs = { ...prefs, direction };
+    savePrefs(prefs);
+  }
   for (const b of document.querySelectorAll(".direction button")) {
     b.setAttribute("aria-checked", String(b.dataset.dir === direction));
   }
@@ -286,24 +290,29 @@ const sender = new Sender(API_BASE, {
 
 // -- start -----------------------------------------------------------------------------------------------
 function relabel() {
-  setLanguage(localStorage.getItem("vnqr.lang") || "vi");
+  setLanguage(prefs.lang || "vi");
   $("lang").textContent = t("lang_button");
   showDevice();
   refreshQueue();
 }
 
 async function main() {
+  prefs = await loadPrefs();
+  state.direction = prefs.direction === "out" ? "out" : "in";
   relabel();
-  $("lang").addEventListener("click", () => {
-    localStorage.setItem("vnqr.lang", language() === "vi" ? "en" : "vi");
+  $("lang").addEventListener("click", async () => {
+    prefs = { ...prefs, lang: language() === "vi" ? "en" : "vi" };
     relabel();
+    await savePrefs(prefs);
+    state.prefsSaved = prefs.lang;
   });
   for (const b of document.querySelectorAll(".direction button")) {
     b.addEventListener("click", () => setDirection(b.dataset.dir));
   }
   $("venue").addEventListener("change", (e) => {
     state.venue = e.target.value;
-    localStorage.setItem("vnqr.venue", state.venue);
+    prefs = { ...prefs, venue: state.venue };
+    savePrefs(prefs);
     showDevice();
   });
   $("enrol-form").addEventListener("submit", (e) => {

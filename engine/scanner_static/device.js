@@ -61,6 +61,16 @@ export async function saveDevice(device) {
   return device;
 }
 
+// Language, direction and venue: IndexedDB rather than localStorage, which the browser writes to disk lazily
+// (a phone switched off soon after a change would forget it).
+export async function loadPrefs() {
+  return (await tx("config", "readonly", (s) => idb(s.get("prefs")))) ?? {};
+}
+
+export async function savePrefs(prefs) {
+  await tx("config", "readwrite", (s) => idb(s.put(prefs, "prefs")));
+}
+
 // -- encodings -------------------------------------------------------------------------------------------
 export function b64url(bytes) {
   let bin = "";
