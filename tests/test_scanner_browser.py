@@ -485,6 +485,42 @@ async def test_scanner_in_headless_chromium(tmp_path: Path) -> None:
     assert len(last_rows) == 1 and last_rows[0][1] == again["device_id"] and last_rows[0][4] == "ok"
 
 
+@pytest.mark.browser
+async def test_scanner_waits_out_retry_after(tmp_path: Path, aiohttp_server: Any) -> None:
+    """A device over its rate limit gets 429 + Retry-After: the page resends the same scan ids, never earlier."""
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; scripts/install.sh does it for CI)")
+    starter = EngineStarter(tmp_path, aiohttp_server, device_rate=0.25, device_burst=1.0)
+    e = await starter()
+    try:
+        issued = await e.rt.in_store_thread(lambda: enrollment.issue(e.rt.store, ["venue-1"]))
+        qr = enrollment.QR_PREFIX + issued[0]
+        video = write_y4m(tmp_path / "burst.y4m", [qr, e.fx.code(1), e.fx.code(2)])
+        async with scanner_page(binary, e.url + "/scanner/", tmp_path / "profile", video) as page:
+            state = await page.until(
+                "both scans answered", lambda s: s["mode"] == "scan" and s["scans"] == 2 and s["queue"] == 0, 40
+            )
+            sends = await page.dt.evaluate("window.scanner.sends")
+        limited = [i for i, s in enumerate(sends) if s["status"] == 429]
+        assert limited, f"the second scan should have met the rate limit: {sends}"
+        for i in limited:
+            assert sends[i]["retry_after_ms"] >= 1000
+            later = sends[i + 1]
+            assert later["sent_at"] >= sends[i]["at"] + sends[i]["retry_after_ms"], (sends[i], later)
+            assert set(sends[i]["scan_ids"]) <= set(later["scan_ids"])  # the same scan ids again
+        assert sends[-1]["status"] == 202 and [h["state"] for h in state["history"]] == ["ok", "ok"]
+        await e.drained()
+        rows = await e.query(
+            "SELECT toString(scan_id), count() FROM scans WHERE device_id = {d:String} GROUP BY scan_id",
+            {"d": issued[1].device_id},
+        )
+        assert sorted(r[0] for r in rows) == sorted(h["scan_id"] for h in state["history"])
+        assert all(r[1] == 1 for r in rows)
+    finally:
+        await starter.close()
+
+
 SIGNING_PROBE = """(async () => {
   const m = await import('./device.js');
   const body = new TextEncoder().encode('{"device_id":"d","scans":[]}');

@@ -32,7 +32,9 @@ const state = {
 window.scanner = state;
 let prefs = {}; // {lang, direction, venue}: kept in IndexedDB
 
-const seen = new Map(); // code text -> last time it was in view (memory only)
+// code text -> last time it was in view, per mode (memory only): a person's code shown while enrolling is not
+// "already seen" once the page can scan it
+const seen = { enrol: new Map(), scan: new Map(), loading: new Map() };
 
 // -- display ---------------------------------------------------------------------------------------------
 function maskedQrId(text) {
@@ -218,9 +220,10 @@ function setDirection(direction) {
 }
 
 function isRepeat(text, now) {
-  for (const [code, at] of seen) if (now - at > REPEAT_MS) seen.delete(code);
-  const last = seen.get(text);
-  seen.set(text, now); // sliding: a code held in view stays one scan however long it stays
+  const map = seen[state.mode];
+  for (const [code, at] of map) if (now - at > REPEAT_MS) map.delete(code);
+  const last = map.get(text);
+  map.set(text, now); // sliding: a code held in view stays one scan however long it stays
   return last !== undefined;
 }
 
@@ -287,6 +290,7 @@ const sender = new Sender(API_BASE, {
   onState: onSendState,
   onRevoked,
 });
+state.sends = sender.log; // {at, status, scan_ids, retry_after_ms}: what was sent when, for people and tests
 
 // -- start -----------------------------------------------------------------------------------------------
 function relabel() {

@@ -51,6 +51,12 @@ export class Sender {
     this.running = false;
     this.again = false;
     this.stopped = false;
+    this.log = []; // the last requests: {sent_at, at (answered), status, scan_ids, retry_after_ms}
+  }
+
+  record(entry) {
+    this.log.push(entry);
+    if (this.log.length > 50) this.log.shift();
   }
 
   // Send now if allowed (a new scan, the network came back, the page became visible).
@@ -124,11 +130,13 @@ export class Sender {
     };
     this.hooks.onState({ state: "sending", items: items.length });
     let res;
+    const sentAt = Date.now();
     const abort = new AbortController();
     const timeout = setTimeout(() => abort.abort(), TIMEOUT_MS);
     try {
       res = await fetch(this.url, { method: "POST", headers, body, cache: "no-store", signal: abort.signal });
     } catch (err) {
+      this.record({ sent_at: sentAt, at: Date.now(), status: 0, scan_ids: items.map((i) => i.scan_id), retry_after_ms: 0 });
       const ms = this.backoff(0, MAX_NETWORK_DELAY_MS);
       this.hooks.onState({ state: "offline", retryInMs: ms, error: String(err) });
       return "failed";
@@ -142,6 +150,8 @@ export class Sender {
       answer = null;
     }
     const message = (answer && answer.message) || `engine answered ${res.status}`;
+    const retryAfter = retryAfterMs(res);
+    this.record({ sent_at: sentAt, at: Date.now(), status: res.status, scan_ids: items.map((i) => i.scan_id), retry_after_ms: retryAfter });
     if (res.status === 202 && answer && Array.isArray(answer.results)) {
       this.attempt = 0;
       this.notBefore = 0;
@@ -166,7 +176,7 @@ export class Sender {
     if (res.status === 401) hint = "clock"; // stale timestamp is the usual cause on a phone
     if (res.status === 429 || res.status === 503) cap = MAX_SERVER_DELAY_MS;
     if (res.status === 400) cap = 60_000; // a bug on our side: keep the scans, do not hammer the engine
-    const ms = this.backoff(retryAfterMs(res), cap);
+    const ms = this.backoff(retryAfter, cap);
     this.hooks.onState({ state: "refused", status: res.status, message, hint, retryInMs: ms });
     return "failed";
   }
