@@ -118,7 +118,7 @@ def code_sha256(code: str) -> str:
 
 
 def proof_message(code: str, public_key_b64: str) -> bytes:
-    """The bytes the page signs with its new key to prove it holds it (``static/scanner/device.js`` mirrors it)."""
+    """The bytes the page signs with its new key to prove it holds it (mirrored in ``scanner_static/device.js``)."""
     return PROOF_DOMAIN + code.encode("ascii") + b"\n" + public_key_b64.encode("ascii")
 
 
