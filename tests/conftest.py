@@ -16,6 +16,8 @@ from nacl.signing import SigningKey
 from engine.payload import Person, key_id
 from engine.trust import TrustedKey, TrustList
 
+pytest_plugins = ["engine.testing.fixtures"]
+
 VECTORS_PATH = Path(__file__).parent / "vectors" / "codes.json"
 FIXED_NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
