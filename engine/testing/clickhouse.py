@@ -44,6 +44,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -108,7 +109,7 @@ def server_entry_point() -> Callable[..., Any]:
             "chdb._chdb.query, the private entry point a test ClickHouse server runs on, is missing in "
             f"{chdb_versions()}; this helper was built for {TESTED_CHDB} (pinned in pyproject.toml)"
         )
-    return query  # type: ignore[no-any-return]
+    return query
 
 
 def free_ports(count: int) -> list[int]:
@@ -131,12 +132,14 @@ def render_config(
     *,
     remote_servers: dict[str, list[int]] | None = None,
     macros: dict[str, str] | None = None,
+    query_log: bool = True,
 ) -> str:
     """The ``config.xml`` of one server: loopback only, its two ports, and optionally a sharded cluster.
 
     ``remote_servers`` maps a cluster name to the native (TCP) ports of its shards, one replica each, all on
     127.0.0.1: what a ``Distributed`` table needs to split inserts and merge reads. ``macros`` (``shard``,
-    ``replica``) let DDL say which shard a server is.
+    ``replica``) let DDL say which shard a server is. ``query_log`` keeps ``system.query_log`` (flushed every
+    second), so a test can check what the server was actually sent, settings included.
     """
     root = ET.Element("clickhouse")
     ET.SubElement(root, "listen_host").text = HOST
@@ -146,6 +149,11 @@ def render_config(
     # then exits 1 without a clean shutdown; with 1 s they close first and the stop is clean (measured: 5.0 s, rc 1
     # with the default; 1.2 s, rc 0 with this). Clients reconnect by themselves (urllib3 drops closed sockets).
     ET.SubElement(root, "keep_alive_timeout").text = str(KEEP_ALIVE_S)
+    if query_log:
+        log = ET.SubElement(root, "query_log")
+        ET.SubElement(log, "database").text = "system"
+        ET.SubElement(log, "table").text = "query_log"
+        ET.SubElement(log, "flush_interval_milliseconds").text = "1000"
     if remote_servers:
         servers = ET.SubElement(root, "remote_servers")
         for name, ports in remote_servers.items():
@@ -182,7 +190,9 @@ class ClickHouseServer:
     """One ClickHouse server in a child process on 127.0.0.1, with its data in ``directory/data``.
 
     Ports are picked free unless given, and kept across :meth:`restart` so a DSN handed out stays valid (fault
-    tests stop a server, keep a client, start it again). Every start waits for ``/ping`` (and the native port) up
+    tests stop a server, keep a client, start it again). ``timezone`` is the server's own zone (clickhouse-local
+    takes it from ``TZ``, not from the config): a server in Asia/Ho_Chi_Minh shows whether anything depends on
+    the server's zone rather than the columns' ``'UTC'``. Every start waits for ``/ping`` (and the native port) up
     to ``start_timeout`` seconds and raises :class:`ClickHouseServerError` with the tail of the child's log if
     the child exits or does not answer. Without ``directory`` a temporary one is made and removed by
     :meth:`cleanup` (called on context exit).
@@ -196,6 +206,8 @@ class ClickHouseServer:
         tcp_port: int | None = None,
         remote_servers: dict[str, list[int]] | None = None,
         macros: dict[str, str] | None = None,
+        timezone: str | None = None,
+        query_log: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
         if start_timeout <= 0:
@@ -214,8 +226,17 @@ class ClickHouseServer:
             self.http_port, self.tcp_port = free_ports(2)
         if self.http_port == self.tcp_port:
             raise ClickHouseServerError(f"http_port and tcp_port must differ (both {self.http_port})")
+        if timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(timezone)
+            except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+                raise ClickHouseServerError(
+                    f"unknown time zone {timezone!r}: an IANA name such as 'Asia/Ho_Chi_Minh' is needed"
+                ) from exc
         self.remote_servers = remote_servers
         self.macros = macros
+        self.timezone = timezone
+        self.query_log = query_log
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -323,12 +344,20 @@ class ClickHouseServer:
     def _spawn(self) -> int:
         """Write the config, start the child, return the log offset where this start's output begins."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        config = render_config(self.http_port, self.tcp_port, remote_servers=self.remote_servers, macros=self.macros)
+        config = render_config(
+            self.http_port,
+            self.tcp_port,
+            remote_servers=self.remote_servers,
+            macros=self.macros,
+            query_log=self.query_log,
+        )
         (self.directory / CONFIG_NAME).write_text(config, encoding="utf-8")
         # the child must import this same tree (tests run a worktree's code through PYTHONPATH, not the install)
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        if self.timezone:
+            env["TZ"] = self.timezone
         command = [
             sys.executable,
             "-m",
@@ -396,7 +425,12 @@ class ClickHouseCluster:
     """
 
     def __init__(
-        self, shards: int, directory: Path | str | None = None, *, name: str = DEFAULT_CLUSTER, start_timeout: float = 30.0
+        self,
+        shards: int,
+        directory: Path | str | None = None,
+        *,
+        name: str = DEFAULT_CLUSTER,
+        start_timeout: float = 30.0,
     ) -> None:
         if shards < 1:
             raise ClickHouseServerError(f"a cluster needs at least 1 shard, not {shards}")

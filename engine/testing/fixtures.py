@@ -1,7 +1,8 @@
 """Pytest fixtures for a real ClickHouse server beside the embedded store (a plugin: ``tests/conftest.py`` loads it).
 
 * ``clickhouse_server``: one :class:`~engine.testing.clickhouse.ClickHouseServer` for the whole run (a start costs
-  about a second and ~250 MB; one per test would cost minutes), stopped at the end of the session.
+  about a second and ~250 MB; one per test would cost minutes), stopped at the end of the session; its zone is
+  ``SERVER_TIMEZONE``.
 * ``clickhouse_database``: a fresh database name on that server per test, dropped afterwards, so tests sharing the
   server never see each other's tables.
 * ``store_dsn``: a :class:`StoreTarget` parametrised over ``embedded`` (chdb in the test's ``tmp_path``) and
@@ -25,6 +26,9 @@ from engine.store import Store
 from engine.testing.clickhouse import HOST, ClickHouseServer
 
 STORE_KINDS = ("embedded", "server")
+# The session server runs in Vietnam's zone, not the host's (UTC in CI): where a national deployment's servers
+# would run, and a zone that makes any read or write depending on the server's zone instead of UTC show up.
+SERVER_TIMEZONE = "Asia/Ho_Chi_Minh"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def _server_command(server: ClickHouseServer, statement: str) -> None:
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
     """One real ClickHouse server on loopback for the whole run. A test that stops or kills it must start it again
     (``restart()``) before it returns; the fixture restarts it for the next test if one forgot."""
-    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse-server"))
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse-server"), timezone=SERVER_TIMEZONE)
     server.start()
     try:
         yield server
@@ -99,4 +103,4 @@ def store_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
     return StoreTarget("server", server.dsn, database, server)
 
 
-__all__ = ["STORE_KINDS", "StoreTarget", "clickhouse_database", "clickhouse_server", "store_dsn"]
+__all__ = ["SERVER_TIMEZONE", "STORE_KINDS", "StoreTarget", "clickhouse_database", "clickhouse_server", "store_dsn"]
