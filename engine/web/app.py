@@ -39,7 +39,7 @@ from engine.tracing.credentials import TRACERS_FILE, TracerRegistry
 from engine.tracing.gate import TraceGate
 from engine.tracing.quotas import TracerQuotas
 from engine.verify import make_verifier
-from engine.web import admin, audit, dashboard, scans, trace
+from engine.web import admin, audit, dashboard, enroll, scanner, scans, trace
 from engine.web.keys import (
     AUTH_FAILURES,
     CONFIG,
@@ -62,8 +62,9 @@ T = TypeVar("T")
 #: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
 WAL_BYTES_PER_ROW = 130
 
-#: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers, the dashboard
-ROUTE_MODULES = (scans, admin, trace, audit, dashboard)
+#: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers (and their audit), the
+#: dashboard, and the browser scanner with its enrolment
+ROUTE_MODULES = (scans, admin, trace, audit, dashboard, enroll, scanner)
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
