@@ -162,7 +162,8 @@ def test_containerfile_builds_from_project_files_and_runs_unprivileged() -> None
     assert env["ENGINE_DATA_DIR"] in volumes
     assert [args for word, args in runtime if word == "EXPOSE"] == [env["ENGINE_PORT"]]
     health = [args for word, args in runtime if word == "HEALTHCHECK"]
-    assert len(health) == 1 and "/healthz" in health[0] and "ENGINE_PORT" in health[0]
+    # the probe uses the operations listener: plain HTTP on the container's loopback whether or not TLS is on
+    assert len(health) == 1 and "/healthz" in health[0] and "ENGINE_OPS_PORT" in health[0]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     entry = [args for word, args in runtime if word == "ENTRYPOINT"]
     assert entry and shlex.split(entry[0].strip("[]").replace(",", " "))[0].strip('"') in scripts

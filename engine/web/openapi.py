@@ -18,7 +18,7 @@ _AUTH_HEADERS = [
         "name": "X-Device-Id",
         "in": "header",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+        "schema": {"type": "string", "pattern": f"^[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}$"},
     },
     {"name": "X-Timestamp", "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
     {
@@ -81,6 +81,12 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     simple = {"type": "object"}
+    ready = {
+        "type": "object",
+        "required": ["ready", "cause"],
+        "additionalProperties": False,
+        "properties": {"ready": {"type": "boolean"}, "cause": {"type": "string", "enum": READY_CAUSES}},
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -131,23 +137,120 @@ def openapi_document() -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Readiness: store reachable and WAL within budget",
+                    "summary": "Readiness: store reachable and WAL within budget; a cause code and nothing else",
                     "responses": {
-                        "200": {"description": "ready", "content": {"application/json": {"schema": simple}}},
-                        "503": {"description": "not ready", "content": {"application/json": {"schema": simple}}},
+                        "200": {"description": "ready", "content": {"application/json": {"schema": ready}}},
+                        "503": {"description": "not ready", "content": {"application/json": {"schema": ready}}},
                     },
                 }
             },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {
-                            "description": "text exposition",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
+            **_tracing_paths(),
+        },
+        "components": {
+            "securitySchemes": {
+                "tracer": {"type": "http", "scheme": "bearer", "description": "tracer token (tracer-add)"},
+                "operator": {"type": "http", "scheme": "bearer", "description": "<data_dir>/admin.token"},
+            }
+        },
+    }
+
+
+#: /metrics, /dashboard and /v1/stats are served on the operations listener (--ops-host/--ops-port), not here
+READY_CAUSES = ["ok", "shutting_down", "store_unavailable", "wal_over_budget"]
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def _tracing_paths() -> dict[str, Any]:
+    """Tracing (tracer token + case id, audited) and the audit log (operator token): docs/security.md."""
+    case = _query(
+        "case_id",
+        {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{2,63}$"},
+        "the case or purpose this trace serves; kept in the audit record",
+        required=True,
+    )
+    period = [
+        _query("from", {"type": "string"}, "period start (ISO 8601 or Unix seconds)"),
+        _query("to", {"type": "string"}, "period end (default now)"),
+        _query("days", {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 366}, "period length"),
+        _query("include_unverified", {"type": "string", "enum": ["0", "1"]}, "also unsigned/ID-card/expired codes"),
+        _query("format", {"type": "string", "enum": ["json", "csv"]}, "answer format"),
+    ]
+    answers = {
+        "200": {"description": "the trace; its audit record was stored before this answer was sent"},
+        "400": _error_response("Missing or malformed case_id, subject or parameter"),
+        "401": _error_response("Missing, unknown, expired or revoked tracer token"),
+        "403": _error_response("Scanner or operator credentials, which cannot trace"),
+        "429": _error_response("The tracer's allowance for this kind of trace is used up; see Retry-After"),
+        "503": _error_response("The audit record cannot be written (store down, audit chain broken): no answer"),
+    }
+    admin = {
+        "200": {"description": "audit records / verification report / chain head"},
+        "400": _error_response("Malformed parameter"),
+        "401": _error_response("Missing or invalid operator token"),
+        "403": _error_response("Scanner credentials"),
+    }
+    return {
+        "/v1/trace/person": {
+            "get": {
+                "summary": "Visits and ranked exposures of an index case (audited)",
+                "security": [{"tracer": []}],
+                "parameters": [
+                    case,
+                    _query("qr_id", {"type": "string", "maxLength": 64}, "the index case's QR id (or person_key)"),
+                    _query("person_key", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}, "or the person key"),
+                    _query("second_degree", {"type": "string", "enum": ["0", "1"]}, "also contacts of contacts"),
+                    *period,
+                ],
+                "responses": answers,
+            }
+        },
+        "/v1/trace/venue": {
+            "get": {
+                "summary": "Everyone at a venue during a period (audited; the stricter allowance)",
+                "security": [{"tracer": []}],
+                "parameters": [
+                    case,
+                    _query(
+                        "venue_id",
+                        {"type": "string", "pattern": f"^[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}$"},
+                        "the venue",
+                        True,
+                    ),
+                    *period,
+                ],
+                "responses": answers,
+            }
+        },
+        "/v1/admin/audit": {
+            "get": {
+                "summary": "Audit records of traces, newest first",
+                "security": [{"operator": []}],
+                "parameters": [
+                    _query("tracer", {"type": "string"}, "only this tracer"),
+                    _query("case_id", {"type": "string"}, "only this case"),
+                    _query("subject", {"type": "string"}, "exactly as traced, e.g. qr_id=…"),
+                    _query("since", {"type": "string"}, "ISO 8601 or Unix seconds"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000}, "at most this many"),
+                ],
+                "responses": admin,
+            }
+        },
+        "/v1/admin/audit/verify": {
+            "get": {
+                "summary": "Recompute every audit chain against its anchor and the heads given",
+                "security": [{"operator": []}],
+                "parameters": [_query("expect", {"type": "string"}, "CHAIN:SEQ:HASH kept off-host")],
+                "responses": admin,
+            }
+        },
+        "/v1/admin/audit/head": {
+            "get": {
+                "summary": "This engine's audit chain head, to keep off-host",
+                "security": [{"operator": []}],
+                "responses": admin,
+            }
         },
     }
