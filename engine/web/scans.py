@@ -44,8 +44,8 @@ async def post_scans(request: web.Request) -> web.Response:
     )
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
-    for _index, error in intake.rejected:
-        metrics.scans_rejected.labels(reason=error.split(" ", 1)[0]).inc()
+    for _index, rejection, _echo in intake.rejected:
+        metrics.scans_rejected.labels(reason=rejection.code).inc()
     if len(intake):
         answer = await rt.batcher.submit(intake, now_ms)
     else:
