@@ -37,6 +37,7 @@ from engine.ingest.items import (
     E_VENUE,
     MAX_QR_CHARS,
     MAX_VENUE_CHARS,
+    VENUE_CHARS,
     echo_scan_id,
     rejected_json,
     scan_time_ms,
@@ -63,22 +64,18 @@ cdef signed char HEX[256]
 
 
 cdef void _init_tables():
+    """The venue table from the reference's own character set (``items.VENUE_CHARS``), so they cannot differ."""
     cdef int c
     for c in range(256):
         VENUE_OK[c] = 0
         HEX[c] = -1
+    for ch in VENUE_CHARS:
+        VENUE_OK[ord(ch)] = 1
     for c in range(ord("0"), ord("9") + 1):
-        VENUE_OK[c] = 1
         HEX[c] = c - ord("0")
-    for c in range(ord("a"), ord("z") + 1):
-        VENUE_OK[c] = 1
-    for c in range(ord("A"), ord("Z") + 1):
-        VENUE_OK[c] = 1
     for c in range(6):
         HEX[ord("a") + c] = 10 + c
         HEX[ord("A") + c] = 10 + c
-    for c in b"_.:-":
-        VENUE_OK[c] = 1
 
 
 _init_tables()

@@ -37,7 +37,7 @@ def parse_time(text: str | None, default: int) -> int:
     """ISO-8601 with a zone (``Z`` accepted) or Unix seconds; naive times are refused as in the trust list."""
     if text is None:
         return default
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "³".isdigit() is True, and int() refuses it
         return int(text)
     try:
         return int(parse_iso(text).timestamp())

@@ -49,10 +49,10 @@ from engine.ingest.items import (
     rejected_json,
     scan_time_ms,
 )
+from engine.store.columns import Strings
 
 #: one rejected item: its index in the request, why, and its scan id as the device sent it (if echoable)
 Rejected = tuple[int, Rejection, str | None]
-from engine.store.columns import Strings
 
 
 def _empty_offsets() -> np.ndarray:

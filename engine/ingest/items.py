@@ -22,9 +22,26 @@ from engine.clock import parse_iso
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
 MAX_VENUE_CHARS = 64
-VENUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
-#: the venue rule as a regular expression, for the OpenAPI document (the check itself uses VENUE_CHARS)
-VENUE_PATTERN = f"^[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}$"
+#: the venue alphabet, spelled once: the checks' character set and the OpenAPI pattern are both made from it
+VENUE_CLASS = "A-Za-z0-9_.:-"
+
+
+def _expand_class(spec: str) -> frozenset[str]:
+    """The characters of a regex character class body made of ``a-z`` ranges and literals (a final ``-`` is one)."""
+    chars: set[str] = set()
+    i = 0
+    while i < len(spec):
+        if i + 2 < len(spec) and spec[i + 1] == "-":
+            chars.update(chr(c) for c in range(ord(spec[i]), ord(spec[i + 2]) + 1))
+            i += 3
+        else:
+            chars.add(spec[i])
+            i += 1
+    return frozenset(chars)
+
+
+VENUE_CHARS = _expand_class(VENUE_CLASS)
+VENUE_PATTERN = f"^[{VENUE_CLASS}]{{1,{MAX_VENUE_CHARS}}}$"
 DIRECTIONS = {"in": 1, "out": 2}
 #: the canonical scan id form: any case, 8-4-4-4-12 hex digits
 SCAN_ID_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -69,7 +86,8 @@ E_DIRECTION = Rejection("direction_invalid", "direction", 'direction must be "in
 E_TIME = Rejection(
     "scanned_at_invalid",
     "scanned_at",
-    "scanned_at must be epoch milliseconds (an integer) or an RFC 3339 time with a zone, e.g. 2025-11-24T16:00:00+07:00",
+    "scanned_at must be epoch milliseconds (an integer) or an RFC 3339 time with a zone, "
+    "e.g. 2025-11-24T16:00:00+07:00",
 )
 E_TIME_NO_ZONE = Rejection(
     "scanned_at_no_zone",
