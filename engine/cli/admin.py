@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from engine.cli.remote import EngineUnreachable, call_engine
+from engine.cli.remote import EngineUnreachable, call_engine, with_store
 from engine.codes.keys import write_key_file
 from engine.codes.payload import b64url_encode
-from engine.config import Config
-from engine.errors import EngineError
+from engine.config import CLIENT_SETTINGS, Config
+from engine.errors import NotFoundError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -34,17 +34,6 @@ def _print(doc: Any, as_json: bool) -> None:
         print(f"{key:22} {json.dumps(value) if isinstance(value, list | dict) else value}")
 
 
-def _with_store(cfg: Config, fn: Any) -> Any:
-    from engine.store.store import Store
-
-    store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
-    try:
-        store.migrate()
-        return fn(store)
-    finally:
-        store.close()
-
-
 def _device_register(args: argparse.Namespace) -> int:
     cfg = _config(args)
     key = write_key_file(args.out, args.device_id)
@@ -55,7 +44,7 @@ def _device_register(args: argparse.Namespace) -> int:
         from engine.devices.auth import Device, DeviceRegistry
 
         DeviceRegistry().put(Device(args.device_id, key.public_key, False, args.label))  # same validation
-        _with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
+        with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
         doc = {"device_id": args.device_id, "registered": "directly in the store (no engine running)"}
     doc["key_file"] = str(args.out)
     _print(doc, args.json)
@@ -71,11 +60,11 @@ def _device_revoke(args: argparse.Namespace) -> int:
         def revoke(store: Any) -> dict[str, Any]:
             match = [d for d in store.devices() if d.device_id == args.device_id]
             if not match:
-                raise EngineError(f"no device {args.device_id}")
+                raise NotFoundError(f"no registered device {args.device_id!r}")
             store.upsert_device(args.device_id, match[0].public_key, revoked=True, label=match[0].label)
             return {"device_id": args.device_id, "revoked": True}
 
-        doc = _with_store(cfg, revoke)
+        doc = with_store(cfg, revoke)
     _print(doc, args.json)
     return 0
 
@@ -93,7 +82,7 @@ def _device_list(args: argparse.Namespace) -> int:
                     "revoked": d.revoked,
                     "label": d.label,
                 }
-                for d in _with_store(cfg, lambda s: s.devices())
+                for d in with_store(cfg, lambda s: s.devices())
             ]
         }
     if args.json:
@@ -120,7 +109,7 @@ def _stats(args: argparse.Namespace) -> int:
     try:
         doc = call_engine(cfg, "GET", "/v1/admin/stats")
     except EngineUnreachable:
-        doc = _with_store(cfg, lambda s: s.stats())
+        doc = with_store(cfg, lambda s: s.stats())
     _print(doc, args.json)
     return 0
 
@@ -164,21 +153,28 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        Config.add_arguments(p)
+    def add(
+        name: str, func: Any, help_text: str, settings: tuple[str, ...] = CLIENT_SETTINGS
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        Config.add_arguments(p, only=settings)
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
         return p
 
     p = add("device-register", _device_register, "create a scanner key file and register the device")
-    p.add_argument("--device-id", required=True)
+    p.add_argument("--device-id", required=True, help="1..64 characters of A-Z a-z 0-9 _ . : -")
     p.add_argument("--out", required=True, type=Path, help="private key file to create (0600)")
-    p.add_argument("--label", default="")
+    p.add_argument("--label", default="", help="free text shown by device-list, e.g. the venue (default: none)")
     p = add("device-revoke", _device_revoke, "revoke a scanner device (effective immediately)")
     p.add_argument("--device-id", required=True)
     add("device-list", _device_list, "list registered scanner devices")
     add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
     add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
-    add("wal", _wal, "write-ahead-log state")
-    add("schema", _schema, "print the DDL (with --cluster NAME: ReplicatedMergeTree + Distributed)")
+    add("wal", _wal, "write-ahead-log state", (*CLIENT_SETTINGS, "wal_dir"))
+    add(
+        "schema",
+        _schema,
+        "print the DDL (with --cluster NAME: ReplicatedMergeTree + Distributed)",
+        ("database", "retention_days", "cluster"),
+    )

@@ -197,7 +197,13 @@ async def list_scans(request: web.Request) -> web.Response:
     flt = ScanFilter.from_query(request.query)
     wider = replace(flt, limit=flt.limit + 1)  # one more row tells whether the listing was cut
     rows = await rt.in_store_thread(listing.list_scans, rt.store.query, rt.store.database, wider)
-    log.info("operator listed scans: %s (%d rows)", flt.as_query(), min(len(rows), flt.limit))
+    shown = min(len(rows), flt.limit)
+    log.info(
+        "operator listed scans: %s (%d rows)",
+        flt.as_query(),
+        shown,
+        extra={"audit": {"scans_list": flt.as_query(), "rows": shown}},
+    )
     body = {"scans": rows[: flt.limit], "limit": flt.limit, "truncated": len(rows) > flt.limit}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

@@ -113,7 +113,13 @@ async def trace_person(request: web.Request) -> web.Response:
     queries = TraceQueries(rt.store.query)
     pk, qr = q.get("person_key"), q.get("qr_id")
     trace = await rt.in_store_thread(lambda: queries.person(person_key=pk, qr_id=qr, from_ms=t0, to_ms=t1, options=opt))
-    log.info("trace by %s: person (%d visits, %d contacts)", name, len(trace.visits), len(trace.contacts))
+    log.info(
+        "trace by %s: person (%d visits, %d contacts)",
+        name,
+        len(trace.visits),
+        len(trace.contacts),
+        extra={"audit": {"tracer": name, "trace": "person", "visits": len(trace.visits)}},
+    )
     return _respond(trace, q.get("format", "json"))
 
 
@@ -133,7 +139,13 @@ async def trace_venue(request: web.Request) -> web.Response:
     venue_id = q.get("venue_id", "")
     rt = request.app[RUNTIME]
     trace = await rt.in_store_thread(TraceQueries(rt.store.query).venue, venue_id, t0, t1, opt)
-    log.info("trace by %s: venue %s (%d stays)", name, venue_id, len(trace.stays))
+    log.info(
+        "trace by %s: venue %s (%d stays)",
+        name,
+        venue_id,
+        len(trace.stays),
+        extra={"audit": {"tracer": name, "trace": "venue", "venue_id": venue_id, "stays": len(trace.stays)}},
+    )
     return _respond(trace, q.get("format", "json"))
 
 
