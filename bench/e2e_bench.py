@@ -14,7 +14,15 @@ one thread, cold codes) — and the same load against ``bench/naive_server.py``,
 might have written, as scans per server CPU-second.
 
 Usage: python bench/e2e_bench.py [--quick] [--requests N] [--scans N] [--concurrency N] [--json FILE]
-                                 [--batch-size N] [--repeat-shares 0,0.8]
+                                 [--batch-size N] [--repeat-shares 0,0.8] [--cache-size N]
+       python bench/e2e_bench.py --workload city [--people N --days D --day D --hours 0-24 --hold-s S
+                                 --venues-per-device N --speedup X] [--repeat-shares 0,0.8]
+
+``--workload city`` drives the engine with a ``bench/population.py`` city instead of a fixed repeat share: the days
+before ``--day`` (and the hours before ``--hours`` on it) are replayed first, unmeasured, so the engine's cache
+holds what a node would have after them; then the window is measured. ``--repeat-shares`` given with it runs
+those scenarios too, for comparison. Every result states the hit rate the run produced, read from the engine's
+``/metrics`` cache counters over the measured requests (the window only, for a city).
 
 ``run(args) -> dict`` is the same run without printing, for ``bench/suite.py``; ``parser()`` gives its arguments.
 """
@@ -43,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from bench import city_load  # noqa: E402
+from bench.population import City, CityParams, CodeBook  # noqa: E402
 from engine.cli.info import collect  # noqa: E402
 from engine.codes.payload import Person, b64url_encode, mint  # noqa: E402
 from engine.devices.client import sign_request  # noqa: E402
@@ -97,7 +107,7 @@ def cpu_by_thread(
 @dataclass
 class Result:
     target: str
-    repeat_share: float
+    repeat_share: float | None
     batch_size: int | None  # ENGINE_BATCH_SIZE given to the engine; None: the engine's default (or naive)
     scans: int
     wall_s: float
@@ -110,6 +120,15 @@ class Result:
     statuses: dict[str, int]
     cpu_us_by_thread: dict[str, float]
     verify_us_adjacent: float = 0.0  # verify-only, mean of the samples taken just before and after this run
+    workload: str = "repeat"  # "repeat" (a fixed repeat share) or "city" (bench/population.py; repeat_share None)
+    hit_rate: float | None = None  # engine_cache_hits_total / engine_cache_lookups_total over the measured requests
+    cache_lookups: int = 0
+    requests: int = 0
+    city: dict[str, Any] | None = None  # the city's parameters and window, for a city run
+
+    @property
+    def scenario(self) -> str:
+        return "city" if self.repeat_share is None else f"{self.repeat_share:.0%}"
 
 
 def make_codes(issuer: SigningKey, n_scans: int, repeat_share: float, rng: random.Random) -> list[str]:
@@ -237,6 +256,8 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
         }
         if target == "engine" and args.batch_size:
             env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
+        if target == "engine" and getattr(args, "cache_size", None) is not None:
+            env["ENGINE_CACHE_SIZE"] = str(args.cache_size)
         if target == "engine":
             cmd = [sys.executable, "-m", "engine", "serve"]
         elif target.startswith("floor-"):  # bench/floor_bench.py: the stack alone, one stage at a time
@@ -273,6 +294,7 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             # warm-up outside the measurement: connections, code paths, first chdb parts
             asyncio.run(drive(url, fx.device, bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans), 4))
             stored0 = stored_scans(url)
+            counts0 = city_load.counters(url) if target == "engine" else None
             threads0 = thread_times(proc.pid)
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency))
@@ -281,6 +303,7 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             wait_stored(url, stored0 + len(codes) if target == "engine" else None)
             cpu = cpu_seconds(proc.pid) - cpu0
             threads1 = thread_times(proc.pid)
+            rate, lookups = city_load.hit_rate(counts0, city_load.counters(url)) if counts0 else (None, 0)
         finally:
             proc.terminate()
             proc.wait(timeout=120)
@@ -304,6 +327,114 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             for k, v in sorted(cpu_by_thread(proc.pid, threads0, threads1).items(), key=lambda kv: -kv[1])
             if v > 0
         },
+        hit_rate=rate,
+        cache_lookups=lookups,
+        requests=len(payloads),
+    )
+
+
+_CITIES: dict[tuple[Any, ...], tuple[City, CodeBook]] = {}
+
+
+def city_of(args: argparse.Namespace) -> tuple[City, CodeBook]:
+    """The run's city and its code book, built once per process (the scans are drawn, the codes cached on disk)."""
+    params = CityParams(
+        people=args.people, days=args.days, seed=args.city_seed, venues_per_device=args.venues_per_device
+    )
+    key = (params, args.code_cache)
+    if key not in _CITIES:
+        city = City(params)
+        _CITIES[key] = (city, CodeBook.mint(params.people, cache_dir=args.code_cache))
+    return _CITIES[key]
+
+
+def run_city(args: argparse.Namespace) -> Result:
+    """One engine driven by the city: warm-up replay of everything before the window, then the measured window."""
+    city, book = city_of(args)
+    day = args.day or city.params.days
+    h0, h1 = args.hours
+    with tempfile.TemporaryDirectory(prefix="e2e-city-") as tmp:
+        fx = make_fixture(Path(tmp))
+        city_load.with_bench_issuer(fx.trust).save(Path(tmp) / "trust.json")
+        city_load.seed_devices(Path(tmp), city.params)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "ENGINE_DATA_DIR": tmp,
+            "ENGINE_PORT": str(port),
+            "ENGINE_DEVICE_RATE": "100000",
+            "ENGINE_DEVICE_BURST": "100000",
+            "ENGINE_LOG_LEVEL": "WARNING",
+        }
+        if args.batch_size:
+            env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
+        if args.cache_size is not None:
+            env["ENGINE_CACHE_SIZE"] = str(args.cache_size)
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        keys = city_load.DeviceKeys(city.params)
+        shape = {"hold_s": args.hold_s, "max_scans": args.scans}
+        try:
+            wait_healthy(url, proc)
+            # the node's history: every earlier day whole, then the window's day up to the window
+            warm: list[Any] = [city.requests(book, d, **shape) for d in range(1, day)]
+            if h0 > 0:
+                warm.append(city.requests(book, day, (0.0, h0), **shape))
+            warmed = 0
+            for reqs in warm:
+                warmed += asyncio.run(city_load.drive(url, keys, reqs, args.concurrency)).scans
+            wait_stored(url, warmed, timeout=600)
+            counts0 = city_load.counters(url)
+            threads0 = thread_times(proc.pid)
+            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            window = city.requests(book, day, (h0, h1), speedup=args.speedup, **shape)
+            sent = asyncio.run(city_load.drive(url, keys, window, args.concurrency))
+            wall, ack_cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+            wait_stored(url, warmed + sent.scans, timeout=600)
+            cpu = cpu_seconds(proc.pid) - cpu0
+            threads1 = thread_times(proc.pid)
+            counts1 = city_load.counters(url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    if not sent.scans:
+        raise SystemExit(f"the city has no scans on day {day} between {h0:g} and {h1:g} h")
+    rate, lookups = city_load.hit_rate(counts0, counts1)
+    n, lat = sent.scans, sorted(sent.latencies)
+    return Result(
+        target="engine",
+        repeat_share=None,
+        batch_size=args.batch_size,
+        scans=n,
+        wall_s=round(wall, 3),
+        scans_per_s=round(n / wall, 1),
+        p50_ms=round(lat[len(lat) // 2] * 1000, 2),
+        p99_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+        server_cpu_s=round(cpu, 3),
+        cpu_us_per_scan=round(cpu / n * 1e6, 2),
+        ack_cpu_us_per_scan=round(ack_cpu / n * 1e6, 2),
+        statuses=sent.statuses,
+        cpu_us_by_thread={
+            k: round(v / n * 1e6, 2)
+            for k, v in sorted(cpu_by_thread(proc.pid, threads0, threads1).items(), key=lambda kv: -kv[1])
+            if v > 0
+        },
+        workload="city",
+        hit_rate=rate,
+        cache_lookups=lookups,
+        requests=sent.requests,
+        city={
+            **city.summary(),
+            "day": day,
+            "hours": [h0, h1],
+            "warm_scans": warmed,
+            "hold_s": args.hold_s,
+            "speedup": args.speedup,
+            "cache_size": args.cache_size,
+        },
     )
 
 
@@ -321,6 +452,31 @@ def verify_only_us(n: int) -> float:
     return statistics.median(samples)
 
 
+def repeat_shares(text: str) -> list[float]:
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            share = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"repeat share {item!r} is not a number") from None
+        if not 0 <= share < 1:
+            raise argparse.ArgumentTypeError(f"repeat share {item!r} must be in [0, 1)")
+        out.append(share)
+    return out
+
+
+def hour_window(text: str) -> tuple[float, float]:
+    """``7-10`` → (7.0, 10.0): local hours, from inclusive, to exclusive, 0 <= from < to <= 24."""
+    lo, sep, hi = text.partition("-")
+    try:
+        window = (float(lo), float(hi))
+    except ValueError:
+        window = (-1.0, -1.0)
+    if not sep or not 0 <= window[0] < window[1] <= 24:
+        raise argparse.ArgumentTypeError(f"hours {text!r}: FROM-TO with 0 <= FROM < TO <= 24, e.g. 7-10")
+    return window
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=400)
@@ -331,10 +487,28 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=None, help="ENGINE_BATCH_SIZE for the engine (default: its own)")
     ap.add_argument(
         "--repeat-shares",
-        type=lambda v: [float(x) for x in v.split(",") if x.strip()],
-        default=[0.0, 0.8],
-        help="comma-separated shares of repeated codes, one scenario each (default 0,0.8)",
+        type=repeat_shares,
+        default=None,
+        help="comma-separated shares of repeated codes, one scenario each (default 0,0.8; none with a city "
+        "unless given)",
     )
+    ap.add_argument("--workload", choices=("repeat", "city"), default="repeat", help="what the scans' codes follow")
+    ap.add_argument("--cache-size", type=int, default=None, help="ENGINE_CACHE_SIZE (default: the engine's own)")
+    city = ap.add_argument_group("city workload (bench/population.py)")
+    city.add_argument("--people", type=int, default=200_000)
+    city.add_argument("--days", type=int, default=3)
+    city.add_argument("--day", type=int, default=0, help="the measured day, 1-based (default: the last)")
+    city.add_argument("--hours", type=hour_window, default=(0.0, 24.0), help="measured local hours, e.g. 7-10")
+    city.add_argument("--hold-s", type=float, default=60.0, help="simulated seconds a device holds scans")
+    city.add_argument(
+        "--venues-per-device",
+        type=int,
+        default=0,
+        help="0: one upload stream for the city (full requests of --scans); 1: a scanner per venue; N: relays",
+    )
+    city.add_argument("--speedup", type=float, default=0.0, help="simulated ÷ wall time; 0: as fast as possible")
+    city.add_argument("--city-seed", type=int, default=1)
+    city.add_argument("--code-cache", type=Path, default=None, help="where minted code books are cached")
     ap.add_argument(
         "--rounds",
         type=int,
@@ -358,9 +532,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # scenarios are interleaved and each run is also set against the two verify-only samples adjacent to it
     samples = [verify_only_us(n_codes)]
     results = []
+    city = getattr(args, "workload", "repeat") == "city"
+    shares = args.repeat_shares if args.repeat_shares is not None else ([] if city else [0.0, 0.8])
     for _ in range(max(1, getattr(args, "rounds", 1))):
+        if city:  # the engine only: the naive server has no cache to measure and no device registry to seed
+            results.append(run_city(args))
+            samples.append(verify_only_us(n_codes))
+            results[-1].verify_us_adjacent = round((samples[-2] + samples[-1]) / 2, 2)
         for target in ("engine",) if args.no_naive else ("engine", "naive"):
-            for share in args.repeat_shares:
+            for share in shares:
                 r = run_scenario(target, share, args)
                 samples.append(verify_only_us(n_codes))
                 r.verify_us_adjacent = round((samples[-2] + samples[-1]) / 2, 2)
@@ -399,16 +579,31 @@ def main() -> None:
     )
     print()
     print(
-        f"{'target':8} {'repeats':>7} {'scans':>7} {'scans/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'CPU µs/scan':>11} {'verify µs':>9} {'ratio':>6}  statuses"
+        f"{'target':8} {'repeats':>7} {'scans':>7} {'scans/req':>9} {'hit rate':>8} {'scans/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'CPU µs/scan':>11} {'verify µs':>9} {'ratio':>6}  statuses"
     )
     for r in results:
+        hit = "-" if r.hit_rate is None else f"{r.hit_rate:.1%}"
         print(
-            f"{r.target:8} {r.repeat_share:>7.0%} {r.scans:>7} {r.scans_per_s:>9.0f} {r.p50_ms:>8.1f} "
-            f"{r.p99_ms:>8.1f} {r.cpu_us_per_scan:>11.1f} {r.verify_us_adjacent:>9.1f} "
-            f"{r.cpu_us_per_scan / r.verify_us_adjacent:>6.2f}  {r.statuses}"
+            f"{r.target:8} {r.scenario:>7} {r.scans:>7} {r.scans / max(1, r.requests):>9.1f} {hit:>8} "
+            f"{r.scans_per_s:>9.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.cpu_us_per_scan:>11.1f} "
+            f"{r.verify_us_adjacent:>9.1f} {r.cpu_us_per_scan / r.verify_us_adjacent:>6.2f}  {r.statuses}"
         )
-    print("  (verify µs: verify-only measured just before and after that run; ratio = CPU µs/scan ÷ it)")
+    print(
+        "  (verify µs: verify-only measured just before and after that run; ratio = CPU µs/scan ÷ it; hit rate:"
+        " the engine's cache hits ÷ lookups over the measured requests, from /metrics)"
+    )
+    for r in results:
+        if r.city:
+            c = r.city
+            size = "its default" if c["cache_size"] is None else f"{c['cache_size']:,}"
+            print(
+                f"  city: {c['params']['people']:,} people, {c['venues']:,} venues, {c['params']['days']} days "
+                f"({c['scans_per_person_day']} scans per person a day); measured day {c['day']}, "
+                f"{c['hours'][0]:g}-{c['hours'][1]:g} h after {c['warm_scans']:,} scans of history; "
+                f"{c['devices']:,} upload streams holding {c['hold_s']:g} s; engine cache "
+                f"{size} entries"
+            )
     print(
         "\nCPU µs per scan until every scan is stored, by stage (ack path = loop + verify + wal: what a 202 costs;"
         " store = WAL → ClickHouse insert; chdb = ClickHouse's own threads):"
@@ -419,13 +614,13 @@ def main() -> None:
         st = by_stage(r.cpu_us_by_thread)
         ack = st["loop"] + st["verify"] + st["wal"]
         print(
-            f"  engine {r.repeat_share:>4.0%}: "
+            f"  engine {r.scenario:>4}: "
             + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
             + f"  | ack path {ack:.1f} ({ack / r.verify_us_adjacent:.2f}× verify-only),"
             + f" store+chdb {st['store'] + st['chdb']:.1f}  | until the last 202: {r.ack_cpu_us_per_scan:.1f}"
             + (f"  | total ÷ verify thread {r.cpu_us_per_scan / st['verify']:.3f}" if r.repeat_share == 0 else "")
         )
-    groups: dict[tuple[str, float], list[Result]] = {}
+    groups: dict[tuple[str, float | None], list[Result]] = {}
     for r in results:
         groups.setdefault((r.target, r.repeat_share), []).append(r)
     if any(len(g) > 1 for g in groups.values()):
@@ -433,7 +628,7 @@ def main() -> None:
         for (target, share), g in groups.items():
             med = statistics.median
             line = (
-                f"  {target:6} {share:>4.0%}: CPU {med(r.cpu_us_per_scan for r in g):.1f} µs/scan, ratio "
+                f"  {target:6} {g[0].scenario:>4}: CPU {med(r.cpu_us_per_scan for r in g):.1f} µs/scan, ratio "
                 f"{med(r.cpu_us_per_scan / r.verify_us_adjacent for r in g):.2f} "
                 f"(runs {', '.join(f'{r.cpu_us_per_scan / r.verify_us_adjacent:.2f}' for r in g)})"
             )
@@ -450,7 +645,7 @@ def main() -> None:
                     line += f", total ÷ verify thread {med(in_run):.3f} (runs {', '.join(f'{x:.3f}' for x in in_run)})"
             print(line)
     if not args.no_naive:
-        for share in args.repeat_shares:
+        for share in sorted({r.repeat_share for r in results if r.target == "naive" and r.repeat_share is not None}):
             eng, nai = groups[("engine", share)], groups[("naive", share)]
             e = statistics.median(r.cpu_us_per_scan for r in eng)
             n = statistics.median(r.cpu_us_per_scan for r in nai)

@@ -64,6 +64,12 @@ def _arguments(parser: Any) -> None:
         help="number of worker processes, so workers take disjoint devices from the keys file",
     )
     parser.add_argument(
+        "--workload-file",
+        env_var="LOADTEST_WORKLOAD_FILE",
+        default="",
+        help="city workload JSON written by loadtest/run.py --workload city (genuine codes follow its routines)",
+    )
+    parser.add_argument(
         "--max-wait",
         env_var="LOADTEST_MAX_WAIT",
         type=float,
@@ -128,7 +134,14 @@ def _shared(environment: Any) -> tuple[Keyring, ScanMix]:
         if not path:
             raise RuntimeError("--keys-file (or LOADTEST_KEYS_FILE) is required: run loadtest/run.py")
         keys = Keyring.load(Path(path))
-        _STATE["keys"], _STATE["mix"], _STATE["next"] = keys, ScanMix(keys), 0
+        opts = environment.parsed_options
+        genuine = None
+        if opts.workload_file:  # this process takes every stride-th scan of the city's time-ordered stream
+            from loadtest.city import city_codes
+
+            worker = getattr(environment.runner, "worker_index", 0) or 0
+            genuine = city_codes(Path(opts.workload_file), start=worker, stride=max(1, opts.device_stride))
+        _STATE["keys"], _STATE["mix"], _STATE["next"] = keys, ScanMix(keys, genuine=genuine), 0
     return _STATE["keys"], _STATE["mix"]
 
 

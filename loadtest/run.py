@@ -3,6 +3,7 @@
     python loadtest/run.py --users 20 --run-time 60
     python loadtest/run.py --shape morning --peak-factor 2 --peak-duration 300
     python loadtest/run.py --workers 2 --users 40 --run-time 120      # one Locust master, two workers
+    python loadtest/run.py --workload city --people 50000 --days 3    # genuine codes follow a city's routines
 
 Each run gets a fresh folder ``<out>/<timestamp>/`` (``--out`` defaults to ``reports/loadtest``) holding the
 engine's data directory (``data/``, kept for inspection), its log, the keys file, the generators' per-process
@@ -34,6 +35,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import city_load  # noqa: E402
+from bench.population import CityParams  # noqa: E402
 from engine.codes.payload import b64url_encode  # noqa: E402
 from loadtest.checker import check, format_confusion, load_results, stored_scans, wal_backlog  # noqa: E402
 from loadtest.scenario import BASE_PEAK_USERS, Keyring  # noqa: E402
@@ -105,6 +108,15 @@ class Engine:
                 if r.status != 201:
                     raise RunError(f"registering {device_id}: HTTP {r.status}")
 
+    def cache_counts(self) -> dict[str, Any]:
+        """The cache hit rate the run produced, from the engine's /metrics counters (read just before the stop)."""
+        try:
+            now = city_load.counters(self.url)
+        except OSError as exc:
+            raise RunError(f"cannot read {self.url}/metrics: {exc}") from None
+        rate, lookups = city_load.hit_rate(dict.fromkeys(city_load.COUNTERS, 0.0), now)
+        return {"hits": int(now["engine_cache_hits_total"]), "lookups": lookups, "hit_rate": rate}
+
     def stop(self, timeout: float = 120.0) -> int:
         """SIGTERM: the engine answers what it accepted, drains the WAL into the store, then exits."""
         if self.proc is None or self.proc.poll() is not None:
@@ -124,6 +136,8 @@ def locust_commands(args: argparse.Namespace, url: str, run_dir: Path) -> list[l
     common = [sys.executable, "-m", "locust", "-f", files, "--host", url, "--loglevel", "WARNING"]
     common += ["--keys-file", str(run_dir / "keys.json"), "--results-dir", str(run_dir / "results")]
     common += ["--device-stride", str(max(1, args.workers)), "--max-wait", str(args.max_wait)]
+    if args.workload == "city":
+        common += ["--workload-file", str(run_dir / "workload.json")]
     driver = ["--headless", "--csv", str(run_dir / "locust"), "--html", str(run_dir / "report.html")]
     driver += ["--stop-timeout", "15", "--only-summary"]
     if args.shape == "morning":
@@ -214,6 +228,9 @@ def print_summary(summary: dict[str, Any], confusion: str) -> None:
         f"PHANTOMS {ck['phantoms']}   ANSWER MISMATCHES {ck['answer_mismatches']}   "
         f"(WAL records not drained at exit: {ck['wal_records_not_drained']})"
     )
+    c = summary["cache"]
+    rate = "n/a" if c["hit_rate"] is None else f"{c['hit_rate']:.1%}"
+    print(f"verified-code cache hit rate {rate} ({c['hits']} hits of {c['lookups']} lookups, from /metrics)")
     print(confusion)
     print("RESULT: " + ("PASS" if summary["ok"] else "FAIL"))
 
@@ -231,7 +248,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peak-duration", type=float, default=120.0, help="morning shape: total seconds")
     ap.add_argument("--workers", type=int, default=0, help="0: one local Locust; N: a master and N workers")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE", help="extra ENGINE_* setting")
+    ap.add_argument("--workload", choices=("mix", "city"), default="mix", help="genuine codes: Zipf mix or a city")
+    ap.add_argument("--people", type=int, default=50_000, help="city workload: population")
+    ap.add_argument("--days", type=int, default=3, help="city workload: days of routines")
+    ap.add_argument("--code-cache", type=Path, default=None, help="city workload: where minted codes are cached")
     args = ap.parse_args(argv)
+    if args.workload == "city":
+        try:
+            args.city = CityParams(people=args.people, days=args.days).validate()
+        except ValueError as exc:
+            ap.error(str(exc))
     duration = args.peak_duration if args.shape == "morning" else args.run_time
     if not 1 <= duration <= MAX_RUN_S:
         ap.error(f"the run must last 1..{MAX_RUN_S} seconds")
@@ -251,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = run_dir / "data"
     data_dir.mkdir(parents=True)
     keys = Keyring.create(args.devices)
+    if args.workload == "city":  # the city's codes are signed by the bench issuer: make it the trusted issuer
+        from dataclasses import replace
+
+        from loadtest.city import issuer_seed_hex, write_workload
+
+        keys = replace(keys, issuer=issuer_seed_hex())
+        write_workload(run_dir / "workload.json", args.city, args.code_cache)
     keys.save(run_dir / "keys.json")
     keys.trust_list(int(time.time())).save(data_dir / "trust.json")
     extra_env = dict(kv.split("=", 1) for kv in args.engine_env)
@@ -260,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.register(keys)
         print(f"engine on {engine.url}, {args.devices} devices registered; load for {args.duration:.0f} s ...")
         locust_exit = run_locust(locust_commands(args, engine.url, run_dir), run_dir, args.duration + 180)
+        cache = engine.cache_counts()
     except RunError as exc:
         engine.stop()
         print(f"load test not carried out: {exc}", file=sys.stderr)
@@ -273,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "locust_exit": locust_exit,
         "locust": locust_totals(run_dir),
         "check": report.as_dict(),
+        "cache": cache,
     }
     summary["ok"] = report.ok and engine_exit == 0 and set(report.sent.statuses) <= {202, 429, 503}
     (run_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -23,6 +23,7 @@ import itertools
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,11 @@ class ScanMix:
         mix: dict[str, float] | None = None,
         now: int | None = None,
         rng: random.Random | None = None,
+        genuine: Iterator[str] | None = None,
     ) -> None:
         self.now = int(time.time()) if now is None else now
+        # a city's code stream (bench/population.py, minted under the issuer) replaces the Zipf draw of genuine codes
+        self._genuine = genuine
         self.rng = rng or random.Random()
         self._issuer = _seed_key(keys.issuer)
         self._revoked_issuer = _seed_key(keys.revoked_issuer)
@@ -207,15 +211,23 @@ class ScanMix:
             return mint(Person(p.doc_number, p.name, p.birth_date, qid), self._issuer, iat=now - DAY, exp=now + YEAR)
         raise ValueError(f"no minted code of kind {kind}")
 
+    def _genuine_code(self) -> str:
+        if self._genuine is not None:
+            code = next(self._genuine, None)
+            if code is not None:
+                return code
+            self._genuine = None  # the city's days are used up: back to the Zipf population
+        return self._minted("ok", self._pick(self._person_cum))
+
     def code(self, kind: str) -> str:
         """A code whose verdict is ``kind`` (``ok`` draws the person from the Zipf law)."""
         rng = self.rng
         if kind == "ok":
-            return self._minted("ok", self._pick(self._person_cum))
+            return self._genuine_code()
         if kind in ("expired", "not_yet_valid", "unknown_key", "revoked_key", "revoked_code"):
             return self._minted(kind, rng.randrange(50))
         if kind == "bad_signature":
-            genuine = self._minted("ok", self._pick(self._person_cum))
+            genuine = self._genuine_code()
             if rng.random() < 0.5:  # an edited screenshot: the identity changed, the signature did not
                 doc, rest = genuine.split("|", 1)
                 return doc[:-1] + ("1" if doc[-1] != "1" else "2") + "|" + rest

@@ -17,6 +17,7 @@ import time
 
 from engine.cli import address
 from engine.config import Config
+from engine.ops.sdnotify import READY, STOPPING, notify
 from engine.version import VERSION
 
 log = logging.getLogger("engine")
@@ -40,6 +41,18 @@ def bind(host: str, port: int) -> socket.socket:
         from engine.errors import ConfigError
 
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def _notify_stopping(app: object) -> None:
+    """SIGTERM received: the listener is closing and the graceful drain begins (systemd shows "deactivating")."""
+    notify(STOPPING)
+
+
+def _serving(message: str) -> None:
+    """aiohttp's run_app calls its ``print`` once, right after every site is listening: the one moment that is
+    "serving" (on_startup runs before the socket is bound, so READY=1 there could precede a connection refused)."""
+    logging.getLogger("engine").info(message.strip())
+    notify(READY)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
     app.on_startup.append(announce)  # after the cleanup contexts: the engine is ready when the file appears
     app.on_shutdown.insert(0, withdraw)
+    app.on_shutdown.append(_notify_stopping)
     loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
     try:
         web.run_app(
@@ -84,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             access_log=access_logger(config.access_log),
             access_log_class=AccessLogger,
             loop=loop,
-            print=None,
+            print=_serving,
         )
     finally:
         address.remove(config.data_dir, pid)  # also when start-up failed half-way

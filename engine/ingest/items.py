@@ -19,29 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.clock import parse_iso
+from engine.codes.venues import MAX_VENUE_CHARS as MAX_VENUE_CHARS  # the compiled twin imports it from here
+from engine.codes.venues import VENUE_CHARS as VENUE_CHARS
+from engine.codes.venues import VENUE_PATTERN as VENUE_PATTERN
+from engine.codes.venues import VENUE_RULE
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
-MAX_VENUE_CHARS = 64
-#: the venue alphabet, spelled once: the checks' character set and the OpenAPI pattern are both made from it
-VENUE_CLASS = "A-Za-z0-9_.:-"
-
-
-def _expand_class(spec: str) -> frozenset[str]:
-    """The characters of a regex character class body made of ``a-z`` ranges and literals (a final ``-`` is one)."""
-    chars: set[str] = set()
-    i = 0
-    while i < len(spec):
-        if i + 2 < len(spec) and spec[i + 1] == "-":
-            chars.update(chr(c) for c in range(ord(spec[i]), ord(spec[i + 2]) + 1))
-            i += 3
-        else:
-            chars.add(spec[i])
-            i += 1
-    return frozenset(chars)
-
-
-VENUE_CHARS = _expand_class(VENUE_CLASS)
-VENUE_PATTERN = f"^[{VENUE_CLASS}]{{1,{MAX_VENUE_CHARS}}}$"
 DIRECTIONS = {"in": 1, "out": 2}
 #: the canonical scan id form: any case, 8-4-4-4-12 hex digits
 SCAN_ID_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -79,9 +62,7 @@ E_SCAN_ID = Rejection("scan_id_invalid", "scan_id", "scan_id is not a UUID (8-4-
 E_QR_TYPE = Rejection("qr_not_string", "qr", "qr must be a string (the text the scanner read)")
 E_QR_LONG = Rejection("qr_too_long", "qr", f"qr is longer than {MAX_QR_CHARS} characters")
 E_UNICODE = Rejection("qr_not_unicode", "qr", "qr is not valid Unicode (a lone surrogate escape)")
-E_VENUE = Rejection(
-    "venue_id_invalid", "venue_id", f"venue_id must be 1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
-)
+E_VENUE = Rejection("venue_id_invalid", "venue_id", f"venue_id must be {VENUE_RULE}")
 E_DIRECTION = Rejection("direction_invalid", "direction", 'direction must be "in" or "out"')
 E_TIME = Rejection(
     "scanned_at_invalid",
