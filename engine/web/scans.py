@@ -74,7 +74,7 @@ async def post_scans(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
     for _index, rejection, _echo in intake.rejected:
-        metrics.scans_rejected.labels(reason=rejection.code).inc()
+        metrics.scans_rejected.labels(reason=rejection.field).inc()  # the field: label values unchanged
     if len(intake):
         answer = await rt.batcher.submit(intake, now_ms)
     else:
