@@ -149,7 +149,7 @@ def test_revoking_a_key_then_a_code(
     assert run(capsys, "codes", "revoke", "--trust-list", trust, "--qr-id", "PCC-revoke-me")[0] == 0
     assert verdict() == (1, "revoked_code")
     kid = key_id_text(read_key_file(key).public_key)
-    assert run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", kid)[0] == 0
+    assert run(capsys, "keys", "revoke", "--trust-list", trust, f"--kid={kid}")[0] == 0
     assert verdict() == (1, "revoked_key")
     rc, _, err = run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", "AAAAAAAAAAA")
     assert rc == 2 and "no key" in err
@@ -277,7 +277,7 @@ def test_keys_list_and_retire_act_on_the_named_key_never_a_position(
     assert set(listed) == set(before) and listed[kids["old"]]["valid_from"] == "2023-01-01T00:00:00Z"
     assert all(r["state"] == "issuing" and r["revoked"] is False for r in listed.values())
 
-    rc, _, _ = run(capsys, "keys", "retire", "--trust-list", trust, "--kid", target, "--at", "2026-06-01T00:00:00Z")
+    rc, _, _ = run(capsys, "keys", "retire", "--trust-list", trust, f"--kid={target}", "--at", "2026-06-01T00:00:00Z")
     assert rc == 0
     after = {k.kid_text: k for k in TrustList.load(trust).keys}
     assert after[target].valid_until == 1780272000  # 2026-06-01T00:00:00Z
@@ -285,7 +285,7 @@ def test_keys_list_and_retire_act_on_the_named_key_never_a_position(
     rc, out, _ = run(capsys, "keys", "list", "--trust-list", trust)
     assert rc == 0 and f"{target}" in out and "retired" in out
 
-    rc, _, _ = run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", kids["old"])
+    rc, _, _ = run(capsys, "keys", "revoke", "--trust-list", trust, "--kid=" + kids["old"])
     assert rc == 0
     revoked = {k.kid_text: k.revoked for k in TrustList.load(trust).keys}
     assert revoked == {k: k == kids["old"] for k in before}
@@ -309,13 +309,13 @@ def test_mint_refuses_codes_outside_the_key_window_unless_forced(
     assert rc == 1 and "key_window" in out  # what the refusal promised
     # the trust list wins over the key file: a retired key refuses new codes
     kid = next(iter(_kids_by_issuer(trust).values()))
-    assert run(capsys, "keys", "retire", "--trust-list", trust, "--kid", kid, "--at", "2026-03-01T00:00:00Z")[0] == 0
+    assert run(capsys, "keys", "retire", "--trust-list", trust, f"--kid={kid}", "--at", "2026-03-01T00:00:00Z")[0] == 0
     rc, _, err = run(
         capsys, "mint", "--key", key, *PERSON, "--qr-id", "Q", "--issued-at", "2026-05-01T00:00:00Z",
         "--trust-list", trust,
     )  # fmt: skip
     assert rc == 2 and "outside key" in err
-    assert run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", kid)[0] == 0
+    assert run(capsys, "keys", "revoke", "--trust-list", trust, f"--kid={kid}")[0] == 0
     rc, _, err = run(
         capsys, "mint", "--key", key, *PERSON, "--qr-id", "Q", "--issued-at", "2026-02-01T00:00:00Z",
         "--trust-list", trust,

@@ -286,12 +286,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "retire", help="end a key's issuing window (rotation): codes it signed before keep verifying until they expire"
     )
     p.add_argument("--trust-list", required=True, type=Path)
-    p.add_argument("--kid", required=True, help="key id (11 base64url characters; see keys list), never a position")
+    p.add_argument(
+        "--kid",
+        required=True,
+        help="key id (11 base64url characters; see keys list), never a position; "
+        "write --kid=KID when it starts with '-'",
+    )
     p.add_argument("--at", help="end of the window: ISO-8601 with zone, or Unix seconds (default: now)")
     p.set_defaults(func=_keys_retire)
     p = keys_sub.add_parser("revoke", help="mark a key revoked (compromise): every code it signed stops verifying")
     p.add_argument("--trust-list", required=True, type=Path)
-    p.add_argument("--kid", required=True, help="key id (11 base64url characters)")
+    p.add_argument("--kid", required=True, help="key id (11 base64url characters; --kid=KID if it starts with '-')")
     p.set_defaults(func=_keys_revoke)
 
     codes = sub.add_parser("codes", help="individual codes: revoke")
