@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -164,7 +165,7 @@ class Store:
                 path.mkdir(parents=True, exist_ok=True)
                 # asked before chdb tries: on a locked directory it writes its own raw "Code: 76" line to stderr
                 holder = _lock_holder(path)
-                if holder is not None:
+                if holder is not None and holder != str(os.getpid()):  # this process may reopen its own directory
                     raise StoreError(
                         f"the embedded store {path} is in use by another process (PID {holder}); "
                         "stop it, or go through its admin API"
