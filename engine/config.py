@@ -12,12 +12,16 @@ import argparse
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+
+LOG_FORMATS = ("text", "json")
+#: the settings a command needs to find an engine and its store (every command but ``serve``)
+CLIENT_SETTINGS = ("data_dir", "host", "port", "dsn", "database", "retention_days", "tls_cert", "dsn_password_file")
 
 
 def _env_name(name: str) -> str:
@@ -56,6 +60,8 @@ class Config:
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_format: str = field(default="text", metadata={"help": "log lines: text, or json (one object per line)"})
+    access_log: bool = field(default=False, metadata={"help": "log every HTTP request (method, path, status, time)"})
     # -- security (docs/security.md) -------------------------------------------------------------------------
     tls_cert: Path = field(default=Path(""), metadata={"help": "TLS certificate chain (PEM); re-read on SIGHUP"})
     tls_key: Path = field(default=Path(""), metadata={"help": "TLS private key (PEM, mode 0600); re-read on SIGHUP"})
@@ -152,6 +158,11 @@ class Config:
             (0 <= self.ops_port <= 65535, "ops_port must be 0..65535"),
             (self.ops_port == 0 or self.ops_port != self.port, "ops_port must differ from port"),
             (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
+            (self.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
+            (
+                self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                "log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -160,17 +171,22 @@ class Config:
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in.
-
-        Abbreviations are off: ``--dsn-password SECRET`` must not be taken for ``--dsn-password-file`` (and the
-        secret then echoed back in "file not found")."""
-        parser.allow_abbrev = False
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+        """One flag per field (``--batch-size``), or per field named in ``only`` (a command that never serves needs
+        only where the engine and its store are). Defaults stay None so the environment can fill them in; the
+        help shows the real default and the environment twin."""
+        wanted = None if only is None else set(only)
+        unknown = (wanted or set()) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"no such settings: {sorted(unknown)}")
+        parser.allow_abbrev = False  # --dsn-password SECRET must not be taken for --dsn-password-file (then echoed)
         for f in fields(cls):
-            if f.metadata.get("env_only"):
+            if f.metadata.get("env_only") or (wanted is not None and f.name not in wanted):
                 continue
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata.get('help', '')} [env {_env_name(f.name)}]"
+            # an empty default is derived from another setting, and its help says from which
+            shown = "" if f.default in ("", Path("")) else f" (default: {f.default})"
+            help_text = f"{f.metadata.get('help', '')}{shown} [env {_env_name(f.name)}]".replace("%", "%%")
             if f.type in ("bool", bool):
                 parser.add_argument(
                     flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text

@@ -35,7 +35,7 @@ def read_or_create_private_file(path: Path, make: Callable[[], bytes]) -> bytes:
 
 def replace_file(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically: a 0600 temp file beside it, fsync, rename over, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a directory made for a private file is private
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

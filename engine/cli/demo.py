@@ -40,7 +40,7 @@ def prepare_demo(config: Config) -> tuple[KeyFile, KeyFile]:
     from engine.store.store import Store
 
     demo_dir = config.data_dir / "demo"
-    demo_dir.mkdir(parents=True, exist_ok=True)
+    demo_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     issuer = _key(demo_dir / "issuer.key", DEMO_ISSUER)
     device = _key(demo_dir / "device.key", DEMO_DEVICE)
     path = config.trust_list_path

@@ -18,8 +18,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from engine.cli.remote import EngineUnreachable, call_engine
-from engine.config import Config
+from engine.cli.remote import EngineUnreachable, call_engine, open_store
+from engine.config import CLIENT_SETTINGS, Config
 from engine.errors import EngineError
 from engine.tracing.credentials import TracerRegistry
 
@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace, path: str, extra: dict[str, str], ask: Any, l
     from engine.tracing.gate import check_case_id
 
     cfg = Config.from_sources(args)
+    tz = tracing.zone(args.tz)  # refused before any query if unknown
     token = tracer_token(args)
     check_case_id(args.case_id)
     try:
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace, path: str, extra: dict[str, str], ask: Any, l
         trace = tracing.from_json(doc)
     except EngineUnreachable:
         trace = _with_store(cfg, token, ask, local)
-    sys.stdout.write(tracing.render(trace, args.format))
+    sys.stdout.write(tracing.render(trace, args.format, tz))
     return 0
 
 
@@ -106,7 +107,6 @@ def _local_client() -> str:
 def _with_store(cfg: Config, token: str, ask: Any, fn: Any) -> Any:
     """The direct path: the gate (token, case id, audit chain) in this process, record stored before printing."""
     from engine.permissions import restrict_umask
-    from engine.store.store import Store
     from engine.tracing.audit import AuditLog
     from engine.tracing.gate import TraceGate
     from engine.tracing.queries import TraceQueries
@@ -118,9 +118,8 @@ def _with_store(cfg: Config, token: str, ask: Any, fn: Any) -> Any:
     tracers = TracerRegistry.for_data_dir(cfg.data_dir)
     tracers.authenticate(token)  # refused before the store is even opened
     the_ask = ask(_local_client())
-    store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
+    store = open_store(cfg)  # migrated; a store still locked by a process is explained
     try:
-        store.migrate()
         audit = AuditLog(store, cfg.data_dir).open()
         try:
             gate = TraceGate(tracers, audit)
@@ -226,15 +225,25 @@ def _tracer_revoke(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=CLIENT_SETTINGS)
     p.add_argument("--from", dest="start", help="period start (ISO 8601, UTC if no offset; or Unix seconds)")
     p.add_argument("--to", dest="end", help="period end (default: now)")
-    p.add_argument("--days", type=float, default=14.0, help="period length when --from is not given (default 14)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--days", type=float, default=14.0, help="period length when --from is not given (default: 14)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
+    p.add_argument("--tz", default="UTC", help="time zone of the times printed, e.g. Asia/Ho_Chi_Minh (default: UTC)")
     p.add_argument("--include-unverified", action="store_true", help="also count unsigned/ID-card/expired codes")
-    p.add_argument("--dwell-min", type=float, default=60.0, help="stay assumed when an exit is missing (min)")
-    p.add_argument("--margin-min", type=float, default=15.0, help="stays this close count as overlapping (min)")
-    p.add_argument("--max-stay-min", type=float, default=720.0, help="longest stay an entry/exit pair may span")
+    p.add_argument(
+        "--dwell-min", type=float, default=60.0, help="stay assumed when an exit is missing, minutes (default: 60)"
+    )
+    p.add_argument(
+        "--margin-min", type=float, default=15.0, help="stays this close count as overlapping, minutes (default: 15)"
+    )
+    p.add_argument(
+        "--max-stay-min",
+        type=float,
+        default=720.0,
+        help="longest stay an entry/exit pair may span, minutes (default: 720)",
+    )
     p.add_argument("--case-id", required=True, help="the case or purpose this trace serves (kept in the audit log)")
     p.add_argument("--token-file", help="file holding the tracer token (mode 0600) [or env ENGINE_TRACER_TOKEN]")
     p.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: argv is readable by every local user
@@ -249,23 +258,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--qr-id", help="the index case's QR id")
     who.add_argument("--person-key", help="the index case's person key (32 hex characters)")
     p.add_argument("--second-degree", action="store_true", help="also list contacts of the top contacts")
-    p.add_argument("--second-degree-limit", type=int, default=20, help="top contacts expanded (default 20)")
+    p.add_argument("--second-degree-limit", type=int, default=20, help="top contacts expanded (default: 20)")
     p.set_defaults(func=_person)
     p = tsub.add_parser("venue", help="everyone at a venue during a period")
     _common(p)
     p.add_argument("--venue-id", required=True)
     p.set_defaults(func=_venue)
     p = sub.add_parser("tracer-add", help="create a tracer credential and print its token once")
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=("data_dir",))
     p.add_argument("name")
     p.add_argument("--valid-days", type=float, default=90.0, help="days until the token expires (default 90, max 366)")
     p.add_argument("--token-out", help="write the token to this new file (0600) instead of printing it")
     p.set_defaults(func=_tracer_add)
     p = sub.add_parser("tracer-list", help="tracers with their state (active, expired, revoked) and expiry")
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=("data_dir",))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_tracer_list)
     p = sub.add_parser("tracer-revoke", help="end a tracer's token at once")
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=("data_dir",))
     p.add_argument("name")
     p.set_defaults(func=_tracer_revoke)

@@ -1,16 +1,28 @@
-"""Log lines that a request cannot forge: control characters in a formatted message are escaped.
+"""The engine's log lines: plain text for a terminal, or one JSON object per line for a log pipeline.
 
-A venue id sent as ``x%0A2026-01-01 ... INFO engine: trace by admin`` used to start a line of its own in the
-engine's log. The formatter installed by ``serve`` escapes CR, LF and every other control or line-separator
-character in the *message* (tracebacks, which the logging module appends after it, keep their lines), so one
-record is always one line. Request-derived values are also logged quoted (:func:`quote`), so a reader sees where
-a value starts and ends.
+``--log-format json`` is for journald/Loki/Elasticsearch: every line parses on its own, and what came from a
+request (method, path, status, device id) is a field of its own, never pasted into the message, so a device
+cannot forge a log line with a crafted path and a query can filter on ``status >= 500`` without regexes.
+Query strings are never logged: tracing queries carry QR ids, which are personal data.
+
+In text format a request cannot forge a line either: :class:`SafeFormatter` escapes CR, LF and every other control
+or line-separator character in the *message* (a QR id sent as ``x%0A2026-01-01 ... INFO`` used to start a line of
+its own); tracebacks, appended after the message, keep their lines. Request-derived values put into a message are
+quoted (:func:`quote`), so a reader sees where a value starts and ends.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
 
+import orjson
+
+#: attributes every LogRecord has; anything else on a record came from ``extra=`` and is data
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ESCAPES = {c: f"\\x{c:02x}" for c in range(0x20)} | {0x7F: "\\x7f", 0x85: "\\x85"}
 _ESCAPES |= {0x2028: "\\u2028", 0x2029: "\\u2029", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
@@ -29,19 +41,38 @@ def quote(value: object, limit: int = 200) -> str:
 
 
 class SafeFormatter(logging.Formatter):
-    """A formatter whose message part can never hold a line break or a terminal control sequence."""
+    """The text formatter: its message part can never hold a line break or a terminal control sequence."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape(super().formatMessage(record))
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+class JsonFormatter(logging.Formatter):
+    """One compact JSON object per record: time (UTC, ms), level, logger, message, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(doc, default=str).decode()
 
 
-def configure_logging(level: str) -> None:
-    """The engine's process-wide logging: one stream handler with :class:`SafeFormatter`."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+def configure(level: str, fmt: str) -> None:
+    """Set up the root logger once for ``serve`` (replacing any handler set before)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else SafeFormatter(TEXT_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
     root.setLevel(level.upper())

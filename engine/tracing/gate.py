@@ -111,7 +111,9 @@ class TraceGate:
             quote(ask.client),
             rec.chain,
             rec.seq,
-        )
+            extra={"audit": {"tracer": tracer.name, "trace": ask.kind, "subject": ask.subject, "case_id": ask.case_id,
+                             "rows": result_size, "client": ask.client, "chain": rec.chain, "seq": rec.seq}},
+        )  # fmt: skip
         return rec
 
     def _failed(self, reason: str, client: str) -> None:

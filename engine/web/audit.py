@@ -18,12 +18,25 @@ from engine.tracing import audit
 from engine.tracing.model import parse_time
 from engine.web.admin import require_admin
 from engine.web.keys import TRACE_GATE
+from engine.web.openapi import documented, error, json_body, query
 
 
 def report_json(reports: list[audit.ChainReport]) -> dict[str, Any]:
     return {"ok": all(r.ok for r in reports), "chains": [{**asdict(r), "ok": r.ok} for r in reports]}
 
 
+@documented(
+    summary="Audit records of traces, newest first (docs/security.md)",
+    audience="operator",
+    parameters=[
+        query("tracer", {"type": "string"}, "only this tracer"),
+        query("case_id", {"type": "string"}, "only this case"),
+        query("subject", {"type": "string"}, "exactly as traced, e.g. qr_id=PCC7F3A9D2E1B4"),
+        query("since", {"type": "string"}, "RFC 3339 or Unix seconds"),
+        query("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}, "at most this many (100)"),
+    ],
+    responses={200: json_body("the records"), 400: error("Malformed parameter")},
+)
 async def list_audit(request: web.Request) -> web.Response:
     rt = require_admin(request)
     q = request.query
@@ -45,6 +58,12 @@ async def list_audit(request: web.Request) -> web.Response:
     return web.json_response({"records": [r.to_json() for r in records]})
 
 
+@documented(
+    summary="Recompute every audit chain against its anchor and the heads given",
+    audience="operator",
+    parameters=[query("expect", {"type": "string"}, "CHAIN:SEQ:HASH from an earlier audit head, kept off-host")],
+    responses={200: json_body("per chain: records, head, problems, anchored"), 400: error("Malformed head")},
+)
 async def verify_audit(request: web.Request) -> web.Response:
     rt = require_admin(request)
     heads = [audit.Head.parse(text) for text in request.query.getall("expect", [])]
@@ -55,6 +74,11 @@ async def verify_audit(request: web.Request) -> web.Response:
     return web.json_response(report_json(reports))
 
 
+@documented(
+    summary="This engine's audit chain head, to keep off-host",
+    audience="operator",
+    responses={200: json_body("CHAIN:SEQ:HASH, and why the chain is broken if it is")},
+)
 async def audit_head(request: web.Request) -> web.Response:
     require_admin(request)
     head = request.app[TRACE_GATE].audit.head

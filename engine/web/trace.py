@@ -17,11 +17,12 @@ from aiohttp import web
 
 from engine.errors import ForbiddenError, PayloadError
 from engine.ingest.intake import MAX_VENUE_CHARS
-from engine.tracing.gate import TraceAsk
+from engine.tracing.gate import CASE_ID, TraceAsk
 from engine.tracing.model import PersonTrace, TraceOptions, VenueTrace, parse_time
 from engine.tracing.queries import TraceQueries
 from engine.tracing.render import to_csv, to_json
 from engine.web.keys import AUTH_FAILURES, CONFIG, RUNTIME, TRACE_GATE
+from engine.web.openapi import SchemaSource, anchored, documented, error, query
 
 _VENUE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}")
 
@@ -102,6 +103,51 @@ def result_size(trace: PersonTrace | VenueTrace) -> int:
     return len(trace.stays)
 
 
+_PERIOD = [
+    query("from", {"type": "string"}, "period start: RFC 3339 (UTC if no offset) or Unix seconds"),
+    query("to", {"type": "string"}, "period end (default: now)"),
+    query("days", {"type": "number", "minimum": 0, "maximum": 366}, "period length when from is absent (14)"),
+    query(
+        "dwell_min",
+        {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10080},
+        "stay assumed when an exit is missing, minutes (60)",
+    ),
+    query("margin_min", {"type": "number", "minimum": 0, "maximum": 1440}, "stays this close overlap, minutes (15)"),
+    query("max_stay_min", {"type": "number", "minimum": 0, "maximum": 10080}, "longest entry/exit pair (720)"),
+    query("include_unverified", {"type": "string", "enum": ["0", "1", "true", "false"]}, "count unverified codes"),
+    query("format", {"type": "string", "enum": ["json", "csv"]}, "answer format (json)"),
+]
+_TRACE_ANSWERS: dict[int, SchemaSource] = {
+    200: lambda cfg: {
+        "description": "the trace; its audit record was stored before this answer was sent",
+        "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+    },
+    401: error("Missing, unknown, expired or revoked tracer token"),
+    403: error("Scanner or operator credentials, which cannot trace"),
+    429: error("The tracer's allowance for this kind of trace is used up; see Retry-After"),
+    503: error("The audit record cannot be written (store down, audit chain broken): no answer is given"),
+}
+_CASE = query(
+    "case_id",
+    {"type": "string", "pattern": anchored(CASE_ID.pattern)},
+    "the case or purpose this trace serves, kept in its audit record (docs/security.md)",
+    required=True,
+)
+
+
+@documented(
+    summary="Visits and ranked exposures of an index case (by QR id or person key)",
+    audience="tracer",
+    parameters=[
+        _CASE,
+        query("qr_id", {"type": "string", "minLength": 1, "maxLength": 64}, "the index case's QR id"),
+        query("person_key", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}, "or its person key"),
+        *_PERIOD,
+        query("second_degree", {"type": "string", "enum": ["0", "1", "true", "false"]}, "contacts of contacts"),
+        query("second_degree_limit", {"type": "integer", "minimum": 0, "maximum": 1000}, "top contacts expanded"),
+    ],
+    responses=_TRACE_ANSWERS,
+)
 async def trace_person(request: web.Request) -> web.Response:
     q = request.query
     token = bearer_token(request)
@@ -122,6 +168,16 @@ async def trace_person(request: web.Request) -> web.Response:
     return response
 
 
+@documented(
+    summary="Everyone at a venue during a period, as stays",
+    audience="tracer",
+    parameters=[
+        _CASE,
+        query("venue_id", {"type": "string", "pattern": anchored(_VENUE.pattern)}, "the venue", required=True),
+        *_PERIOD,
+    ],
+    responses=_TRACE_ANSWERS,
+)
 async def trace_venue(request: web.Request) -> web.Response:
     q = request.query
     token = bearer_token(request)
