@@ -129,7 +129,7 @@ def render_migrations(database: str, retention_days: int, cluster: str | None) -
 
 
 #: Tables whose TTL carries the retention; on a cluster the TTL lives on the shard-local tables.
-TTL_TABLES = ("scans", "scans_by_person", "person_by_qr")
+TTL_TABLES = ("scans", "scans_by_person", "person_by_qr", "stays")
 
 
 def retention_statements(database: str, retention_days: int, cluster: str | None) -> list[str]:

@@ -1,10 +1,13 @@
 """Tracing reads on the store: an index case's visits, the people whose stays overlapped them, who was at a venue.
 
 Reads go where the data is ordered for them: the index case's scans from ``scans_by_person`` (sorted by
-person key, so a lookup reads a few granules, not the month), the others at those venues from ``scans``
-(sorted by venue and time) with one key range per venue and run of nearby visits, paired in Python by the
-same rule as the index case. Every query is parameterised; the only SQL text that varies is the number of
-``{vN:String}`` placeholders. Only trusted verdicts count unless asked; then every row says what it rests on.
+person key, so a lookup reads a few granules, not the month), paired in Python by the reference rule; the
+others at those venues from the paired ``stays`` (:mod:`engine.tracing.presence`: only the stays that touch a
+visit leave ClickHouse) plus, for the few (person, venue) groups with scans the pairing job has not reached yet,
+their scans from ``scans`` (sorted by venue and time) paired here by the same rule. Without paired stays for the
+trace's pairing parameters (another dwell or maximum stay, or a cluster) every group is paired from scans, as
+before. Every query is parameterised; the only SQL text that varies is the number of ``{vN:String}``
+placeholders. Only trusted verdicts count unless asked; then every row says what it rests on.
 The query function is injected, so the same code runs on the embedded store, on a ClickHouse server, and
 inside the engine on its store thread.
 """
@@ -23,6 +26,7 @@ from engine.tracing.model import (
     PersonTrace,
     QueryFn,
     Scan,
+    SecondDegreeCut,
     Stay,
     TraceOptions,
     VenueTrace,
@@ -30,6 +34,8 @@ from engine.tracing.model import (
     within,
 )
 from engine.tracing.pairing import Span, overlaps, pair_stays, rank, stay_of, touching, walk
+from engine.tracing.presence import stays_touching
+from engine.tracing.stays import PairingParams, read_horizon
 
 _RANGES_PER_QUERY = 200  # key ranges per venue query: keeps the statement small and the key analysis cheap
 # Key ranges at one venue less than this apart are read as one (a workplace's weekdays across a weekend): each
@@ -60,18 +66,25 @@ _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 
 # rows and walking them (README, "Measured": tracing).
 _SCANS_AT_SQL = (
     "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
-    "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} "
+    "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} {groups}"
     "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} " + _READ_SETTINGS
 )
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
+# Only the (person, venue) groups with a scan past the pairing horizon near the windows: a scan changes the
+# stays it anchors and its neighbours' (within max_stay), so "near" is twice max_stay.
+_FRESH_SQL = (
+    "AND (person_key, venue_id) IN (SELECT person_key, venue_id FROM scans PREWHERE _block_number > {{horizon:UInt64}} "
+    "WHERE ({near}) AND {verdicts}) "
+)
 
 
 # -- queries ------------------------------------------------------------------------------------------------
 class TraceQueries:
     """Tracing over one store's query function (``Store.query`` or anything with its signature)."""
 
-    def __init__(self, query: QueryFn) -> None:
+    def __init__(self, query: QueryFn, *, use_stays: bool = True) -> None:
         self._query = query
+        self._use_stays = use_stays  # False: pair every group from scans (the previous path; benchmarks)
 
     def person(
         self,
@@ -110,9 +123,13 @@ class TraceQueries:
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
         first = self._contacts_of(visits, opt, degree=1)
         contacts = rank(first.values())
+        cut = None
         if opt.second_degree and contacts:
-            contacts += self._second_degree(contacts[: opt.second_degree_limit], set(keys) | set(first), to_ms, opt)
-        return PersonTrace(keys, from_ms, to_ms, opt.include_unverified, visits, contacts)
+            expand = contacts[: opt.second_degree_limit]
+            second, counts = self._second_degree(expand, set(keys) | set(first), to_ms, opt)
+            cut = SecondDegreeCut(len(expand), len(contacts) - len(expand), *counts)
+            contacts += second
+        return PersonTrace(keys, from_ms, to_ms, opt.include_unverified, visits, contacts, cut)
 
     def venue(
         self, venue_id: str, from_ms: int | None = None, to_ms: int | None = None, options: TraceOptions | None = None
@@ -136,31 +153,69 @@ class TraceQueries:
     def stays_at(self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
         """Everyone's stays touching any (venue, from, to) window, by the rule of :func:`pair_stays`.
 
+        From the paired ``stays`` where the pairing job has paired with this trace's parameters, the groups
+        with scans past its horizon replaced by pairing their scans here; otherwise every group from scans.
+        """
+        params = PairingParams.of(opt)
+        horizon = read_horizon(self._query, params) if self._use_stays else None
+        if horizon is None:
+            return self.paired_from_scans(windows, opt)[0]
+        stays = stays_touching(self._query, windows, params, include_unverified=opt.include_unverified)
+        fresh, groups = self.paired_from_scans(windows, opt, fresh_since=horizon)
+        if groups:
+            stays = [st for st in stays if (st.person_key, st.venue_id) not in groups] + fresh
+        stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
+        return stays
+
+    def paired_from_scans(
+        self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions, *, fresh_since: int | None = None
+    ) -> tuple[list[Stay], set[tuple[str, str]]]:
+        """Stays touching the windows paired from scans, and the (person, venue) groups whose scans were read.
+
         Pairing needs each person's scans up to ``max_stay`` either side of a window, so that is what is read
         (one key range per venue and merged window, from the venue-ordered ``scans``); ClickHouse removes
-        duplicates and sorts, and the stays that touch no window are dropped here.
+        duplicates and sorts, and the stays that touch no window are dropped here. With ``fresh_since`` only
+        the groups with a scan in a block after it are read.
         """
         dwell, slack = round(opt.default_dwell_min * MINUTE_MS), round(opt.max_stay_min * MINUTE_MS)
         ranges = _merge(((v, lo - slack, hi + slack) for v, lo, hi in windows), _RANGE_GAP_MS)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
         stays: list[Stay] = []
+        groups: set[tuple[str, str]] = set()
         for start in range(0, len(ranges), _RANGES_PER_QUERY):
             params: dict[str, Any] = {}
-            terms = []
+            terms, near = [], []
             for i, (venue, lo, hi) in enumerate(ranges[start : start + _RANGES_PER_QUERY]):
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
-            sql = _SCANS_AT_SQL.format(final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP)
+                if fresh_since is not None:
+                    params[f"na{i}"], params[f"nb{i}"] = lo - slack, hi + slack
+                    near.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'na{i}', f'nb{i}')})")
+            only = ""
+            if fresh_since is not None:
+                params["horizon"] = fresh_since
+                only = _FRESH_SQL.format(near=" OR ".join(near), verdicts=verdicts)
+            sql = _SCANS_AT_SQL.format(
+                final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP, groups=only
+            )
+            rows = self._query(sql, params)
+            if fresh_since is not None:
+                groups.update((r[1], r[3]) for r in rows)
             spans: list[Span] = []
-            walk(self._query(sql, params), dwell, slack, spans)
+            walk(rows, dwell, slack, spans)
             stays += (stay_of(*span) for span in touching(spans, windows))
         stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))
-        return stays
+        return stays, groups
 
     def _second_degree(
         self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions
-    ) -> list[Contact]:
-        """Contacts of the top contacts, from their first exposure on: who they could have passed it to."""
+    ) -> tuple[list[Contact], tuple[int, int, int, float, int]]:
+        """Contacts of the top contacts, from their first exposure on: who they could have passed it to.
+
+        Bounded: only those with at least ``second_degree_min_overlap_min`` of overlap in total (exact, before
+        the per-encounter rounding) and at most ``second_degree_cap`` of them, highest-ranked first; the second
+        value counts what was cut (candidates, below the threshold, over the cap, threshold, cap).
+        """
         since = min(e.contact_start_ms for c in contacts for e in c.encounters)
         slack = round(opt.max_stay_min * MINUTE_MS)
         verdicts = _UNVERIFIED_SQL if opt.include_unverified else _TRUSTED_SQL
@@ -177,7 +232,18 @@ class TraceQueries:
             if st.end_ms >= exposed_at[st.person_key]
         ]
         found = self._contacts_of(stays, opt, degree=2)
-        return rank(c for key, c in found.items() if key not in known)
+        candidates = [c for key, c in found.items() if key not in known]
+        threshold = round(opt.second_degree_min_overlap_min * MINUTE_MS)
+        kept = rank(c for c in candidates if _overlap_ms(c) >= threshold)
+        cut = (len(candidates), len(candidates) - len(kept), max(0, len(kept) - opt.second_degree_cap))
+        return kept[: opt.second_degree_cap], (*cut, opt.second_degree_min_overlap_min, opt.second_degree_cap)
+
+
+def _overlap_ms(c: Contact) -> int:
+    """A contact's total overlap in milliseconds, from its encounters' bounds (not their rounded minutes)."""
+    return sum(
+        max(0, min(e.index_end_ms, e.contact_end_ms) - max(e.index_start_ms, e.contact_start_ms)) for e in c.encounters
+    )
 
 
 def _person_key_hex(text: str) -> str:

@@ -12,7 +12,16 @@ import orjson
 
 from engine.clock import iso_utc
 from engine.errors import PayloadError
-from engine.tracing.model import TRUSTED_LABELS, Contact, Encounter, PersonTrace, Stay, VenueTrace, parse_time
+from engine.tracing.model import (
+    TRUSTED_LABELS,
+    Contact,
+    Encounter,
+    PersonTrace,
+    SecondDegreeCut,
+    Stay,
+    VenueTrace,
+    parse_time,
+)
 
 # -- output -------------------------------------------------------------------------------------------------
 FIELDS = (
@@ -86,6 +95,7 @@ def to_json(trace: PersonTrace | VenueTrace) -> dict[str, Any]:
         "visits": [_stay_json(s) for s in trace.visits],
         "exposures": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 1)],
         "second_degree": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)],
+        "second_degree_cut": asdict(trace.second_degree_cut) if trace.second_degree_cut else None,
     }
 
 
@@ -141,8 +151,9 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
         )
         for c in doc["exposures"] + doc["second_degree"]
     ]  # fmt: skip
+    cut = SecondDegreeCut(**doc["second_degree_cut"]) if doc.get("second_degree_cut") else None
     return PersonTrace(doc["person_keys"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["visits"]],
-                       contacts)  # fmt: skip
+                       contacts, cut)  # fmt: skip
 
 
 def to_csv(trace: PersonTrace | VenueTrace) -> str:
@@ -161,6 +172,12 @@ def to_table(trace: PersonTrace | VenueTrace) -> str:
     else:
         n1 = sum(1 for c in trace.contacts if c.degree == 1)
         title = f"person {','.join(trace.person_keys) or '(no scans)'}: {len(trace.visits)} visits, {n1} contacts"
+        if (cut := trace.second_degree_cut) is not None:
+            title += (
+                f"; second degree from {cut.expanded} contacts ({cut.not_expanded} not expanded): "
+                f"{cut.candidates} overlapped, {cut.below_threshold} under {cut.min_overlap_min:g} min, "
+                f"{cut.over_cap} over the cap of {cut.cap}"
+            )
     title += f", {iso(trace.from_ms)} .. {iso(trace.to_ms)}"
     title += " (including UNVERIFIED codes, marked !)" if trace.include_unverified else " (trusted codes only)"
     cols = [c for c in FIELDS if c not in ("trusted",)]
