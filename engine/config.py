@@ -49,6 +49,9 @@ class Config:
     # design point's 50k scans/s) costs the store less per scan than one a second (README, "Measured")
     insert_batch_rows: int = field(default=200_000, metadata={"help": "about the most rows per store insert"})
     insert_interval_ms: float = field(default=3000.0, metadata={"help": "pace of store inserts under load (ms)"})
+    stays_interval_s: float = field(
+        default=30.0, metadata={"help": "pair new scans into tracing stays every N s (0 = off; traces pair scans)"}
+    )
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
@@ -97,6 +100,7 @@ class Config:
             (self.insert_batch_rows >= 1, "insert_batch_rows must be >= 1"),
             (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
+            (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
             (
                 self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),

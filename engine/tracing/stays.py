@@ -22,11 +22,14 @@ inserts interleave with it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.codes.verdicts import TRUSTED, Verdict
+from engine.errors import StoreError
 from engine.store.store import Store
 from engine.tracing.model import MINUTE_MS, TraceOptions
 
@@ -256,3 +259,22 @@ def read_horizon(query: Any, params: PairingParams) -> int | None:
         {"d": params.dwell_ms, "m": params.max_stay_ms},
     )
     return int(rows[0][0]) if rows and int(rows[0][1]) else None
+
+
+async def keep_paired(
+    job: StaysJob, in_store_thread: Callable[[Callable[[], StepResult]], Awaitable[StepResult]], interval_s: float
+) -> None:
+    """The engine's pairing loop: a step every ``interval_s`` on the store thread, rebuild chunks back to back.
+
+    Each step is one call on the store thread, queued behind whatever waits there, so the drain's inserts
+    interleave with a long rebuild instead of waiting for all of it. A store error is logged and retried at
+    the next interval: until then traces pair the groups past the horizon from scans, so answers stay right.
+    """
+    while True:
+        try:
+            result = await in_store_thread(job.step)
+        except StoreError as exc:
+            log.warning("pairing stays failed (retrying in %.0f s): %s", interval_s, exc)
+            result = StepResult("failed", 0)
+        if result.done:
+            await asyncio.sleep(interval_s)

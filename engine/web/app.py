@@ -2,9 +2,10 @@
 
 ``create_app(config)`` builds everything from a :class:`Config`; nothing lives in module globals, so a test
 can run several engines in one process. Resources are opened in ``cleanup_ctx`` generators in dependency
-order (store → WAL → verifier and devices → drain → batcher) and aiohttp closes them in reverse, after
-in-flight handlers have finished: on SIGTERM the batcher first answers every scan it accepted (they reach
-the WAL), then the drain flushes the WAL into the store while it can, then files and the store close.
+order (store → WAL → verifier and devices → drain → batcher → the stays pairing loop) and aiohttp closes
+them in reverse, after in-flight handlers have finished: on SIGTERM the pairing loop stops, the batcher
+answers every scan it accepted (they reach the WAL), then the drain flushes the WAL into the store while it
+can, then files and the store close.
 
 Anything else that needs the embedded store while the engine runs (tracing, stats, admin) goes through this
 process, because chdb locks its data directory to one process; those calls run on the drain's store thread.
@@ -13,6 +14,7 @@ process, because chdb locks its data directory to one process; those calls run o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -32,6 +34,7 @@ from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.metrics import Metrics
 from engine.store.store import Store
+from engine.tracing.stays import StaysJob, keep_paired
 from engine.verify import make_verifier
 from engine.web import admin, dashboard, scans, trace
 from engine.web.keys import CONFIG, METRICS, RUNTIME, STORE, WAL, Runtime
@@ -151,6 +154,19 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await drain.close(cfg.shutdown_timeout_s)
 
 
+async def _stays_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Pairs new scans into tracing stays in the background (engine.tracing.stays); closed before the drain."""
+    cfg, rt = app[CONFIG], app[RUNTIME]
+    task = None
+    if cfg.stays_interval_s > 0 and not rt.store.cluster:  # block horizons are per shard: not on a cluster yet
+        task = asyncio.create_task(keep_paired(StaysJob(rt.store), rt.in_store_thread, cfg.stays_interval_s))
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[int]]:
     """Scan ids stored in the last hour, so device retries across a restart are still answered as duplicates."""
     if limit <= 0:
@@ -213,7 +229,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _stays_ctx])
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTE_MODULES:
         routes.setup(app)
