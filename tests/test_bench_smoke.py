@@ -112,3 +112,21 @@ def test_floor_bench_measures_every_part_of_the_stack(tmp_path: Path) -> None:
     assert doc["floor_us"] == pytest.approx(med["intake"] + med["store"], abs=0.02)
     assert doc["floor_vs_verify"] == pytest.approx(doc["floor_us"] / med["verify"], rel=0.01)
     assert "floor = intake + store" in done.stdout
+
+
+@pytest.mark.slow
+def test_trace_bench_two_sizes_side_by_side(tmp_path: Path) -> None:
+    """bench/trace_bench.py fills two tiny stores, pairs their stays, and every query it times beside the
+    previous path agreed with it (it exits non-zero otherwise); the closing table has a column per size."""
+    done = subprocess.run(
+        [sys.executable, "bench/trace_bench.py", "--rows", "8000,16000", "--cases", "3", "--second-cases", "2",
+         "--naive-cases", "1", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert out.count("pairing stays up to block") == 2
+    table = out[out.index("p50 / p95 ms by size:") :]
+    assert "8,000 rows" in table and "16,000 rows" in table
+    for label in ("by person key", "before: by person key", "second degree", "venue view"):
+        assert f"\n  {label} " in table, label

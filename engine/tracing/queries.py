@@ -35,7 +35,7 @@ from engine.tracing.model import (
 )
 from engine.tracing.pairing import Span, overlaps, pair_stays, rank, stay_of, touching, walk
 from engine.tracing.presence import stays_touching
-from engine.tracing.stays import PairingParams, read_horizon
+from engine.tracing.stays import PairingParams, horizon_and_latest
 
 _RANGES_PER_QUERY = 200  # key ranges per venue query: keeps the statement small and the key analysis cheap
 # Key ranges at one venue less than this apart are read as one (a workplace's weekdays across a weekend): each
@@ -74,7 +74,8 @@ _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fro
 # stays it anchors and its neighbours' (within max_stay), so "near" is twice max_stay.
 _FRESH_SQL = (
     "AND (person_key, venue_id) IN (SELECT person_key, venue_id FROM scans PREWHERE _block_number > {{horizon:UInt64}} "
-    "WHERE ({near}) AND {verdicts}) "
+    "WHERE _part IN (SELECT name FROM system.parts WHERE database = currentDatabase() AND table = 'scans' "
+    "AND active AND max_block_number > {{horizon:UInt64}}) AND ({near}) AND {verdicts}) "
 )
 
 
@@ -157,11 +158,14 @@ class TraceQueries:
         with scans past its horizon replaced by pairing their scans here; otherwise every group from scans.
         """
         params = PairingParams.of(opt)
-        horizon = read_horizon(self._query, params) if self._use_stays else None
+        horizon, latest = horizon_and_latest(self._query, params) if self._use_stays else (None, 0)
         if horizon is None:
             return self.paired_from_scans(windows, opt)[0]
         stays = stays_touching(self._query, windows, params, include_unverified=opt.include_unverified)
-        fresh, groups = self.paired_from_scans(windows, opt, fresh_since=horizon)
+        fresh: list[Stay] = []
+        groups: set[tuple[str, str]] = set()
+        if latest > horizon:  # some scans are past the horizon: pair their groups here
+            fresh, groups = self.paired_from_scans(windows, opt, fresh_since=horizon)
         if groups:
             stays = [st for st in stays if (st.person_key, st.venue_id) not in groups] + fresh
         stays.sort(key=lambda st: (st.start_ms, st.venue_id, st.person_key))

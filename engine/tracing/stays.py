@@ -254,11 +254,21 @@ class StaysJob:
 
 def read_horizon(query: Any, params: PairingParams) -> int | None:
     """``stays_horizon``'s block for ``params``, None if nothing was paired with them (or the table is empty)."""
+    return horizon_and_latest(query, params)[0]
+
+
+def horizon_and_latest(query: Any, params: PairingParams) -> tuple[int | None, int]:
+    """The horizon (as :func:`read_horizon`) and the newest block in ``scans``, in one round trip: when they are
+    equal a trace knows no scan is past the horizon without looking."""
     rows = query(
-        "SELECT max(block), count() FROM stays_horizon WHERE dwell_ms = {d:Int64} AND max_stay_ms = {m:Int64}",
+        "SELECT (SELECT max(block) FROM stays_horizon WHERE dwell_ms = {d:Int64} AND max_stay_ms = {m:Int64}), "
+        "(SELECT count() FROM stays_horizon WHERE dwell_ms = {d:Int64} AND max_stay_ms = {m:Int64}), "
+        "(SELECT max(max_block_number) FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'scans' AND active)",
         {"d": params.dwell_ms, "m": params.max_stay_ms},
     )
-    return int(rows[0][0]) if rows and int(rows[0][1]) else None
+    block, count, latest = rows[0]
+    return (int(block) if int(count) else None), int(latest or 0)
 
 
 async def keep_paired(
