@@ -1,67 +1,81 @@
-# The verified-code cache of docs/payload.md section 6, included into _verify.pyx.
+# The verified-code set of docs/payload.md section 6, included into _verify.pyx.
 #
-# Set-associative: a bucket is 4 ways whose metadata fills one 64-byte cache line, so a lookup touches one
-# line of metadata and, only when the 64-bit SipHash tag and the length match, one slot of payload bytes for
-# the memcmp that makes a crafted hash collision cost a miss instead of a wrong answer. Eviction is LRU within
-# the bucket (a 32-bit clock; ages are computed with unsigned wrap-around). Only the serial phases touch it,
-# so it needs no lock of its own: CVerifier serialises batches.
+# An entry is the code's 16-byte tag (BLAKE2b-128 keyed with the deployment's set key, over the exact code
+# bytes) and the code's exp: 24 bytes a slot, at most 3/4 of the slots in use, so tens of bytes per entry and a
+# nation's codes fit in a few GB. The tag is a keyed MAC, so its bits are uniform and an attacker cannot aim
+# codes at one region of the table: the home slot is the tag's low bits, with linear probing.
+#
+# Entries are never deleted, only overwritten, so no tombstones are needed: an insert reuses the first expired
+# slot on its probe path, else takes the empty slot that ends it; when the set holds its maximum it evicts the
+# entry in its home slot (counted). A revoked key needs no sweep: the revocation check runs before the lookup.
+# Only the serial phases and load_set touch it, under the verifier's lock.
 
 cdef enum:
-    WAYS = 4
-    # The longest code that can parse as signed: 20 + 80 + 10 + 1 + 32 + 126 (block) + 5 separators = 274
-    # bytes; only such codes reach the cache, so a slot never needs the full 512.
-    SLOT_BYTES = 280
+    TAG_LEN = 16
 
 
-cdef struct Bucket:  # 64 bytes: one cache line of metadata for 4 ways
-    uint64_t tag[WAYS]     # SipHash-2-4 of the payload
-    uint32_t stamp[WAYS]   # last use, from the cache clock (LRU within the bucket)
-    uint16_t length[WAYS]  # payload length; 0 = empty way
-    uint8_t pad[8]
+cdef struct SetSlot:       # 24 bytes
+    uint64_t t0            # the tag, as two words
+    uint64_t t1
+    uint32_t exp           # the code's exp (seconds, saturated); 0 = empty slot
+    uint32_t pad           # keeps slots 8-byte aligned (a revoked key needs no field: it is checked first)
 
 
-cdef struct Cache:
-    Bucket* buckets
-    uint8_t* data          # nbuckets * WAYS * SLOT_BYTES payload bytes
-    uint64_t nbuckets
-    uint32_t clock
-    uint8_t key[16]
+cdef struct VSet:
+    SetSlot* slots
+    uint64_t mask          # slots - 1 (a power of two)
+    uint64_t count
+    uint64_t max_entries
+    uint64_t evictions
 
 
-cdef inline uint64_t _bucket_of(const Cache* c, uint64_t h) noexcept nogil:
-    # Lemire's multiply-shift range reduction: any bucket count, no modulo.
-    return ((h >> 32) * c.nbuckets) >> 32
+cdef inline uint32_t _exp32(int64_t exp) noexcept nogil:
+    if exp <= 0:
+        return 1           # never 0 (the empty marker); such a code is expired, its slot the first reused
+    if exp >= <int64_t>4294967295:
+        return <uint32_t>4294967295
+    return <uint32_t>exp
 
 
-cdef bint _cache_find(Cache* c, const uint8_t* code, Py_ssize_t n, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _bucket_of(c, h)
-    cdef Bucket* bk = &c.buckets[b]
-    cdef int w
-    for w in range(WAYS):
-        if bk.length[w] == n and bk.tag[w] == h and memcmp(c.data + (b * WAYS + w) * SLOT_BYTES, code, n) == 0:
-            c.clock += 1
-            bk.stamp[w] = c.clock
+cdef bint _set_find(const VSet* s, const uint8_t* tag) noexcept nogil:
+    cdef uint64_t a, b, i
+    memcpy(&a, tag, 8)
+    memcpy(&b, tag + 8, 8)
+    i = a & s.mask
+    while s.slots[i].exp != 0:
+        if s.slots[i].t0 == a and s.slots[i].t1 == b:
             return True
+        i = (i + 1) & s.mask
     return False
 
 
-cdef void _cache_insert(Cache* c, const uint8_t* code, Py_ssize_t n, uint64_t h) noexcept nogil:
-    cdef uint64_t b = _bucket_of(c, h)
-    cdef Bucket* bk = &c.buckets[b]
-    cdef int w, victim = 0
-    cdef uint32_t age, oldest = 0
-    if n > SLOT_BYTES:  # cannot happen for a code that parsed as signed; never cache a truncated copy
-        return
-    for w in range(WAYS):
-        if bk.length[w] == 0:
-            victim = w
-            break
-        age = c.clock - bk.stamp[w]  # unsigned: correct across clock wrap-around
-        if age >= oldest:
-            oldest = age
-            victim = w
-    c.clock += 1
-    bk.tag[victim] = h
-    bk.length[victim] = <uint16_t>n
-    bk.stamp[victim] = c.clock
-    memcpy(c.data + (b * WAYS + victim) * SLOT_BYTES, code, n)
+cdef bint _set_insert(VSet* s, const uint8_t* tag, int64_t exp, int64_t now) noexcept nogil:
+    """Add one entry; True if it was not there yet."""
+    cdef uint64_t a, b, i, home, target
+    cdef bint reuse = False
+    cdef SetSlot* slot
+    memcpy(&a, tag, 8)
+    memcpy(&b, tag + 8, 8)
+    home = a & s.mask
+    i = home
+    target = home
+    while s.slots[i].exp != 0:
+        slot = &s.slots[i]
+        if slot.t0 == a and slot.t1 == b:
+            if _exp32(exp) > slot.exp:
+                slot.exp = _exp32(exp)
+            return False
+        if not reuse and <int64_t>slot.exp <= now:
+            reuse = True
+            target = i
+        i = (i + 1) & s.mask
+    if not reuse:
+        if s.count < s.max_entries:
+            target = i
+            s.count += 1
+        else:
+            target = home
+            s.evictions += 1
+    slot = &s.slots[target]
+    slot.t0, slot.t1, slot.exp, slot.pad = a, b, _exp32(exp), 0
+    return True

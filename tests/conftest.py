@@ -20,6 +20,8 @@ from engine.codes.payload import Person, key_id
 from engine.codes.trust import TrustedKey, TrustList
 from engine.testing.engines import EngineStarter, InProcessEngine
 
+pytest_plugins = ["engine.testing.fixtures"]
+
 VECTORS_PATH = Path(__file__).parent / "vectors" / "codes.json"
 FIXED_NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -369,12 +369,23 @@ class DevTools:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(binary: str, url: str, profile: Path) -> AsyncIterator[DevTools]:
-    """Chromium with ``url`` open and a DevTools session on that page; the port is chosen by Chromium (port 0)."""
+async def chromium_page(
+    binary: str, url: str, profile: Path, extra_flags: Sequence[str] = ()
+) -> AsyncIterator[DevTools]:
+    """Chromium with ``url`` open and a DevTools session on that page; the port is chosen by Chromium (port 0).
+
+    ``extra_flags`` are added after the defaults (the scanner's test adds a fake camera)."""
     profile.mkdir(parents=True, exist_ok=True)
     log = (profile / "chromium.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", url, stdout=log, stderr=log
+        binary,
+        *CHROMIUM_FLAGS,
+        *extra_flags,
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        url,
+        stdout=log,
+        stderr=log,
     )
     try:
         port_file = profile / "DevToolsActivePort"

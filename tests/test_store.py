@@ -1,7 +1,9 @@
-"""The store against a real embedded ClickHouse (chdb) in a temporary directory, and the cluster DDL text.
+"""The store against a real embedded ClickHouse (chdb) and a real ClickHouse server, and the cluster DDL text.
 
-chdb opens one data directory per process at a time (another directory only after every client on the first is
-closed), so each test gets its own directory through the ``store`` fixture, which always closes it.
+Every test that takes ``store`` or ``store_dsn`` runs twice, ids ``embedded`` and ``server``
+(``engine.testing.fixtures``): chdb in the test's own temporary directory (chdb opens one data directory per process
+at a time, so each test gets its own and the fixture always closes it), and the session's ClickHouse server with a
+fresh database per test. The differences the server runs found are in docs/cluster.md ("Embedded vs server").
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from engine.codes.verdicts import CodeKind, Reason, Verdict
 from engine.errors import ConfigError, StoreError
 from engine.store.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
 from engine.store.store import SCAN_COLUMNS, Store
+from engine.testing.fixtures import StoreTarget
 
 DAY_MS = 86_400_000
 NOW_MS = int(time.time() * 1000)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.connect(f"chdb://{tmp_path / 'store'}")
+def store(store_dsn: StoreTarget) -> Iterator[Store]:
+    s = store_dsn.connect()
     try:
         s.migrate()
         yield s
@@ -69,15 +72,15 @@ def count(store: Store, table: str, final: bool = False) -> int:
 
 
 # -- schema and migrations ----------------------------------------------------------------------------------
-def test_migrate_applies_every_file_once_then_is_a_noop(tmp_path: Path) -> None:
-    s = Store.connect(f"chdb://{tmp_path / 'store'}")
+def test_migrate_applies_every_file_once_then_is_a_noop(store_dsn: StoreTarget) -> None:
+    s = store_dsn.connect()
     try:
         first = s.migrate()
         assert first == [name.removesuffix(".sql") for name in migration_names()]
         assert s.migrate() == []
-        tables = {r[0] for r in s.query("SHOW TABLES FROM vnqr")}
+        tables = {r[0] for r in s.query(f"SHOW TABLES FROM {s.database}")}
         assert {"scans", "scans_by_person", "scans_by_person_mv", "devices", "schema_migrations"} <= tables
-        assert count(s, "vnqr.schema_migrations") == len(first)
+        assert count(s, f"{s.database}.schema_migrations") == len(first)
     finally:
         s.close()
 
@@ -86,7 +89,8 @@ def test_every_table_the_engine_writes_fsyncs_its_new_parts(store: Store) -> Non
     """The WAL forgets a batch once its insert returns, and revocations live only in ``devices``: a MergeTree
     table without these settings could lose rows to a power cut that the engine already counts as safe."""
     rows = store.query(
-        "SELECT name, create_table_query FROM system.tables WHERE database = 'vnqr' AND engine LIKE '%MergeTree'"
+        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
+        {"db": store.database},
     )
     written = {name: ddl for name, ddl in rows if name != "schema_migrations"}
     assert {"scans", "scans_by_person", "person_by_qr", "devices"} <= set(written)
@@ -103,22 +107,21 @@ def test_enum_types_come_from_the_verdicts_module(store: Store) -> None:
     assert types["person_key"] == "FixedString(16)"
 
 
-def test_changed_retention_is_applied_on_start_and_expires_rows(tmp_path: Path) -> None:
-    dsn = f"chdb://{tmp_path / 'store'}"
-    s = Store.connect(dsn, retention_days=28)
+def test_changed_retention_is_applied_on_start_and_expires_rows(store_dsn: StoreTarget) -> None:
+    s = store_dsn.connect(retention_days=28)
     try:
         s.migrate()
         s.insert_scans(scans(5, at_ms=NOW_MS - 10 * DAY_MS))
     finally:
         s.close()
-    s = Store.connect(dsn, retention_days=7)
+    s = store_dsn.connect(retention_days=7)
     try:
         assert s.migrate() == ["retention_days=7"]
         assert s.migrate() == []
         for table in ("scans", "scans_by_person"):
             ddl = s.query(
-                "SELECT create_table_query FROM system.tables WHERE database = 'vnqr' AND name = {t:String}",
-                {"t": table},
+                "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                {"db": s.database, "t": table},
             )
             assert "toIntervalDay(7)" in ddl[0][0]
             s.command(f"OPTIMIZE TABLE {table} FINAL")
@@ -295,9 +298,9 @@ def test_stats_are_json_ready(store: Store) -> None:
     assert (doc["devices"], doc["devices_revoked"]) == (1, 1)
 
 
-def test_ping_and_close(tmp_path: Path) -> None:
-    s = Store.connect(f"chdb://{tmp_path / 'store'}")
-    assert s.is_embedded and s.ping()
+def test_ping_and_close(store_dsn: StoreTarget) -> None:
+    s = store_dsn.connect()
+    assert s.is_embedded == (store_dsn.kind == "embedded") and s.ping()
     s.close()
     s.close()
     assert not s.ping()

@@ -46,6 +46,10 @@ def _with_store(cfg: Config, fn: Any) -> Any:
 
 
 def _device_register(args: argparse.Namespace) -> int:
+    if args.enroll:
+        return _device_enroll(args)
+    if not args.device_id or not args.out:
+        raise EngineError("device-register needs --device-id and --out (or --enroll --venue V for a browser scanner)")
     cfg = _config(args)
     key = write_key_file(args.out, args.device_id)
     body = {"device_id": args.device_id, "public_key": b64url_encode(key.public_key), "label": args.label}
@@ -58,6 +62,32 @@ def _device_register(args: argparse.Namespace) -> int:
         _with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
         doc = {"device_id": args.device_id, "registered": "directly in the store (no engine running)"}
     doc["key_file"] = str(args.out)
+    _print(doc, args.json)
+    return 0
+
+
+def _device_enroll(args: argparse.Namespace) -> int:
+    """A one-time enrolment code for the /scanner page (engine/devices/enrollment.py): no key file, the browser
+    makes one."""
+    from engine.devices import enrollment
+
+    if args.device_id or args.out:
+        raise EngineError("--enroll chooses the device id and the key stays in the browser: drop --device-id/--out")
+    venues = enrollment.check_venues(args.venue or [])
+    ttl_s = enrollment.parse_ttl(args.ttl)
+    cfg = _config(args)
+    body = {"venues": venues, "ttl_s": ttl_s, "label": args.label}
+    try:
+        doc = call_engine(cfg, "POST", "/v1/admin/enrollments", body)
+    except EngineUnreachable:
+        code, e = _with_store(cfg, lambda s: enrollment.issue(s, venues, ttl_s=ttl_s, label=args.label))
+        doc = {**e.to_json(), "code": enrollment.format_code(code), "qr_text": enrollment.QR_PREFIX + code}
+        doc["issued"] = "directly in the store (no engine running)"
+    if args.png:
+        from engine.codes.qr import render
+
+        render(doc["qr_text"], args.png)
+        doc["png"] = str(args.png)
     _print(doc, args.json)
     return 0
 
@@ -172,9 +202,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         return p
 
     p = add("device-register", _device_register, "create a scanner key file and register the device")
-    p.add_argument("--device-id", required=True)
-    p.add_argument("--out", required=True, type=Path, help="private key file to create (0600)")
+    p.add_argument("--device-id", help="the device id (not with --enroll)")
+    p.add_argument("--out", type=Path, help="private key file to create (0600; not with --enroll)")
     p.add_argument("--label", default="")
+    p.add_argument("--enroll", action="store_true", help="issue a one-time enrolment code for the /scanner page")
+    p.add_argument("--venue", action="append", help="with --enroll: venue id the scanner serves (repeatable)")
+    p.add_argument("--ttl", default="15m", help="with --enroll: how long the code is valid (60s..24h; default 15m)")
+    p.add_argument("--png", type=Path, help="with --enroll: also write the code as a QR image (.png or .svg)")
     p = add("device-revoke", _device_revoke, "revoke a scanner device (effective immediately)")
     p.add_argument("--device-id", required=True)
     add("device-list", _device_list, "list registered scanner devices")

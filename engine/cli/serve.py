@@ -8,6 +8,7 @@ import logging
 import os
 
 from engine.config import Config
+from engine.ops.sdnotify import READY, STOPPING, notify
 
 
 async def _freeze_startup_heap(app: object) -> None:
@@ -17,6 +18,18 @@ async def _freeze_startup_heap(app: object) -> None:
     it off."""
     gc.collect()
     gc.freeze()
+
+
+async def _notify_stopping(app: object) -> None:
+    """SIGTERM received: the listener is closing and the graceful drain begins (systemd shows "deactivating")."""
+    notify(STOPPING)
+
+
+def _serving(message: str) -> None:
+    """aiohttp's run_app calls its ``print`` once, right after every site is listening: the one moment that is
+    "serving" (on_startup runs before the socket is bound, so READY=1 there could precede a connection refused)."""
+    logging.getLogger("engine").info(message.strip())
+    notify(READY)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
     if os.environ.get("ENGINE_GC_FREEZE", "1") != "0":
         app.on_startup.append(_freeze_startup_heap)
+    app.on_shutdown.append(_notify_stopping)
     loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
     web.run_app(
         app,
@@ -44,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         keepalive_timeout=config.keepalive_timeout_s,
         access_log=None,
         loop=loop,
-        print=lambda msg: logging.getLogger("engine").info(msg.strip()),
+        print=_serving,
     )
     return 0
 

@@ -3,6 +3,9 @@
 Device API contract
 ===================
 
+The vendor-facing document is ``docs/device-api.md`` (with a worked example and every error answer); this is
+its summary for readers of the code.
+
 Every request from a scanner carries four headers:
 
 ``X-Device-Id``
@@ -13,7 +16,7 @@ Every request from a scanner carries four headers:
     16..64 characters of ``A-Z a-z 0-9 _ -``, unique per request (``engine.devices.client`` uses 24 random ones).
 ``X-Signature``
     the Ed25519 signature of the message below by the device's registered key, base64url without padding:
-    exactly 86 characters, canonical (the two unused low bits of the last character are zero).
+    exactly 86 characters, canonical (the four unused low bits of the last character are zero).
 
 The signed message is::
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from engine.clock import parse_iso
+from engine.codes.venues import MAX_VENUE_CHARS as MAX_VENUE_CHARS  # the compiled twin imports it from here
+from engine.codes.venues import VENUE_CHARS as VENUE_CHARS
+from engine.codes.venues import VENUE_RULE
 
 MAX_QR_CHARS = 2048  # far above any valid code (512 bytes); longer text is an item error, not a stored scan
-MAX_VENUE_CHARS = 64
-VENUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 DIRECTIONS = {"in": 1, "out": 2}
 
 # The item errors, word for word (the compiled path imports them from here, so both say the same thing).
@@ -22,7 +23,7 @@ E_SCAN_ID_MISSING = "scan_id is missing"
 E_SCAN_ID = "scan_id is not a UUID (8-4-4-4-12 hex digits)"
 E_QR_TYPE = "qr must be a string (the text the scanner read)"
 E_QR_LONG = f"qr is longer than {MAX_QR_CHARS} characters"
-E_VENUE = f"venue_id must be 1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
+E_VENUE = f"venue_id must be {VENUE_RULE}"
 E_DIRECTION = 'direction must be "in" or "out"'
 E_TIME = "scanned_at must be epoch milliseconds or an ISO-8601 time with a zone"
 E_WINDOW = "scanned_at is outside the accepted window (retention period .. now + clock skew)"

@@ -45,8 +45,16 @@ from engine.store.schema import TTL_TABLES, render_migrations, retention_stateme
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_CHARS = 600
+_URL_IN_ERROR = re.compile(r"with url: \S+")
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)")
 _DEVICE_TYPES = ["String", "String", "String", "UInt8", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')"]
+
+# Inserts are synchronous on purpose. ClickHouse 26.x servers default to ``async_insert = 1`` (the server here
+# reports it unchanged from its default): the insert would then go through the server's async queue, merged with
+# other clients' inserts, where ``insert_deduplication_token`` does not deduplicate into non-replicated tables
+# (``async_insert_deduplicate`` covers replicated ones, and is off by default) and a WAL redo after a crash would
+# land twice. chdb's clickhouse-local has no async queue at all, so only a server shows the difference.
+_SYNC_INSERT: dict[str, Any] = {"async_insert": 0}
 
 ScanColumns = Mapping[str, "np.ndarray[Any, Any] | Sequence[Any]"]
 
@@ -69,8 +77,41 @@ def _redact(dsn: str) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The reason for a failed call, short: the transport's own cause when there is one (see :func:`_transport`)."""
+    reason = _transport(exc)
+    if reason is not None:
+        return reason
+    # urllib3 pastes the request URL (the whole SQL, URL-encoded) into its message: it would push the cause out
+    text = _URL_IN_ERROR.sub("with url: ...", " ".join(str(exc).split()))
     return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
+
+
+def _transport(exc: BaseException) -> str | None:
+    """Name a server-side transport failure plainly, or None if ``exc`` is not one.
+
+    clickhouse-connect wraps these three deep in its exception chain, under a message that begins with a 600-char
+    URL: on a killed or restarting server the operator would otherwise never see "connection refused".
+    """
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused: no ClickHouse server listens there (stopped, restarting, or a wrong port)"
+        if isinstance(seen, ConnectionResetError | BrokenPipeError):
+            return "the server closed the connection during the call (it stopped or restarted); nothing was answered"
+        if isinstance(seen, TimeoutError) or type(seen).__name__ in ("ReadTimeoutError", "ConnectTimeoutError"):
+            return (
+                f"no answer in time ({_short_text(seen)}): the server is overloaded or hung, and may still finish "
+                "the statement (a retried insert must carry the same deduplication token)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _short_text(exc: BaseException) -> str:
+    text = _URL_IN_ERROR.sub("with url: ...", " ".join(str(exc).split()))
+    return text[:200]
 
 
 def _lock_holder(directory: Path) -> str | None:
@@ -237,6 +278,7 @@ class Store:
             return 0
         table = to_arrow(rows)
         query_settings: dict[str, Any] = {
+            **_SYNC_INSERT,
             "insert_deduplicate": 1,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
             # Replacing tables would otherwise collapse equal keys inside each new block at insert time, ClickHouse
@@ -288,6 +330,7 @@ class Store:
                     database=self.database,
                     column_type_names=_DEVICE_TYPES,
                     column_oriented=True,
+                    settings=_SYNC_INSERT,  # a revocation is a part before this returns, not a queued row
                 ),
             )
 

@@ -1,1 +1,1 @@
-"""Starting real engines and stores for tests, benchmarks and the load test: one helper instead of several."""
+"""Helpers that start real engines and stores for tests, benchmarks and the load test."""

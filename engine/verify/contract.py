@@ -20,6 +20,11 @@ from engine.codes.trust import TrustTable
 
 PERSON_KEY_BYTES = 16
 PERSON_KEY_PREFIX = b"pk1:"
+#: A verified-code set entry's tag: BLAKE2b-128 keyed with the deployment's set key, over the exact code bytes
+#: (the 64-byte signature included, so the tag of a forged code is unrelated to the genuine one's).
+TAG_BYTES = 16
+SET_KEY_LABEL = b"vnqr verified-code set v1"
+ROW_MAC_PREFIX = b"vcs1"
 
 
 class CodeBatch(NamedTuple):
@@ -54,6 +59,10 @@ class BatchResult:
     qid_end: np.ndarray
     person_key: np.ndarray
     cache_hit: np.ndarray
+    #: the code's verified-code set tag (codes that reached the signature step; zeros for the others)
+    set_tag: np.ndarray
+    #: signature verified in this batch and added to the set: what the node publishes to the deployment
+    newly_verified: np.ndarray
 
     @classmethod
     def empty(cls, n: int) -> BatchResult:
@@ -68,6 +77,8 @@ class BatchResult:
             qid_end=np.zeros(n, np.int32),
             person_key=np.zeros((n, PERSON_KEY_BYTES), np.uint8),
             cache_hit=np.zeros(n, np.bool_),
+            set_tag=np.zeros((n, TAG_BYTES), np.uint8),
+            newly_verified=np.zeros(n, np.bool_),
         )
 
     def __len__(self) -> int:
@@ -82,12 +93,45 @@ def person_key(secret: bytes, doc_number: bytes) -> bytes:
     return hmac.new(secret, PERSON_KEY_PREFIX + doc_number, hashlib.sha256).digest()[:PERSON_KEY_BYTES]
 
 
+def set_key(secret: bytes) -> bytes:
+    """The 32-byte key of the verified-code set, derived from the deployment's person-key secret.
+
+    Every node of one deployment holds the same secret, so they compute the same tags and can share the set
+    through the store; whoever can write to the store without the secret cannot make a tag for a code.
+    """
+    return hmac.new(secret, SET_KEY_LABEL, hashlib.sha256).digest()
+
+
+def code_tag(key: bytes, code: bytes) -> bytes:
+    """The set tag of one exact code: keyed BLAKE2b-128 (128-bit second-preimage resistance, not invertible
+    from a list of document numbers because it covers the signature and needs the key)."""
+    return hashlib.blake2b(code, digest_size=TAG_BYTES, key=key).digest()
+
+
+def row_mac(key: bytes, tag: bytes, kid: bytes, exp: int) -> bytes:
+    """The MAC a published set row carries: a node refuses rows whose MAC it cannot reproduce."""
+    return hashlib.blake2b(
+        ROW_MAC_PREFIX + tag + kid + max(0, exp).to_bytes(8, "big"), digest_size=TAG_BYTES, key=key
+    ).digest()
+
+
 class Verifier(Protocol):
     threads: int
 
     def set_trust(self, trust: TrustTable) -> None: ...
     def verify_batch(self, batch: CodeBatch, now: int) -> BatchResult: ...
+    def load_set(self, tags: bytes, kids: bytes, exps: np.ndarray, macs: bytes, now: int) -> tuple[int, int]:
+        """Add published entries (16-byte tags, 8-byte kids, exp seconds, 16-byte row MACs) to the set:
+        returns (added, refused); rows with a wrong MAC are refused, expired ones skipped."""
+        ...
+
     @property
     def cache_hits(self) -> int: ...
     @property
     def cache_lookups(self) -> int: ...
+    @property
+    def set_size(self) -> int: ...
+    @property
+    def set_evictions(self) -> int: ...
+    @property
+    def set_refused(self) -> int: ...

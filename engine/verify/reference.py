@@ -2,12 +2,13 @@
 
 It is the definition of correct the tests hold the compiled ``engine._verify.CVerifier`` to, and the fallback
 when the extension is not built. Simple on purpose: one code at a time, the checks in the order of
-docs/payload.md section 4, an LRU of verified payloads.
+docs/payload.md section 4, and the verified-code set (section 6) as a bounded dict of tags: a code whose exact
+bytes verified once (here, or on any node of the deployment, loaded with :meth:`PyVerifier.load_set`) skips
+only the signature; key and code revocation, the key window and expiry are checked on every scan.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from nacl.signing import VerifyKey
 from engine.codes.payload import KID_BYTES, parse
 from engine.codes.trust import TrustTable
 from engine.codes.verdicts import CodeKind, Reason, Verdict
-from engine.verify.contract import BatchResult, CodeBatch, person_key
+from engine.verify.contract import BatchResult, CodeBatch, code_tag, person_key, row_mac, set_key
 
 
 class PyVerifier:
@@ -36,7 +37,11 @@ class PyVerifier:
     ) -> None:
         self._secret = person_secret
         self._cache_size = cache_size
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._set_key = set_key(person_secret)
+        # tag -> exp: insertion-ordered, so eviction when full drops the oldest entry
+        self._set: dict[bytes, int] = {}
+        self._evictions = 0
+        self._refused = 0
         self._hits = 0
         self._lookups = 0
         self.threads = threads  # accepted for interface parity; the reference runs on one thread
@@ -58,6 +63,45 @@ class PyVerifier:
     @property
     def cache_lookups(self) -> int:
         return self._lookups
+
+    @property
+    def set_size(self) -> int:
+        return len(self._set)
+
+    @property
+    def set_evictions(self) -> int:
+        return self._evictions
+
+    @property
+    def set_refused(self) -> int:
+        return self._refused
+
+    def load_set(self, tags: bytes, kids: bytes, exps: np.ndarray, macs: bytes, now: int) -> tuple[int, int]:
+        n = len(exps)
+        if len(tags) != 16 * n or len(kids) != 8 * n or len(macs) != 16 * n:
+            raise ValueError("load_set: tags, kids and macs must hold 16, 8 and 16 bytes per entry")
+        added = refused = 0
+        for i, exp in enumerate(np.asarray(exps, np.int64).tolist()):
+            tag = tags[16 * i : 16 * i + 16]
+            if row_mac(self._set_key, tag, kids[8 * i : 8 * i + 8], exp) != macs[16 * i : 16 * i + 16]:
+                refused += 1
+            elif exp > now and self._remember(tag, exp):
+                added += 1
+        self._refused += refused
+        return added, refused
+
+    def _remember(self, tag: bytes, exp: int) -> bool:
+        """Add one entry; True if it was not there. Full: the oldest entry is evicted (and counted)."""
+        if self._cache_size <= 0:
+            return False
+        if tag in self._set:
+            self._set[tag] = max(self._set[tag], exp)
+            return False
+        if len(self._set) >= self._cache_size:
+            del self._set[next(iter(self._set))]
+            self._evictions += 1
+        self._set[tag] = exp
+        return True
 
     def verify_batch(self, batch: CodeBatch, now: int) -> BatchResult:
         n = len(batch)
@@ -95,7 +139,7 @@ class PyVerifier:
         t = self._trust
         if t.revoked[idx]:
             return Verdict.REVOKED_KEY, Reason.NONE
-        if not self._signature_ok(code, p, idx, out, i):
+        if not self._signature_ok(code, p, idx, out, i, now):
             return Verdict.BAD_SIGNATURE, Reason.NONE
         if code[p.qid_start : p.qid_end] in self._revoked_qids:
             return Verdict.REVOKED_CODE, Reason.NONE
@@ -109,10 +153,11 @@ class PyVerifier:
             return Verdict.EXPIRED, Reason.NONE
         return Verdict.OK, Reason.NONE
 
-    def _signature_ok(self, code: bytes, p: Any, idx: int, out: BatchResult, i: int) -> bool:
+    def _signature_ok(self, code: bytes, p: Any, idx: int, out: BatchResult, i: int, now: int) -> bool:
         self._lookups += 1
-        if code in self._cache:
-            self._cache.move_to_end(code)
+        tag = code_tag(self._set_key, code)
+        out.set_tag[i] = np.frombuffer(tag, np.uint8)
+        if tag in self._set:
             self._hits += 1
             out.cache_hit[i] = True
             return True
@@ -120,8 +165,8 @@ class PyVerifier:
             self._verify_keys[idx].verify(p.message(code), p.signature)
         except BadSignatureError:
             return False
-        if self._cache_size > 0:
-            self._cache[code] = None
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        # Expired codes too: a replayed genuine-but-expired code must not cost a verify every time (their slots
+        # are the first reused); the publisher skips them.
+        if self._remember(tag, p.exp):
+            out.newly_verified[i] = True
         return True

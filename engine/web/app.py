@@ -36,7 +36,7 @@ from engine.ops.metrics import Metrics
 from engine.store.store import Store
 from engine.tracing.stays import StaysJob, keep_paired
 from engine.verify import make_verifier
-from engine.web import admin, dashboard, scans, trace
+from engine.web import admin, dashboard, enroll, scanner, scans, trace
 from engine.web.keys import CONFIG, METRICS, RUNTIME, STORE, WAL, Runtime
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ T = TypeVar("T")
 #: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
 WAL_BYTES_PER_ROW = 130
 
-#: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers, the dashboard
-ROUTE_MODULES = (scans, admin, trace, dashboard)
+#: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers, the dashboard, and
+#: the browser scanner with its enrolment
+ROUTE_MODULES = (scans, admin, trace, dashboard, enroll, scanner)
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:

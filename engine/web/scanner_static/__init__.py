@@ -1,0 +1,1 @@
+"""The browser scanner page served at /scanner/ (engine/web/scanner.py); package data only."""
