@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS {db}.stays_horizon{on_cluster}
     paired_at DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = {replacing:stays_horizon:block:all}
-ORDER BY (dwell_ms, max_stay_ms);
+ORDER BY (dwell_ms, max_stay_ms)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- The pairing job finds new scans by block number (_block_number): monotonic in commit order whatever the
 -- scans' own times, so late and out-of-order scans are found as surely as fresh ones. Without this setting a
