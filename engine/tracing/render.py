@@ -78,7 +78,19 @@ def rows(trace: PersonTrace | VenueTrace) -> list[dict[str, Any]]:
                     "via": ",".join(c.via),
                 }
             )
+    if (cut := trace.second_degree_cut) is not None:
+        out.append(_cut_row(cut))
     return out
+
+
+def _cut_row(cut: SecondDegreeCut) -> dict[str, Any]:
+    """What a bounded second degree left out, as one row of the flat shape: the counts as ``name=value`` in
+    ``flags``, so a CSV reader keeps its columns and still learns the list is not everyone."""
+    row: dict[str, Any] = dict.fromkeys(FIELDS, "")
+    row["section"] = "second_degree_cut"
+    row["trusted"] = True
+    row["flags"] = ";".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(cut).items())
+    return row
 
 
 def to_json(trace: PersonTrace | VenueTrace) -> dict[str, Any]:
@@ -166,7 +178,7 @@ def to_csv(trace: PersonTrace | VenueTrace) -> str:
 
 def to_table(trace: PersonTrace | VenueTrace) -> str:
     """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed."""
-    data = rows(trace)
+    data = [r for r in rows(trace) if r["section"] != "second_degree_cut"]  # the title says what was cut
     if isinstance(trace, VenueTrace):
         title = f"venue {trace.venue_id}: {len(trace.stays)} stays"
     else:

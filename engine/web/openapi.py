@@ -41,6 +41,70 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
+def _number(name: str, description: str, minimum: float, maximum: float, integer: bool = False) -> dict[str, Any]:
+    schema = {"type": "integer" if integer else "number", "minimum": minimum, "maximum": maximum}
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+#: Query parameters of both trace endpoints (engine/web/trace.py, options_from_query; bounds as TraceOptions).
+_TRACE_PARAMETERS = [
+    {"name": "Authorization", "in": "header", "required": False, "description": "Bearer <tracer token>",
+     "schema": {"type": "string"}},
+    {"name": "from", "in": "query", "required": False, "description": "period start: ISO 8601 or Unix seconds",
+     "schema": {"type": "string"}},
+    {"name": "to", "in": "query", "required": False, "description": "period end (default now)",
+     "schema": {"type": "string"}},
+    _number("days", "period length when from is not given", 0, 366),
+    _number("dwell_min", "stay assumed when an exit is missing (minutes)", 0, 10080),
+    _number("margin_min", "stays this close count as overlapping (minutes)", 0, 1440),
+    _number("max_stay_min", "longest stay an entry/exit pair may span (minutes)", 0, 10080),
+    {"name": "include_unverified", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "1/true/yes/on: also count unsigned, ID-card and expired codes"},
+    {"name": "format", "in": "query", "required": False, "schema": {"type": "string", "enum": ["json", "csv"]}},
+]  # fmt: skip
+_SECOND_DEGREE_PARAMETERS = [
+    {"name": "second_degree", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "1/true/yes/on: also list contacts of the top contacts, bounded as below"},
+    _number("second_degree_limit", "top first-degree contacts expanded (default 20)", 0, 1000, integer=True),
+    _number("second_degree_min_overlap_min", "a second-degree contact needs this much overlap in total "
+            "(minutes, default 15)", 0, 1440),
+    _number("second_degree_cap", "second-degree contacts listed at most (default 200); second_degree_cut in "
+            "the answer (a second_degree_cut row in CSV) says what was left out", 0, 100_000, integer=True),
+]  # fmt: skip
+
+_PERSON_PARAMETERS = [
+    {"name": "person_key", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "32 hexadecimal characters; give this or qr_id"},
+    {"name": "qr_id", "in": "query", "required": False, "schema": {"type": "string"}},
+    *_TRACE_PARAMETERS,
+    *_SECOND_DEGREE_PARAMETERS,
+]  # fmt: skip
+_VENUE_PARAMETERS = [
+    {"name": "venue_id", "in": "query", "required": True, "schema": {"type": "string"}},
+    *_TRACE_PARAMETERS,
+]
+
+
+def _trace(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    answer = {"type": "object"}
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "the trace (JSON) or one row per visit, encounter or stay (CSV)",
+                    "content": {"application/json": {"schema": answer}, "text/csv": {"schema": {"type": "string"}}},
+                },
+                "400": _error_response("Bad parameter"),
+                "401": _error_response("Missing or invalid tracer token"),
+                "403": _error_response("Not a tracer credential (scanner device or admin token)"),
+                "503": _error_response("Store unavailable"),
+            },
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     scan = {
         "type": "object",
@@ -123,6 +187,8 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/trace/person": _trace("An index case's visits and contacts (tracer token)", _PERSON_PARAMETERS),
+            "/v1/trace/venue": _trace("Everyone at a venue during a period (tracer token)", _VENUE_PARAMETERS),
             "/healthz": {
                 "get": {
                     "summary": "Liveness",

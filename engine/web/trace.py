@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -55,11 +56,19 @@ def options_from_query(q: Any) -> tuple[int | None, int | None, TraceOptions]:
         max_stay_min=num("max_stay_min", 720.0),
         include_unverified=q.get("include_unverified", "").lower() in flag,
         second_degree=q.get("second_degree", "").lower() in flag,
-        second_degree_limit=int(num("second_degree_limit", 20)),
+        second_degree_limit=_whole(num("second_degree_limit", 20), "second_degree_limit"),
+        second_degree_min_overlap_min=num("second_degree_min_overlap_min", 15.0),
+        second_degree_cap=_whole(num("second_degree_cap", 200), "second_degree_cap"),
     )
     t0 = parse_time(q["from"]) if q.get("from") else None
     t1 = parse_time(q["to"]) if q.get("to") else None
     return t0, t1, opt
+
+
+def _whole(value: float, name: str) -> int:
+    if not math.isfinite(value) or value != int(value):  # a fraction is refused rather than rounded
+        raise PayloadError(f"{name} must be a whole number")
+    return int(value)
 
 
 def _respond(trace: PersonTrace | VenueTrace, fmt: str) -> web.Response:
