@@ -19,11 +19,19 @@ from engine.tracing.stays import TRUSTED_SQL, PairingParams
 
 #: Windows per statement: keeps the text and ClickHouse's key analysis small.
 WINDOWS_PER_QUERY = 200
-# Key ranges of one venue less than this apart are read as one: each range costs key analysis, and a stretch
-# of a venue's stays between two windows costs less to skip inside ClickHouse than to plan separately.
-_KEY_GAP_MS = 86_400_000
+# Key ranges of one venue less than this apart are read as one: on chdb each key range costs planning and
+# evaluation of its own terms, more than reading a few quiet days of one venue's stays between two windows
+# (bench/trace_profile.py; figures: see the closing note). The same gap as the reads of scans.
+_KEY_GAP_MS = 3 * 86_400_000
 _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 0"
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at <= fromUnixTimestamp64Milli({%s:Int64})"
+# The overlap condition over every window at once: three array parameters and one lambda, instead of an OR
+# of a term per window. The terms cost key analysis and expression planning per window (they are not key
+# conditions: the stay's bounds are not in the key), the lambda a few comparisons per row read.
+_TOUCHES = (
+    "arrayExists((v, a, b) -> v = venue_id AND {s}_start <= b AND {s}_end >= a, "
+    "{{wv:Array(String)}}, {{wa:Array(Int64)}}, {{wb:Array(Int64)}})"
+)
 
 
 def merge(windows: Iterable[tuple[str, int, int]], gap: int = 0) -> list[tuple[str, int, int]]:
@@ -59,19 +67,18 @@ def stays_touching(
         # a stay touching [lo, hi] is anchored at most max_stay before lo (its entry) and at most the default
         # dwell after hi (an exit nobody entered for, which starts a dwell before it)
         keys = merge(((v, lo - params.max_stay_ms, hi + params.dwell_ms) for v, lo, hi in chunk), _KEY_GAP_MS)
-        p: dict[str, Any] = {}
-        key_terms, exact_terms = [], []
+        p: dict[str, Any] = {
+            "wv": [v for v, _, _ in chunk],
+            "wa": [lo for _, lo, _ in chunk],
+            "wb": [hi for _, _, hi in chunk],
+        }
+        key_terms = []
         for i, (venue, lo, hi) in enumerate(keys):
             p[f"kv{i}"], p[f"ka{i}"], p[f"kb{i}"] = venue, lo, hi
             key_terms.append(f"(venue_id = {{kv{i}:String}} AND {_TIME % (f'ka{i}', f'kb{i}')})")
-        for i, (venue, lo, hi) in enumerate(chunk):
-            p[f"v{i}"], p[f"a{i}"], p[f"b{i}"] = venue, lo, hi
-            exact_terms.append(
-                f"(venue_id = {{v{i}:String}} AND {scope}_start <= {{b{i}:Int64}} AND {scope}_end >= {{a{i}:Int64}})"
-            )
         sql = (
             f"{_select(scope)} WHERE ({' OR '.join(key_terms)}) AND {scope}_kind != 'none' "
-            f"AND ({' OR '.join(exact_terms)}) {_READ_SETTINGS}"
+            f"AND {_TOUCHES.format(s=scope)} {_READ_SETTINGS}"
         )
         for person, qr, venue, t0, t1, kind, verdict in query(sql, p):
             flags = () if kind == "paired" else (kind,)

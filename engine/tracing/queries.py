@@ -35,7 +35,10 @@ from engine.tracing.model import (
 )
 from engine.tracing.pairing import Span, overlaps, pair_stays, rank, stay_of, touching, walk
 from engine.tracing.presence import stays_touching
-from engine.tracing.stays import PairingParams, horizon_and_latest
+from engine.tracing.stays import PairingParams, horizon_and_latest, pairing_state, pairing_state_sql
+
+#: The pairing state a trace read with its index case's scans: (horizon or None, newest block in scans).
+State = tuple[int | None, int]
 
 _RANGES_PER_QUERY = 200  # key ranges per venue query: keeps the statement small and the key analysis cheap
 # Key ranges at one venue less than this apart are read as one (a workplace's weekdays across a weekend): each
@@ -117,17 +120,26 @@ class TraceQueries:
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
         where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
+        # The pairing state rides on this read as two scalar columns (evaluated once, before the rows are
+        # read): a statement of its own cost as much as this whole read on chdb (bench/trace_profile.py).
+        state_sql = ""
+        if self._use_stays:
+            state_sql, state_params = pairing_state_sql(PairingParams.of(opt))
+            state_sql, params = f", {state_sql}", {**params, **state_params}
         # pair_stays drops duplicate scan ids itself, so this read needs no LIMIT BY
-        sql = f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
-        index_scans = [Scan(*r) for r in self._query(sql, params)]
+        sql = f"SELECT {_COLUMNS}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
+        rows = self._query(sql, params)
+        index_scans = [Scan(*r[:7]) for r in rows]
+        # no scans, no visits: nothing else is read, so the state is not needed
+        state: State = pairing_state(rows[0][7:]) if rows and self._use_stays else (None, 0)
         keys = sorted({s.person_key for s in index_scans})
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
-        first = self._contacts_of(visits, opt, degree=1)
+        first = self._contacts_of(visits, opt, 1, state)
         contacts = rank(first.values())
         cut = None
         if opt.second_degree and contacts:
             expand = contacts[: opt.second_degree_limit]
-            second, counts = self._second_degree(expand, set(keys) | set(first), to_ms, opt)
+            second, counts = self._second_degree(expand, set(keys) | set(first), to_ms, opt, state)
             cut = SecondDegreeCut(len(expand), len(contacts) - len(expand), *counts)
             contacts += second
         return PersonTrace(keys, from_ms, to_ms, opt.include_unverified, visits, contacts, cut)
@@ -139,26 +151,34 @@ class TraceQueries:
         from_ms, to_ms = period(from_ms, to_ms, opt.days)
         if not venue_id or len(venue_id) > 128:
             raise PayloadError("venue_id must be 1-128 characters")
-        stays = self.stays_at([(venue_id, from_ms, to_ms)], opt)
+        # One venue's window read from scans is one statement whose cost is already about its answer; the
+        # stays would add the pairing state's round trip (bench/trace_bench.py, "venue view").
+        stays = self.paired_from_scans([(venue_id, from_ms, to_ms)], opt)[0]
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
     def _pair(self, scans: Iterable[Scan], opt: TraceOptions) -> list[Stay]:
         return pair_stays(scans, default_dwell_min=opt.default_dwell_min, max_stay_min=opt.max_stay_min)
 
-    def _contacts_of(self, stays: Sequence[Stay], opt: TraceOptions, degree: int) -> dict[str, Contact]:
+    def _contacts_of(self, stays: Sequence[Stay], opt: TraceOptions, degree: int, state: State) -> dict[str, Contact]:
         margin = round(opt.margin_min * MINUTE_MS)
-        others = self.stays_at([(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays], opt)
+        windows = [(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays]
+        others = self.stays_at(windows, opt, state) if windows else []
         return overlaps(stays, others, margin_min=opt.margin_min, degree=degree)
 
-    def stays_at(self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions) -> list[Stay]:
+    def stays_at(
+        self, windows: Sequence[tuple[str, int, int]], opt: TraceOptions, state: State | None = None
+    ) -> list[Stay]:
         """Everyone's stays touching any (venue, from, to) window, by the rule of :func:`pair_stays`.
 
         From the paired ``stays`` where the pairing job has paired with this trace's parameters, the groups
         with scans past its horizon replaced by pairing their scans here; otherwise every group from scans.
+        ``state`` is the pairing state read with the index case's scans; without it, it is asked for.
         """
         params = PairingParams.of(opt)
-        horizon, latest = horizon_and_latest(self._query, params) if self._use_stays else (None, 0)
+        if state is None:
+            state = horizon_and_latest(self._query, params) if self._use_stays else (None, 0)
+        horizon, latest = state
         if horizon is None:
             return self.paired_from_scans(windows, opt)[0]
         stays = stays_touching(self._query, windows, params, include_unverified=opt.include_unverified)
@@ -212,7 +232,7 @@ class TraceQueries:
         return stays, groups
 
     def _second_degree(
-        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions
+        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions, state: State
     ) -> tuple[list[Contact], tuple[int, int, int, float, int]]:
         """Contacts of the top contacts, from their first exposure on: who they could have passed it to.
 
@@ -235,7 +255,7 @@ class TraceQueries:
             for st in within(self._pair((Scan(*r) for r in self._query(sql, params)), opt), since, to_ms)
             if st.end_ms >= exposed_at[st.person_key]
         ]
-        found = self._contacts_of(stays, opt, degree=2)
+        found = self._contacts_of(stays, opt, 2, state)
         candidates = [c for key, c in found.items() if key not in known]
         threshold = round(opt.second_degree_min_overlap_min * MINUTE_MS)
         kept = rank(c for c in candidates if _overlap_ms(c) >= threshold)

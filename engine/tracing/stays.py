@@ -257,18 +257,31 @@ def read_horizon(query: Any, params: PairingParams) -> int | None:
     return horizon_and_latest(query, params)[0]
 
 
+def pairing_state_sql(params: PairingParams) -> tuple[str, dict[str, Any]]:
+    """Two scalar subqueries (and their parameters) giving the pairing state: ``(horizon block, rows)`` of
+    ``stays_horizon`` for ``params``, and the newest block in ``scans``. A read appends them to a statement it
+    sends anyway, so knowing whether the stays can be used costs no round trip of its own."""
+    sql = (
+        "(SELECT (max(block), count()) FROM stays_horizon "
+        "WHERE dwell_ms = {hz_d:Int64} AND max_stay_ms = {hz_m:Int64}), "
+        "(SELECT max(max_block_number) FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'scans' AND active)"
+    )
+    return sql, {"hz_d": params.dwell_ms, "hz_m": params.max_stay_ms}
+
+
+def pairing_state(row: tuple[Any, ...]) -> tuple[int | None, int]:
+    """The horizon (None when nothing was paired with these parameters) and the newest block, from the two
+    columns of :func:`pairing_state_sql`."""
+    (block, count), latest = row
+    return (int(block) if int(count) else None), int(latest or 0)
+
+
 def horizon_and_latest(query: Any, params: PairingParams) -> tuple[int | None, int]:
     """The horizon (as :func:`read_horizon`) and the newest block in ``scans``, in one round trip: when they are
     equal a trace knows no scan is past the horizon without looking."""
-    rows = query(
-        "SELECT (SELECT max(block) FROM stays_horizon WHERE dwell_ms = {d:Int64} AND max_stay_ms = {m:Int64}), "
-        "(SELECT count() FROM stays_horizon WHERE dwell_ms = {d:Int64} AND max_stay_ms = {m:Int64}), "
-        "(SELECT max(max_block_number) FROM system.parts WHERE database = currentDatabase() "
-        "AND table = 'scans' AND active)",
-        {"d": params.dwell_ms, "m": params.max_stay_ms},
-    )
-    block, count, latest = rows[0]
-    return (int(block) if int(count) else None), int(latest or 0)
+    sql, p = pairing_state_sql(params)
+    return pairing_state(query(f"SELECT {sql}", p)[0])
 
 
 async def keep_paired(
