@@ -72,23 +72,37 @@ def machine() -> str:
     )
 
 
-Figures = dict[str, tuple[float, float]]
+#: p50 and p95 by label: wall ms, then this process's CPU ms (chdb's threads included: on a machine other jobs
+#: share, CPU time is what a query costs, wall time also what it waited for)
+Figures = dict[str, tuple[float, float, float, float]]
 
 
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any, float]:
+    """Best of ``repeat``: wall ms, the result, and the CPU ms of the same run."""
+    best, out, cpu = float("inf"), None, 0.0
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000, out
+        ms = (time.perf_counter() - t0) * 1000
+        if ms < best:
+            best, cpu = ms, (time.process_time() - c0) * 1000
+    return best, out, cpu
 
 
-def summary(name: str, ms: list[float], extra: str = "", figures: Figures | None = None) -> None:
-    q = statistics.quantiles(ms, n=20) if len(ms) >= 2 else ms * 19
-    print(f"  {name:38} n={len(ms):3}  p50 {statistics.median(ms):8.1f} ms  p95 {q[18]:8.1f} ms  {extra}")
+def _p95(ms: list[float]) -> float:
+    return statistics.quantiles(ms, n=20)[18] if len(ms) >= 2 else ms[0]
+
+
+def summary(
+    name: str, ms: list[float], extra: str = "", figures: Figures | None = None, cpu: list[float] | None = None
+) -> None:
+    cpu = cpu or ms
+    print(
+        f"  {name:38} n={len(ms):3}  p50 {statistics.median(ms):8.1f} ms  p95 {_p95(ms):8.1f} ms  "
+        f"cpu p50 {statistics.median(cpu):7.1f} p95 {_p95(cpu):7.1f} ms  {extra}"
+    )
     if figures is not None:
-        figures[name] = (statistics.median(ms), q[18])
+        figures[name] = (statistics.median(ms), _p95(ms), statistics.median(cpu), _p95(cpu))
 
 
 def side_by_side(
@@ -102,12 +116,14 @@ def side_by_side(
     variants must return equal results (but those in ``unequal``: another question, timed for comparison).
     Lines starting "before" get their p50 as a multiple of the first's."""
     times: dict[str, list[float]] = {label: [] for label in variants}
+    cpus: dict[str, list[float]] = {label: [] for label in variants}
     sizes: list[tuple[int, int]] = []
     for case in cases:
         results = []
         for label, fn in variants.items():
-            ms, result = timed(lambda fn=fn, case=case: fn(case), 3)
+            ms, result, cpu = timed(lambda fn=fn, case=case: fn(case), 3)
             times[label].append(ms)
+            cpus[label].append(cpu)
             if label not in unequal:
                 results.append(result)
         if any(r != results[0] for r in results[1:]):  # or their timings would mean nothing
@@ -119,10 +135,10 @@ def side_by_side(
         visits, contacts = statistics.median(v for v, _ in sizes), statistics.median(c for _, c in sizes)
         size = f" (median {visits:.0f} visits, {contacts:.0f} contacts)"
     print(f"{title}{size}:")
-    first = statistics.median(next(iter(times.values())))
+    first = statistics.median(next(iter(cpus.values())))
     for label, ms in times.items():
-        ratio = f"{statistics.median(ms) / first:.2f}x the first p50" if label.startswith("before") else ""
-        summary(label, ms, ratio, figures)
+        ratio = f"{statistics.median(cpus[label]) / first:.2f}x the first's cpu" if label.startswith("before") else ""
+        summary(label, ms, ratio, figures, cpus[label])
 
 
 def parts(store: Store) -> str:
@@ -154,11 +170,11 @@ def one_size(args: argparse.Namespace, rows: int, data_dir: Path) -> Figures:
     else:
         print(f"reusing {have:,} stored scans in {data_dir}")
     job = StaysJob(store)
-    ms, horizon = timed(job.run)
+    ms, horizon, _ = timed(job.run)
     print(f"  pairing stays up to block {horizon}: {ms / 1000:.1f} s ({rows / max(ms, 1) * 1000:,.0f} scans/s)")
     if args.optimize:
         tables = ("scans", "scans_by_person", "stays")
-        ms, _ = timed(lambda: [store.query(f"OPTIMIZE TABLE {t} FINAL", {}) for t in tables])
+        ms, _, _ = timed(lambda: [store.query(f"OPTIMIZE TABLE {t} FINAL", {}) for t in tables])
         print(f"  OPTIMIZE FINAL took {ms / 1000:.1f} s")
     print(f"  {parts(store)}")
 
@@ -227,11 +243,13 @@ def one_size(args: argparse.Namespace, rows: int, data_dir: Path) -> Figures:
         {"venue view": venue(q), "before: venue view": venue(old)},
         figures,
     )
-    naive = []
+    naive, naive_cpu = [], []
     for c in cases[: args.naive_cases]:
         params = {"pk": world.person_key(int(c)).hex(), "lo": from_ms, "hi": to_ms}
-        naive.append(timed(lambda params=params: store.query(NAIVE_SQL, params))[0])
-    summary("naive self-join over `scans` (no pairing)", naive, figures=figures)
+        ms, _, cpu = timed(lambda params=params: store.query(NAIVE_SQL, params))
+        naive.append(ms)
+        naive_cpu.append(cpu)
+    summary("naive self-join over `scans` (no pairing)", naive, figures=figures, cpu=naive_cpu)
     store.close()
     return figures
 
@@ -254,10 +272,10 @@ def main() -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         by_size[rows] = one_size(args, rows, data_dir)
     if len(sizes) > 1:
-        print("\np50 / p95 ms by size:")
-        print(f"  {'query':42}" + "".join(f"{f'{r:,} rows':>22}" for r in sizes))
+        print("\np50 / p95 ms by size (wall; cpu):")
+        print(f"  {'query':42}" + "".join(f"{f'{r:,} rows':>34}" for r in sizes))
         for label in by_size[sizes[0]]:
-            cells = "".join(f"{f'{by_size[r][label][0]:.1f} / {by_size[r][label][1]:.1f}':>22}" for r in sizes)
+            cells = "".join(f"{'{:.1f} / {:.1f}; {:.1f} / {:.1f}'.format(*by_size[r][label]):>34}" for r in sizes)
             print(f"  {label:42}{cells}")
     print(f"\nstores kept in {root}" if args.data_dir else "")
     return 0

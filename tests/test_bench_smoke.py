@@ -126,7 +126,7 @@ def test_trace_bench_two_sizes_side_by_side(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert out.count("pairing stays up to block") == 2
-    table = out[out.index("p50 / p95 ms by size:") :]
+    table = out[out.index("p50 / p95 ms by size") :]
     assert "8,000 rows" in table and "16,000 rows" in table
     for label in ("by person key", "before: by person key", "second degree", "venue view"):
         assert f"\n  {label} " in table, label

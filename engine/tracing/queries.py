@@ -69,16 +69,23 @@ _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 
 # rows and walking them (README, "Measured": tracing).
 _SCANS_AT_SQL = (
     "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
-    "toString(verdict) FROM scans {final} WHERE ({ranges}) AND {verdicts} {groups}"
+    "toString(verdict) FROM scans {final} {groups}WHERE ({ranges}) AND {verdicts} "
     "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} " + _READ_SETTINGS
 )
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
-# Only the (person, venue) groups with a scan past the pairing horizon near the windows: a scan changes the
-# stays it anchors and its neighbours' (within max_stay), so "near" is twice max_stay.
+# Only the (person, venue) groups with a scan past the pairing horizon at the windows' venues: a scan changes
+# the stays it anchors and its neighbours' (within max_stay). Found in the parts holding blocks past the
+# horizon only (a few small parts between two runs of the job), by venue and the windows' whole span: a group
+# found that way that needs no re-pairing is paired here by the same rule, so the answer is the same, and
+# one set of venues costs less to plan than a term per window. In PREWHERE, so the venue ranges' other
+# columns are read only for those groups' rows: this read then costs about the new scans, not the venues.
 _FRESH_SQL = (
-    "AND (person_key, venue_id) IN (SELECT person_key, venue_id FROM scans PREWHERE _block_number > {{horizon:UInt64}} "
+    "PREWHERE (person_key, venue_id) IN (SELECT person_key, venue_id FROM scans "
+    "PREWHERE _block_number > {{horizon:UInt64}} "
     "WHERE _part IN (SELECT name FROM system.parts WHERE database = currentDatabase() AND table = 'scans' "
-    "AND active AND max_block_number > {{horizon:UInt64}}) AND ({near}) AND {verdicts}) "
+    "AND active AND max_block_number > {{horizon:UInt64}}) AND has({{fresh_venues:Array(String)}}, venue_id) "
+    "AND scanned_at >= fromUnixTimestamp64Milli({{fresh_lo:Int64}}) "
+    "AND scanned_at < fromUnixTimestamp64Milli({{fresh_hi:Int64}}) AND {verdicts}) "
 )
 
 
@@ -208,17 +215,18 @@ class TraceQueries:
         groups: set[tuple[str, str]] = set()
         for start in range(0, len(ranges), _RANGES_PER_QUERY):
             params: dict[str, Any] = {}
-            terms, near = [], []
-            for i, (venue, lo, hi) in enumerate(ranges[start : start + _RANGES_PER_QUERY]):
+            terms = []
+            chunk = ranges[start : start + _RANGES_PER_QUERY]
+            for i, (venue, lo, hi) in enumerate(chunk):
                 params[f"v{i}"], params[f"a{i}"], params[f"b{i}"] = venue, lo, hi
                 terms.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'a{i}', f'b{i}')})")
-                if fresh_since is not None:
-                    params[f"na{i}"], params[f"nb{i}"] = lo - slack, hi + slack
-                    near.append(f"(venue_id = {{v{i}:String}} AND {_TIME % (f'na{i}', f'nb{i}')})")
             only = ""
             if fresh_since is not None:
                 params["horizon"] = fresh_since
-                only = _FRESH_SQL.format(near=" OR ".join(near), verdicts=verdicts)
+                params["fresh_venues"] = sorted({v for v, _, _ in chunk})
+                params["fresh_lo"] = min(lo for _, lo, _ in chunk) - slack
+                params["fresh_hi"] = max(hi for _, _, hi in chunk) + slack
+                only = _FRESH_SQL.format(verdicts=verdicts)
             sql = _SCANS_AT_SQL.format(
                 final=_FINAL, ranges=" OR ".join(terms), verdicts=verdicts, dedup=_DEDUP, groups=only
             )
