@@ -6,7 +6,9 @@ costs what the venues' traffic costs. Here ClickHouse reads one key range per ve
 (ordered by venue and anchor time) and applies the overlap condition itself, so only the stays that touch a
 window leave it: a trace costs about the size of its answer. The rows are the anchors' pairing results for
 one scope (trusted scans only, or every scan), deduplicated by ``FINAL`` before the condition is evaluated (a
-re-paired row must hide its older version, even when only the older one would match).
+re-paired row must hide its older version, even when only the older one would match). ``FINAL`` measured
+close to no deduplication at all (bench/trace_profile.py; figures: see the closing note): the key ranges are
+small and mostly in one part each.
 """
 
 from __future__ import annotations
