@@ -5,7 +5,8 @@
 On a store ``bench/trace_bench.py --data-dir`` left (its stays already paired), it runs the person trace of a
 few index cases of the same draw, with the stays path and with the previous one ("before": every group paired
 from scans), and prints every statement the trace sends: its median time over ``--repeat`` runs, the rows it
-returns, and ClickHouse's estimate of the parts, rows and marks it selects (``EXPLAIN ESTIMATE``; chdb keeps no
+returns, wall and CPU time (this process's, chdb's threads included: on a shared machine CPU time is what a
+statement costs), and ClickHouse's estimate of the parts, rows and marks it selects (``EXPLAIN ESTIMATE``; chdb keeps no
 ``system.query_log``). What is not a statement's time is Python's (pairing, overlaps, ranking).
 """
 
@@ -34,12 +35,13 @@ class Recorder:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.calls: list[tuple[str, dict[str, Any], float, int]] = []
+        self.calls: list[tuple[str, dict[str, Any], float, float, int]] = []
 
     def __call__(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         rows = self.store.query(sql, params)
-        self.calls.append((sql, params, (time.perf_counter() - t0) * 1000, len(rows)))
+        wall, cpu = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
+        self.calls.append((sql, params, wall, cpu, len(rows)))
         return rows
 
 
@@ -76,21 +78,24 @@ def main() -> int:
         for use_stays in (True, False):
             rec = Recorder(store)
             q = TraceQueries(rec, use_stays=use_stays)
-            totals, per_call = [], []
+            totals, cpus, per_call = [], [], []
             for _ in range(args.repeat):
                 rec.calls.clear()
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 trace = q.person(person_key=pk, from_ms=to_ms - 14 * DAY_MS, to_ms=to_ms, options=opt)
                 totals.append((time.perf_counter() - t0) * 1000)
-                per_call.append([c[2] for c in rec.calls])
+                cpus.append((time.process_time() - c0) * 1000)
+                per_call.append([(c[2], c[3]) for c in rec.calls])
             name = "stays" if use_stays else "before"
             print(f"\ncase {int(case)} {name}: {len(trace.visits)} visits, {len(trace.contacts)} contacts, "
-                  f"total {statistics.median(totals):.1f} ms (median of {args.repeat})")  # fmt: skip
-            for i, (sql, params, _ms, n) in enumerate(rec.calls):
-                ms = statistics.median(c[i] for c in per_call)
-                print(f"  {ms:7.1f} ms  {n:6} rows out  {label(sql):28} {estimate(store, sql, params)}")
-            queries_ms = sum(statistics.median(c[i] for c in per_call) for i in range(len(rec.calls)))
-            print(f"  {statistics.median(totals) - queries_ms:7.1f} ms  Python")
+                  f"total {statistics.median(totals):.1f} ms wall, {statistics.median(cpus):.1f} ms cpu "
+                  f"(medians of {args.repeat})")  # fmt: skip
+            cpu_sum = 0.0
+            for i, (sql, params, _ms, _cpu, n) in enumerate(rec.calls):
+                ms, cpu = (statistics.median(c[i][k] for c in per_call) for k in (0, 1))
+                cpu_sum += cpu
+                print(f"  {ms:7.1f} ms {cpu:7.1f} cpu  {n:6} rows out  {label(sql):28} {estimate(store, sql, params)}")
+            print(f"  {'':10} {statistics.median(cpus) - cpu_sum:7.1f} cpu  Python")
     store.close()
     return 0
 
