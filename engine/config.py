@@ -29,7 +29,17 @@ class Config:
     data_dir: Path = field(default=Path("./data"), metadata={"help": "data directory (store, WAL, secrets)"})
     dsn: str = field(default="", metadata={"help": "store DSN; default chdb://<data_dir>/store"})
     database: str = field(default="vnqr", metadata={"help": "ClickHouse database"})
-    cluster: str = field(default="", metadata={"help": "ClickHouse cluster name (ON CLUSTER DDL)"})
+    cluster: str = field(
+        default="", metadata={"help": "ClickHouse cluster name: sharded tables behind Distributed (docs/cluster.md)"}
+    )
+    replicated: bool = field(
+        default=False,
+        metadata={"help": "with --cluster: ReplicatedMergeTree + ON CLUSTER DDL (needs Keeper); else sharded only"},
+    )
+    shard_dsns: str = field(
+        default="",
+        metadata={"help": "with --cluster (not replicated): comma-separated http(s) DSN of every shard"},
+    )
     trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
     batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
     batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
@@ -59,6 +69,21 @@ class Config:
     @property
     def store_dsn(self) -> str:
         return self.dsn or f"chdb://{(self.data_dir / 'store').resolve()}"
+
+    def store_options(self) -> dict[str, Any]:
+        """What ``Store.connect`` takes besides the DSN, so every caller opens the store the same way."""
+        return {
+            "database": self.database,
+            "retention_days": self.retention_days,
+            "cluster": self.cluster or None,
+            "replicated": self.replicated,
+            "shard_dsns": self.shard_dsn_list,
+        }
+
+    @property
+    def shard_dsn_list(self) -> list[str]:
+        """The ``shard_dsns`` setting split (empty entries dropped)."""
+        return [d.strip() for d in self.shard_dsns.split(",") if d.strip()]
 
     @property
     def trust_list_path(self) -> Path:
@@ -104,6 +129,15 @@ class Config:
             ),
             (self.database.replace("_", "").isalnum(), "database must be alphanumeric/underscore"),
             (not self.cluster or self.cluster.replace("_", "").isalnum(), "cluster must be alphanumeric/underscore"),
+            (not self.replicated or bool(self.cluster), "replicated needs cluster"),
+            (
+                not self.shard_dsns or (bool(self.cluster) and not self.replicated),
+                "shard_dsns is for a sharded cluster",
+            ),
+            (
+                all(d.startswith(("http://", "https://")) for d in self.shard_dsn_list),
+                "shard_dsns must be http:// or https:// DSNs",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -37,7 +37,7 @@ def _print(doc: Any, as_json: bool) -> None:
 def _with_store(cfg: Config, fn: Any) -> Any:
     from engine.store.store import Store
 
-    store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
+    store = Store.connect(cfg.store_dsn, **cfg.store_options())
     try:
         store.migrate()
         return fn(store)
@@ -184,7 +184,7 @@ def _schema(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if cfg.cluster:
-        print(cluster_ddl_text(cfg.database, cfg.retention_days, cfg.cluster))
+        print(cluster_ddl_text(cfg.database, cfg.retention_days, cfg.cluster, replicated=cfg.replicated))
     else:
         for name, statements in render_migrations(cfg.database, cfg.retention_days, None):
             print(f"-- {name}")
@@ -215,4 +215,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
     add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
     add("wal", _wal, "write-ahead-log state")
-    add("schema", _schema, "print the DDL (with --cluster NAME: ReplicatedMergeTree + Distributed)")
+    add(
+        "schema",
+        _schema,
+        "print the DDL (--cluster NAME: sharded, applied on every shard; add --replicated: ReplicatedMergeTree + "
+        "ON CLUSTER)",
+    )

@@ -78,7 +78,7 @@ def _with_store(cfg: Config, fn: Any) -> Any:
     from engine.store.store import Store
     from engine.tracing.queries import TraceQueries
 
-    store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
+    store = Store.connect(cfg.store_dsn, **cfg.store_options())
     try:
         store.migrate()
         return fn(TraceQueries(store.query))

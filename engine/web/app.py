@@ -67,13 +67,7 @@ def load_or_create_trust(path: Path) -> TrustList:
 # -- cleanup contexts (opened in this order, closed in reverse) --------------------------------------------
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    store = await asyncio.to_thread(
-        Store.connect,
-        cfg.store_dsn,
-        database=cfg.database,
-        retention_days=cfg.retention_days,
-        cluster=cfg.cluster or None,
-    )
+    store = await asyncio.to_thread(lambda: Store.connect(cfg.store_dsn, **cfg.store_options()))
     applied = await asyncio.to_thread(store.migrate)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
