@@ -27,6 +27,7 @@ from engine.config import Config
 from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
+from engine.ingest import record
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
@@ -122,6 +123,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         on_durable=drain.notify,
     )
     batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
+    batcher.remember(*await asyncio.to_thread(backlog_scan_verdicts, wal, cfg.recent_ids))
 
     def refresh() -> None:
         metrics.wal_backlog_bytes.set(wal.backlog_bytes)
@@ -157,6 +159,31 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     )
     ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
     return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+
+
+def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], list[int]]:
+    """Scan ids acknowledged before a crash but not yet in the store (the WAL past its checkpoint).
+
+    The store's last hour cannot name them yet: the drain replays them only after start-up. Without this, a
+    scanner that never saw its 202 (the node was killed after the fsync) resends the batch and the restarted
+    node, not knowing the ids, stores them a second time: a raw duplicate that only FINAL or a merge collapses
+    (tests/test_cluster.py kills a node under load with scanners that resend).
+    """
+    if limit <= 0 or not wal.backlog_records:
+        return [], []
+    ids: list[bytes] = []
+    codes: list[int] = []
+    after = wal.checkpoint_lsn
+    while len(ids) < limit:
+        chunk = wal.read(after, max_records=1024)
+        if not chunk:
+            break
+        rows = record.decode_many([r.payload for r in chunk])
+        raw = rows.scan_id
+        ids += [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        codes += ((rows.verdict.astype(int) << 8) | rows.reason.astype(int)).tolist()
+        after = chunk[-1].lsn
+    return ids[-limit:], codes[-limit:]
 
 
 async def _on_shutdown(app: web.Application) -> None:
