@@ -62,6 +62,11 @@ class Config:
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "processes sharing the port (SO_REUSEPORT), each with its own WAL; >1 needs a server store"},
+    )
+    worker_index: int = field(default=0, metadata={"help": "(set by the supervisor of --workers) this worker's index"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
@@ -91,7 +96,25 @@ class Config:
 
     @property
     def wal_path(self) -> Path:
-        return self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        """This process's WAL: ``<data_dir>/wal`` (or ``--wal-dir``) for worker 0, ``…/wal-<i>`` for worker i."""
+        return self.worker_wal_path(self.worker_index)
+
+    def worker_wal_path(self, index: int) -> Path:
+        base = self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        return base if index == 0 else base.with_name(f"{base.name}-{index}")
+
+    def orphan_wal_paths(self) -> list[Path]:
+        """WALs of workers that no longer exist (``--workers`` was lowered) that this worker drains at start:
+        ``wal-j`` for every j >= workers with j % workers == worker_index, so each is adopted by exactly one."""
+        base = self.worker_wal_path(0)
+        found = []
+        for path in sorted(base.parent.glob(f"{base.name}-*")):
+            suffix = path.name.rsplit("-", 1)[1]
+            if not (path.is_dir() and suffix.isdigit()):
+                continue
+            if int(suffix) >= self.workers and int(suffix) % self.workers == self.worker_index:
+                found.append(path)
+        return found
 
     @property
     def secret_path(self) -> Path:
@@ -122,6 +145,13 @@ class Config:
             (self.insert_batch_rows >= 1, "insert_batch_rows must be >= 1"),
             (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
+            (1 <= self.workers <= 64, "workers must be 1..64"),
+            (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
+            (
+                self.workers == 1 or not self.store_dsn.startswith("chdb:"),
+                "workers > 1 needs a ClickHouse server (--dsn http://...): the embedded store belongs to one process",
+            ),
+            (self.workers == 1 or self.port != 0, "workers > 1 needs a fixed port (they share it with SO_REUSEPORT)"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
             (
                 self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),

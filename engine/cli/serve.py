@@ -6,8 +6,11 @@ import argparse
 import gc
 import logging
 import os
+import sys
 
+from engine.cli.workers import mark_ready, supervise
 from engine.config import Config
+from engine.errors import ConfigError
 from engine.ops.sdnotify import READY, STOPPING, notify
 
 
@@ -29,7 +32,8 @@ def _serving(message: str) -> None:
     """aiohttp's run_app calls its ``print`` once, right after every site is listening: the one moment that is
     "serving" (on_startup runs before the socket is bound, so READY=1 there could precede a connection refused)."""
     logging.getLogger("engine").info(message.strip())
-    notify(READY)
+    notify(READY)  # a worker of --workers has no NOTIFY_SOCKET: its supervisor reports for all of them
+    mark_ready()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,6 +44,10 @@ def _run(args: argparse.Namespace) -> int:
 
     config = Config.from_sources(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.workers > 1 and "ENGINE_WORKER_INDEX" not in os.environ:
+        if args.demo:
+            raise ConfigError("--demo runs one process: not with --workers")
+        return supervise(config, sys.argv[1:])
     app = create_app(config)
     if args.demo:
         from engine.cli.demo import demo_codes, demo_scanner_ctx, prepare_demo
@@ -59,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         access_log=None,
         loop=loop,
         print=_serving,
+        reuse_port=config.workers > 1,
     )
     return 0
 

@@ -122,6 +122,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
     )
+    for orphan in cfg.orphan_wal_paths():
+        await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
     batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
     batcher.remember(*await asyncio.to_thread(backlog_scan_verdicts, wal, cfg.recent_ids))
 
@@ -159,6 +161,25 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     )
     ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
     return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+
+
+def drain_orphan_wal(path: Path, store: Store, metrics: Metrics) -> None:
+    """Move what a former worker's WAL still holds into the store, exactly once (its own drain intent and dedup
+    token), before serving: after ``--workers`` is lowered, nothing those workers acknowledged may be stranded."""
+    wal = WriteAheadLog(path)
+    wal.open()
+    try:
+        if not wal.backlog_records:
+            return
+        log.info("draining %d records left in %s by a former worker", wal.backlog_records, path)
+        drain = Drain(wal, store, metrics)
+        try:
+            while drain.step():
+                pass
+        finally:
+            drain.pool.shutdown(wait=False)
+    finally:
+        wal.close()
 
 
 def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], list[int]]:
