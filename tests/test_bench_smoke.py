@@ -120,8 +120,10 @@ def test_e2e_bench_runs_the_server_store_beside_the_embedded_one_with_workers(tm
     own CPU per scan is reported), and two SO_REUSEPORT workers, in one run; every request answered 202."""
     out = tmp_path / "e2e.json"
     done = subprocess.run(
-        [sys.executable, "bench/e2e_bench.py", "--quick", "--no-naive", "--repeat-shares", "0.8"]
-        + ["--store", "both", "--workers", "1,2", "--json", str(out)],
+        [
+            *(sys.executable, "bench/e2e_bench.py", "--quick", "--no-naive", "--repeat-shares", "0.8"),
+            *("--store", "both", "--workers", "1,2", "--json", str(out)),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
