@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+
+LOG_FORMATS = ("text", "json")
+#: the settings a command needs to find an engine and its store (every command but ``serve``)
+# cluster, replicated, shard_dsns: a command opening a cluster's store itself must migrate it as the engine does
+CLIENT_SETTINGS = (
+    "data_dir", "host", "port", "dsn", "database", "retention_days", "cluster", "replicated", "shard_dsns",
+)  # fmt: skip
 
 
 def _env_name(name: str) -> str:
@@ -69,6 +76,8 @@ class Config:
     worker_index: int = field(default=0, metadata={"help": "(set by the supervisor of --workers) this worker's index"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_format: str = field(default="text", metadata={"help": "log lines: text, or json (one object per line)"})
+    access_log: bool = field(default=False, metadata={"help": "log every HTTP request (method, path, status, time)"})
 
     # -- derived --------------------------------------------------------------------------------------------
     @property
@@ -168,6 +177,11 @@ class Config:
                 all(d.startswith(("http://", "https://")) for d in self.shard_dsn_list),
                 "shard_dsns must be http:// or https:// DSNs",
             ),
+            (self.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
+            (
+                self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                "log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -176,11 +190,21 @@ class Config:
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field (``--batch-size``); defaults stay None so the environment can fill them in."""
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+        """One flag per field (``--batch-size``), or per field named in ``only`` (a command that never serves needs
+        only where the engine and its store are). Defaults stay None so the environment can fill them in; the
+        help shows the real default and the environment twin."""
+        wanted = None if only is None else set(only)
+        unknown = (wanted or set()) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"no such settings: {sorted(unknown)}")
         for f in fields(cls):
+            if wanted is not None and f.name not in wanted:
+                continue
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata.get('help', '')} [env {_env_name(f.name)}]"
+            # an empty default is derived from another setting, and its help says from which
+            shown = "" if f.default in ("", Path("")) else f" (default: {f.default})"
+            help_text = f"{f.metadata.get('help', '')}{shown} [env {_env_name(f.name)}]".replace("%", "%%")
             if f.type in ("bool", bool):
                 parser.add_argument(
                     flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text

@@ -24,6 +24,7 @@ class ConfigError(EngineError):
 class TrustListError(EngineError):
     """The trust list file is unreadable, malformed, or holds a weak or inconsistent key."""
 
+    http_status = 422  # the operator's file is wrong (a reload keeps the old list), not the engine
     code = "trust_list"
 
 

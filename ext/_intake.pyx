@@ -5,8 +5,9 @@ Why compiled: every scan of every request passes here on the event loop, which i
 answers devices. The reference spends its time per scan on isinstance checks, a generator over the venue's
 characters, ``bytes.fromhex`` and six list appends; here the same checks read orjson's objects through the
 C API (an ASCII ``str`` is its own UTF-8, so nothing is encoded twice) and write straight into packed
-buffers (README, "Measured"). The error texts come from ``engine.ingest.intake`` so both paths say the same words, and
-the rare ISO-8601 ``scanned_at`` goes back to the reference's parser.
+buffers (README, "Measured"). The rejections (code and text) come from ``engine.ingest.items`` so both paths say
+the same words, and the rare RFC 3339 ``scanned_at``, the scan id echo of a rejected item and its answer go back
+to the same functions the reference uses (rejects are rare; the accepted path never calls Python).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -24,17 +25,21 @@ from engine.codes.verdicts import REASONS, VERDICTS
 from engine.ingest.items import (
     DIRECTIONS,
     E_DIRECTION,
+    E_IN_FUTURE,
     E_NOT_OBJECT,
     E_QR_LONG,
     E_QR_TYPE,
     E_SCAN_ID,
     E_SCAN_ID_MISSING,
     E_TIME,
+    E_TOO_OLD,
     E_UNICODE,
     E_VENUE,
-    E_WINDOW,
     MAX_QR_CHARS,
     MAX_VENUE_CHARS,
+    VENUE_CHARS,
+    echo_scan_id,
+    rejected_json,
     scan_time_ms,
 )
 
@@ -59,22 +64,18 @@ cdef signed char HEX[256]
 
 
 cdef void _init_tables():
+    """The venue table from the reference's own character set (``items.VENUE_CHARS``), so they cannot differ."""
     cdef int c
     for c in range(256):
         VENUE_OK[c] = 0
         HEX[c] = -1
+    for ch in VENUE_CHARS:
+        VENUE_OK[ord(ch)] = 1
     for c in range(ord("0"), ord("9") + 1):
-        VENUE_OK[c] = 1
         HEX[c] = c - ord("0")
-    for c in range(ord("a"), ord("z") + 1):
-        VENUE_OK[c] = 1
-    for c in range(ord("A"), ord("Z") + 1):
-        VENUE_OK[c] = 1
     for c in range(6):
         HEX[ord("a") + c] = 10 + c
         HEX[ord("A") + c] = 10 + c
-    for c in b"_.:-":
-        VENUE_OK[c] = 1
 
 
 _init_tables()
@@ -182,49 +183,52 @@ def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
         for i in range(n):
             item = scans[i]
             if not PyDict_Check(item):
-                rejected.append((i, E_NOT_OBJECT))
+                rejected.append((i, E_NOT_OBJECT, echo_scan_id(item)))
                 continue
             value = (<dict>item).get("scan_id")
             if not _uuid_into(value, uuid_raw):
-                rejected.append((i, E_SCAN_ID if "scan_id" in <dict>item else E_SCAN_ID_MISSING))
+                rejected.append((i, E_SCAN_ID if "scan_id" in <dict>item else E_SCAN_ID_MISSING, echo_scan_id(item)))
                 continue
             qr = (<dict>item).get("qr")
             if not PyUnicode_Check(qr):
-                rejected.append((i, E_QR_TYPE))
+                rejected.append((i, E_QR_TYPE, echo_scan_id(item)))
                 continue
             if PyUnicode_GET_LENGTH(qr) > _MAX_QR:
-                rejected.append((i, E_QR_LONG))
+                rejected.append((i, E_QR_LONG, echo_scan_id(item)))
                 continue
             venue = (<dict>item).get("venue_id")
             if not _venue_ok(venue):
-                rejected.append((i, E_VENUE))
+                rejected.append((i, E_VENUE, echo_scan_id(item)))
                 continue
             d = (<dict>item).get("direction")
             d = _DIRECTIONS.get(d) if PyUnicode_Check(d) else None
             if d is None:
-                rejected.append((i, E_DIRECTION))
+                rejected.append((i, E_DIRECTION, echo_scan_id(item)))
                 continue
             direction = <uint8_t>(<long>d)
             scanned_obj = (<dict>item).get("scanned_at")
             if PyBool_Check(scanned_obj):
-                rejected.append((i, E_TIME))
+                rejected.append((i, E_TIME, echo_scan_id(item)))
                 continue
             if not PyLong_Check(scanned_obj):
                 if not PyUnicode_Check(scanned_obj):
-                    rejected.append((i, E_TIME))
+                    rejected.append((i, E_TIME, echo_scan_id(item)))
                     continue
-                scanned_obj = scan_time_ms(scanned_obj)  # ISO-8601: rare, so the reference parser
-                if scanned_obj is None:
-                    rejected.append((i, E_TIME))
+                scanned_obj = scan_time_ms(scanned_obj)  # RFC 3339: rare, so the reference parser
+                if not PyLong_Check(scanned_obj):  # its Rejection (no zone, not a time)
+                    rejected.append((i, scanned_obj, echo_scan_id(item)))
                     continue
             scanned = PyLong_AsLongLongAndOverflow(scanned_obj, &overflow)
-            if overflow or not (oldest_ms <= scanned <= newest_ms):
-                rejected.append((i, E_WINDOW))
+            if overflow < 0 or (not overflow and scanned < oldest_ms):
+                rejected.append((i, E_TOO_OLD, echo_scan_id(item)))
+                continue
+            if overflow > 0 or scanned > newest_ms:
+                rejected.append((i, E_IN_FUTURE, echo_scan_id(item)))
                 continue
             try:
                 utf8 = PyUnicode_AsUTF8AndSize(qr, &qlen)
             except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
-                rejected.append((i, E_UNICODE))
+                rejected.append((i, E_UNICODE, echo_scan_id(item)))
                 continue
             _append(&codes, utf8, qlen)
             vlen = PyUnicode_GET_LENGTH(venue)
@@ -275,7 +279,8 @@ def render_answer(Py_ssize_t count, index, list scan_texts, list rejected, store
     """Same contract and bytes as ``engine.ingest.intake.render_answer_py`` (orjson's compact form).
 
     Why compiled: the reference builds a dict per scan and lets orjson walk it, on the event loop. Everything in an accepted item is known to need no JSON escaping (the scan id passed the UUID check,
-    labels are identifiers), so it is written directly; rejected items carry free text and go through orjson.
+    labels are identifiers), so it is written directly; rejected items carry free text (and the device's own scan id
+text) and go through the reference's ``rejected_json`` and orjson.
     """
     cdef const int32_t[::1] idx = index
     cdef const uint8_t[::1] new = stored.view(np.uint8)
@@ -315,7 +320,7 @@ def render_answer(Py_ssize_t count, index, list scan_texts, list rejected, store
                 _append_obj(&out, _REASON_JSON[rea[k]])
                 k += 1
             elif r < nrej and rejected[r][0] == i:
-                _append_obj(&out, orjson.dumps({"index": i, "status": "rejected", "error": rejected[r][1]}))
+                _append_obj(&out, orjson.dumps(rejected_json(i, rejected[r][1], rejected[r][2])))
                 r += 1
             else:
                 raise ValueError(f"item {i} has neither an answer nor a rejection")

@@ -2,7 +2,7 @@
 # Installs everything the engine and its tests need on a fresh Debian machine, from this repository's own
 # files: the OS packages (a C compiler for the Cython extension, Chromium for the dashboard's browser test,
 # Node.js for the second-language device client, promtool for the alert-rule tests) and the Python package
-# with its development extras (which builds engine._verify). Safe to re-run.
+# with its development extras (which builds engine._verify), at the versions in constraints.txt. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +43,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-python3 -m pip install -q -e '.[dev]'
+# constraints.txt pins the exact versions the suite last passed with (scripts/constraints.py writes it), so a fresh
+# machine runs what was tested; pyproject.toml's floors say what the code needs at least
+python3 -m pip install -q -c constraints.txt -e '.[dev]'
 python3 -m engine info

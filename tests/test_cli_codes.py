@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from engine.__main__ import main
@@ -148,7 +149,7 @@ def test_revoking_a_key_then_a_code(
     assert run(capsys, "codes", "revoke", "--trust-list", trust, "--qr-id", "PCC-revoke-me")[0] == 0
     assert verdict() == (1, "revoked_code")
     kid = key_id_text(read_key_file(key).public_key)
-    assert run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", kid)[0] == 0
+    assert run(capsys, "keys", "revoke", "--trust-list", trust, f"--kid={kid}")[0] == 0
     assert verdict() == (1, "revoked_key")
     rc, _, err = run(capsys, "keys", "revoke", "--trust-list", trust, "--kid", "AAAAAAAAAAA")
     assert rc == 2 and "no key" in err
@@ -246,3 +247,87 @@ def test_verify_with_unusable_inputs(
     for args, message in cases:
         rc, _, err = run(capsys, "verify", *args)
         assert rc == 2 and message in err
+
+
+# -- key rotation: list, retire by kid, mint inside the window --------------------------------------------
+def _kids_by_issuer(trust: Path) -> dict[str, str]:
+    return {k.issuer: k.kid_text for k in TrustList.load(trust).keys}
+
+
+def test_keys_list_and_retire_act_on_the_named_key_never_a_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trust list is kept sorted by kid, not by age: "the first key" is an arbitrary one. Retiring or revoking
+    by kid must change exactly that key, whatever its position."""
+    trust = tmp_path / "trust.json"
+    for i, issuer in enumerate(("old", "mid", "new")):
+        rc, _, _ = run(
+            capsys, "keys", "create", "--issuer", issuer, "--out", tmp_path / f"{issuer}.key", "--trust-list", trust,
+            "--valid-from", f"202{3 + i}-01-01T00:00:00Z", "--valid-until", "2030-01-01T00:00:00Z",
+        )  # fmt: skip
+        assert rc == 0
+    before = {k.kid_text: k for k in TrustList.load(trust).keys}
+    kids = _kids_by_issuer(trust)
+    target = kids["new"]
+    if TrustList.load(trust).keys[0].kid_text == target:  # the target must not be keys[0]
+        target = kids["mid"]
+    rc, out, _ = run(capsys, "keys", "list", "--trust-list", trust, "--json")
+    assert rc == 0
+    listed = {r["kid"]: r for r in orjson.loads(out)}
+    assert set(listed) == set(before) and listed[kids["old"]]["valid_from"] == "2023-01-01T00:00:00Z"
+    assert all(r["state"] == "issuing" and r["revoked"] is False for r in listed.values())
+
+    rc, _, _ = run(capsys, "keys", "retire", "--trust-list", trust, f"--kid={target}", "--at", "2026-06-01T00:00:00Z")
+    assert rc == 0
+    after = {k.kid_text: k for k in TrustList.load(trust).keys}
+    assert after[target].valid_until == 1780272000  # 2026-06-01T00:00:00Z
+    assert all(after[k] == before[k] for k in before if k != target)
+    rc, out, _ = run(capsys, "keys", "list", "--trust-list", trust)
+    assert rc == 0 and f"{target}" in out and "retired" in out
+
+    rc, _, _ = run(capsys, "keys", "revoke", "--trust-list", trust, "--kid=" + kids["old"])
+    assert rc == 0
+    revoked = {k.kid_text: k.revoked for k in TrustList.load(trust).keys}
+    assert revoked == {k: k == kids["old"] for k in before}
+    rc, _, err = run(capsys, "keys", "retire", "--trust-list", trust, "--kid", "AAAAAAAAAAA")
+    assert rc == 2 and "no key AAAAAAAAAAA" in err
+
+
+def test_mint_refuses_codes_outside_the_key_window_unless_forced(
+    issuer: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, trust = issuer  # valid 2026-01-01 .. 2028-01-01, recorded in the key file and the trust list
+    for when in ("2025-12-31T23:59:59Z", "2028-01-01T00:00:01Z"):
+        rc, out, err = run(capsys, "mint", "--key", key, *PERSON, "--qr-id", "PCCW", "--issued-at", when)
+        assert rc == 2 and out == "" and "outside key" in err and "key_window" in err, err
+    rc, out, err = run(
+        capsys, "mint", "--key", key, *PERSON, "--qr-id", "PCCW", "--issued-at", "2025-06-01T00:00:00Z", "--force"
+    )
+    assert rc == 0 and out.strip() and "warning (--force)" in err
+    forced = out.strip()
+    rc, out, _ = run(capsys, "verify", "--text", forced, "--trust-list", trust, "--now", "2026-02-01T00:00:00Z")
+    assert rc == 1 and "key_window" in out  # what the refusal promised
+    # the trust list wins over the key file: a retired key refuses new codes
+    kid = next(iter(_kids_by_issuer(trust).values()))
+    assert run(capsys, "keys", "retire", "--trust-list", trust, f"--kid={kid}", "--at", "2026-03-01T00:00:00Z")[0] == 0
+    rc, _, err = run(
+        capsys, "mint", "--key", key, *PERSON, "--qr-id", "Q", "--issued-at", "2026-05-01T00:00:00Z",
+        "--trust-list", trust,
+    )  # fmt: skip
+    assert rc == 2 and "outside key" in err
+    assert run(capsys, "keys", "revoke", "--trust-list", trust, f"--kid={kid}")[0] == 0
+    rc, _, err = run(
+        capsys, "mint", "--key", key, *PERSON, "--qr-id", "Q", "--issued-at", "2026-02-01T00:00:00Z",
+        "--trust-list", trust,
+    )  # fmt: skip
+    assert rc == 2 and "revoked" in err
+
+
+def test_mint_with_a_key_file_that_records_no_window_needs_the_trust_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.codes.keys import write_key_file
+
+    write_key_file(tmp_path / "legacy.key", "pc-old")  # as written before key files recorded their window
+    rc, _, err = run(capsys, "mint", "--key", tmp_path / "legacy.key", *PERSON, "--qr-id", "Q")
+    assert rc == 2 and "--trust-list" in err

@@ -8,6 +8,7 @@ rejections with the same words. ``test_verify_compiled.py`` makes sure the compi
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from engine.errors import PayloadError
 from engine.ingest import intake
+from engine.ingest import items as contract
 from engine.ingest.intake import Intake, parse_body, take_items_py
 
 NOW = 1_764_000_000_000
@@ -45,7 +47,7 @@ def good(**over: Any) -> dict[str, Any]:
     return {k: v for k, v in item.items() if v is not ...}
 
 
-EDGE_CASES: list[tuple[Any, str | None]] = [
+EDGE_CASES: list[tuple[Any, contract.Rejection | None]] = [
     (good(), None),
     (good(scan_id=str(uuid.uuid4()).upper(), direction="out"), None),
     (good(scanned_at="2025-11-24T16:00:00Z"), None),
@@ -54,40 +56,47 @@ EDGE_CASES: list[tuple[Any, str | None]] = [
     (good(qr="a" * 2048), None),
     (good(venue_id="v" * 64), None),
     (good(venue_id="A.b:C_d-9"), None),
-    ([1, 2], intake.E_NOT_OBJECT),
-    ("scan", intake.E_NOT_OBJECT),
-    (None, intake.E_NOT_OBJECT),
-    (good(scan_id=...), intake.E_SCAN_ID_MISSING),
-    (good(scan_id=None), intake.E_SCAN_ID),
-    (good(scan_id=12), intake.E_SCAN_ID),
-    (good(scan_id="g" * 36), intake.E_SCAN_ID),
-    (good(scan_id=str(uuid.uuid4()).replace("-", "")), intake.E_SCAN_ID),
-    (good(scan_id="1234567-" + str(uuid.uuid4())[8:]), intake.E_SCAN_ID),
-    (good(scan_id=" " + str(uuid.uuid4())[1:]), intake.E_SCAN_ID),
-    (good(scan_id="é" + str(uuid.uuid4())[1:]), intake.E_SCAN_ID),
-    (good(scan_id="{" + str(uuid.uuid4()) + "}"), intake.E_SCAN_ID),
-    (good(qr=...), intake.E_QR_TYPE),
-    (good(qr=5), intake.E_QR_TYPE),
-    (good(qr="a" * 2049), intake.E_QR_LONG),
-    (good(qr="ĐÀ\ud800"), intake.E_UNICODE),
-    (good(venue_id=""), intake.E_VENUE),
-    (good(venue_id="v" * 65), intake.E_VENUE),
-    (good(venue_id="café"), intake.E_VENUE),
-    (good(venue_id="a b"), intake.E_VENUE),
-    (good(venue_id=7), intake.E_VENUE),
-    (good(venue_id="\ud800"), intake.E_VENUE),
-    (good(direction="IN"), intake.E_DIRECTION),
-    (good(direction=["in"]), intake.E_DIRECTION),
-    (good(direction=None), intake.E_DIRECTION),
-    (good(scanned_at=True), intake.E_TIME),
-    (good(scanned_at=1.5e12), intake.E_TIME),
-    (good(scanned_at="yesterday"), intake.E_TIME),
-    (good(scanned_at="2025-11-24T16:00:00"), intake.E_TIME),  # no zone
-    (good(scanned_at=...), intake.E_TIME),
-    (good(scanned_at=OLDEST - 1), intake.E_WINDOW),
-    (good(scanned_at=NEWEST + 1), intake.E_WINDOW),
-    (good(scanned_at=10**30), intake.E_WINDOW),
-    (good(scanned_at=-(10**30)), intake.E_WINDOW),
+    ([1, 2], contract.E_NOT_OBJECT),
+    ("scan", contract.E_NOT_OBJECT),
+    (None, contract.E_NOT_OBJECT),
+    (good(scan_id=...), contract.E_SCAN_ID_MISSING),
+    (good(scan_id=None), contract.E_SCAN_ID),
+    (good(scan_id=12), contract.E_SCAN_ID),
+    (good(scan_id="g" * 36), contract.E_SCAN_ID),
+    (good(scan_id=str(uuid.uuid4()).replace("-", "")), contract.E_SCAN_ID),
+    (good(scan_id="1234567-" + str(uuid.uuid4())[8:]), contract.E_SCAN_ID),
+    (good(scan_id=" " + str(uuid.uuid4())[1:]), contract.E_SCAN_ID),
+    (good(scan_id="é" + str(uuid.uuid4())[1:]), contract.E_SCAN_ID),
+    (good(scan_id="{" + str(uuid.uuid4()) + "}"), contract.E_SCAN_ID),
+    (good(qr=...), contract.E_QR_TYPE),
+    (good(qr=5), contract.E_QR_TYPE),
+    (good(qr="a" * 2049), contract.E_QR_LONG),
+    (good(qr="ĐÀ\ud800"), contract.E_UNICODE),
+    (good(venue_id=""), contract.E_VENUE),
+    (good(venue_id="v" * 65), contract.E_VENUE),
+    (good(venue_id="café"), contract.E_VENUE),
+    (good(venue_id="a b"), contract.E_VENUE),
+    (good(venue_id=7), contract.E_VENUE),
+    (good(venue_id="\ud800"), contract.E_VENUE),
+    (good(direction="IN"), contract.E_DIRECTION),
+    (good(direction=["in"]), contract.E_DIRECTION),
+    (good(direction=None), contract.E_DIRECTION),
+    (good(scanned_at=True), contract.E_TIME),
+    (good(scanned_at=1.5e12), contract.E_TIME),
+    (good(scanned_at="yesterday"), contract.E_TIME),
+    (good(scanned_at="2025-11-24T16:00:00"), contract.E_TIME_NO_ZONE),  # refused, not read as UTC: ambiguous
+    (good(scanned_at="2025-11-24 16:00:00.250"), contract.E_TIME_NO_ZONE),
+    (good(scanned_at="2025-11-24T16:00:00+0700"), contract.E_TIME),  # RFC 3339 offsets have a colon
+    (good(scanned_at="2025-13-24T16:00:00Z"), contract.E_TIME),  # the right shape, no such month
+    (good(scanned_at="２０２５-11-24T16:00:00Z"), contract.E_TIME),  # full-width digits are not ASCII digits
+    (good(scanned_at="2025-11-24"), contract.E_TIME),
+    (good(scanned_at=...), contract.E_TIME),
+    (good(scanned_at=OLDEST - 1), contract.E_TOO_OLD),
+    (good(scanned_at=NEWEST + 1), contract.E_IN_FUTURE),
+    (good(scanned_at=10**30), contract.E_IN_FUTURE),
+    (good(scanned_at=-(10**30)), contract.E_TOO_OLD),
+    (good(scanned_at="2025-11-24T16:00:00.123456789z"), None),
+    (good(scanned_at="2025-11-24 23:00:00+07:00"), None),
     (good(scanned_at=OLDEST), None),
     (good(scanned_at=NEWEST), None),
 ]
@@ -112,7 +121,9 @@ def assert_same(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
 
 @pytest.mark.parametrize("take", IMPLEMENTATIONS)
 @pytest.mark.parametrize(("item", "error"), EDGE_CASES)
-def test_each_edge_case_is_accepted_or_rejected_with_its_reason(take: Any, item: Any, error: str | None) -> None:
+def test_each_edge_case_is_accepted_or_rejected_with_its_reason(
+    take: Any, item: Any, error: contract.Rejection | None
+) -> None:
     items = as_parsed([good(), item, good()])
     out = take(items, OLDEST, NEWEST)
     index, scan_ids, texts, codes, code_offsets, venues, venue_offsets, directions, _scanned, rejected = out
@@ -123,7 +134,7 @@ def test_each_edge_case_is_accepted_or_rejected_with_its_reason(take: Any, item:
         assert venues[venue_offsets[1] : venue_offsets[2]] == item["venue_id"].encode()
         assert directions[1] == intake.DIRECTIONS[item["direction"]]
     else:
-        assert rejected == [(1, error)] and index.tolist() == [0, 2]
+        assert [(i, r) for i, r, _echo in rejected] == [(1, error)] and index.tolist() == [0, 2]
     assert len(scan_ids) == 16 * len(index) == 16 * len(texts) and len(code_offsets) == len(index) + 1
     assert_same(out, take_items_py(items, OLDEST, NEWEST))
 
@@ -213,7 +224,7 @@ def test_compiled_answer_is_byte_for_byte_the_reference(items: list[Any]) -> Non
     got = parse(_body(scans)) if scans and len(scans) <= 3 else None
     index = np.array([i for i, it in enumerate(items) if it is not None], np.int32)
     texts = [scans[i]["scan_id"] for i in index.tolist()]
-    rejected = [(i, intake.E_DIRECTION) for i, it in enumerate(items) if it is None]
+    rejected = [(i, contract.E_DIRECTION, scans[i]["scan_id"]) for i, it in enumerate(items) if it is None]
     accepted = [it for it in items if it is not None]
     stored = np.array([a[0] for a in accepted], np.bool_)
     verdict = np.array([a[1] for a in accepted], np.uint8)
@@ -229,3 +240,70 @@ def test_compiled_answer_is_byte_for_byte_the_reference(items: list[Any]) -> Non
     )
     if got is not None:  # small requests also go through parse_body: the same index and texts
         assert got.index.tolist() == index.tolist() and got.scan_texts == texts
+
+
+# -- machine-readable rejections ------------------------------------------------------------------------------
+ECHO_CASES: list[tuple[Any, str | None]] = [
+    (good(scan_id="not-a-uuid"), "not-a-uuid"),  # an invalid id is still the device's own: echoed to match it up
+    (good(scan_id="x" * 64, direction="up"), "x" * 64),
+    (good(scan_id="x" * 65), None),  # longer than any id a device could mean: not reflected back
+    (good(scan_id=12), None),
+    (good(scan_id=...), None),
+    (good(scan_id="\ud800" + "0" * 35), None),  # a lone surrogate cannot be written back as JSON
+    ("scan", None),
+]
+
+
+@pytest.mark.parametrize("take", IMPLEMENTATIONS)
+@pytest.mark.parametrize(("item", "echo"), ECHO_CASES)
+def test_rejected_items_echo_the_scan_id_the_device_sent(take: Any, item: Any, echo: str | None) -> None:
+    rejected = take(as_parsed([item]), OLDEST, NEWEST)[-1]
+    assert len(rejected) == 1 and rejected[0][0] == 0 and rejected[0][2] == echo
+
+
+@pytest.mark.parametrize("take", IMPLEMENTATIONS)
+def test_the_answer_names_each_rejection_by_code_and_keeps_the_good_items(take: Any) -> None:
+    """What a device sees: ``reason`` codes it can switch on, its own scan ids, and its good scans accepted."""
+    scans = [
+        good(),
+        good(scanned_at="2025-11-24T16:00:00"),
+        good(direction="sideways"),
+        good(scanned_at=NEWEST + 1),
+        good(),
+    ]
+    cols = take(as_parsed(scans), OLDEST, NEWEST)
+    index, texts, rejected = cols[0], cols[2], cols[-1]
+    n = len(index)
+    answer = orjson.loads(
+        intake.render_answer(
+            len(scans), index, texts, rejected, np.ones(n, np.bool_), np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+        )
+    )
+    assert answer["stored"] == 2 and answer["rejected"] == 3
+    got = [(r["index"], r.get("scan_id"), r["status"], r["reason"]) for r in answer["results"]]
+    assert got == [
+        (0, scans[0]["scan_id"], "stored", "none"),
+        (1, scans[1]["scan_id"], "rejected", "scanned_at_no_zone"),
+        (2, scans[2]["scan_id"], "rejected", "direction_invalid"),
+        (3, scans[3]["scan_id"], "rejected", "scanned_at_in_future"),
+        (4, scans[4]["scan_id"], "stored", "none"),
+    ]
+    assert "no time zone" in answer["results"][1]["error"]
+
+
+def test_every_rejection_has_a_unique_code_and_the_docs_list_them_all() -> None:
+    """docs/item-rejections.md is generated from the table the check uses; regenerate it when a row is added."""
+    codes = [r.code for r in contract.REJECTIONS]
+    assert len(set(codes)) == len(codes) and all(c.replace("_", "").isalpha() and c.islower() for c in codes)
+    from engine.codes.verdicts import REASONS
+
+    assert not set(codes) & set(REASONS), "an item rejection code must not mean a verify reason too"
+    doc = (Path(__file__).parent.parent / "docs" / "item-rejections.md").read_text()
+    assert contract.rejections_markdown() in doc, (
+        "docs/item-rejections.md is out of date: paste engine.ingest.items.rejections_markdown() into it"
+    )
+
+
+def test_a_specialised_rejection_keeps_its_code() -> None:
+    detailed = contract.E_TOO_OLD.detailed("8 days before now; the offline window is 7 days")
+    assert detailed.code == "scanned_at_too_old" and detailed.message.endswith("the offline window is 7 days")

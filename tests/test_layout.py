@@ -16,7 +16,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ROOMS = (
     "base", "codes", "accel", "verify", "store", "ops", "devices", "ingest", "tracing", "web", "cli", "testing", "main",
 )  # fmt: skip
-BASE = {"errors", "config", "clock", "durable", "threads", "_verify", "_intake", "__init__"}
+BASE = {"errors", "config", "clock", "durable", "threads", "version", "_verify", "_intake", "__init__"}
 
 
 def room(module: str) -> str:

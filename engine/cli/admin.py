@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from engine.cli.remote import EngineUnreachable, call_engine
+from engine.cli.remote import EngineUnreachable, call_engine, with_store
 from engine.codes.keys import write_key_file
 from engine.codes.payload import b64url_encode
-from engine.config import Config
-from engine.errors import EngineError
+from engine.config import CLIENT_SETTINGS, Config
+from engine.errors import EngineError, NotFoundError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -32,17 +32,6 @@ def _print(doc: Any, as_json: bool) -> None:
         return
     for key, value in doc.items():
         print(f"{key:22} {json.dumps(value) if isinstance(value, list | dict) else value}")
-
-
-def _with_store(cfg: Config, fn: Any) -> Any:
-    from engine.store.store import Store
-
-    store = Store.connect(cfg.store_dsn, **cfg.store_options())
-    try:
-        store.migrate()
-        return fn(store)
-    finally:
-        store.close()
 
 
 def _device_register(args: argparse.Namespace) -> int:
@@ -59,7 +48,7 @@ def _device_register(args: argparse.Namespace) -> int:
         from engine.devices.auth import Device, DeviceRegistry
 
         DeviceRegistry().put(Device(args.device_id, key.public_key, False, args.label))  # same validation
-        _with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
+        with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
         doc = {"device_id": args.device_id, "registered": "directly in the store (no engine running)"}
     doc["key_file"] = str(args.out)
     _print(doc, args.json)
@@ -80,7 +69,7 @@ def _device_enroll(args: argparse.Namespace) -> int:
     try:
         doc = call_engine(cfg, "POST", "/v1/admin/enrollments", body)
     except EngineUnreachable:
-        code, e = _with_store(cfg, lambda s: enrollment.issue(s, venues, ttl_s=ttl_s, label=args.label))
+        code, e = with_store(cfg, lambda s: enrollment.issue(s, venues, ttl_s=ttl_s, label=args.label))
         doc = {**e.to_json(), "code": enrollment.format_code(code), "qr_text": enrollment.QR_PREFIX + code}
         doc["issued"] = "directly in the store (no engine running)"
     if args.png:
@@ -101,11 +90,11 @@ def _device_revoke(args: argparse.Namespace) -> int:
         def revoke(store: Any) -> dict[str, Any]:
             match = [d for d in store.devices() if d.device_id == args.device_id]
             if not match:
-                raise EngineError(f"no device {args.device_id}")
+                raise NotFoundError(f"no registered device {args.device_id!r}")
             store.upsert_device(args.device_id, match[0].public_key, revoked=True, label=match[0].label)
             return {"device_id": args.device_id, "revoked": True}
 
-        doc = _with_store(cfg, revoke)
+        doc = with_store(cfg, revoke)
     _print(doc, args.json)
     return 0
 
@@ -123,7 +112,7 @@ def _device_list(args: argparse.Namespace) -> int:
                     "revoked": d.revoked,
                     "label": d.label,
                 }
-                for d in _with_store(cfg, lambda s: s.devices())
+                for d in with_store(cfg, lambda s: s.devices())
             ]
         }
     if args.json:
@@ -150,7 +139,7 @@ def _stats(args: argparse.Namespace) -> int:
     try:
         doc = call_engine(cfg, "GET", "/v1/admin/stats")
     except EngineUnreachable:
-        doc = _with_store(cfg, lambda s: s.stats())
+        doc = with_store(cfg, lambda s: s.stats())
     _print(doc, args.json)
     return 0
 
@@ -194,17 +183,19 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        Config.add_arguments(p)
+    def add(
+        name: str, func: Any, help_text: str, settings: tuple[str, ...] = CLIENT_SETTINGS
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        Config.add_arguments(p, only=settings)
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
         return p
 
     p = add("device-register", _device_register, "create a scanner key file and register the device")
-    p.add_argument("--device-id", help="the device id (not with --enroll)")
+    p.add_argument("--device-id", help="1..64 characters of A-Z a-z 0-9 _ . : - (not with --enroll)")
     p.add_argument("--out", type=Path, help="private key file to create (0600; not with --enroll)")
-    p.add_argument("--label", default="")
+    p.add_argument("--label", default="", help="free text shown by device-list, e.g. the venue (default: none)")
     p.add_argument("--enroll", action="store_true", help="issue a one-time enrolment code for the /scanner page")
     p.add_argument("--venue", action="append", help="with --enroll: venue id the scanner serves (repeatable)")
     p.add_argument("--ttl", default="15m", help="with --enroll: how long the code is valid (60s..24h; default 15m)")
@@ -214,10 +205,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("device-list", _device_list, "list registered scanner devices")
     add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
     add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
-    add("wal", _wal, "write-ahead-log state")
+    add("wal", _wal, "write-ahead-log state", (*CLIENT_SETTINGS, "wal_dir"))
     add(
         "schema",
         _schema,
         "print the DDL (--cluster NAME: sharded, applied on every shard; add --replicated: ReplicatedMergeTree + "
         "ON CLUSTER)",
+        ("database", "retention_days", "cluster", "replicated"),
     )

@@ -20,11 +20,11 @@ from nacl.signing import SigningKey
 
 from engine.clock import iso_utc, parse_iso
 from engine.codes import qr
-from engine.codes.keys import read_key_file, write_key_file
+from engine.codes.keys import KeyFile, read_key_file, write_key_file
 from engine.codes.payload import Person, key_id, key_id_text, mint
 from engine.codes.trust import TrustedKey, TrustList
 from engine.codes.verdicts import CodeKind, Reason, Verdict
-from engine.errors import ConfigError
+from engine.errors import ConfigError, MintError
 from engine.verify import implementation, make_verifier
 from engine.verify.contract import CodeBatch
 
@@ -37,7 +37,7 @@ def parse_time(text: str | None, default: int) -> int:
     """ISO-8601 with a zone (``Z`` accepted) or Unix seconds; naive times are refused as in the trust list."""
     if text is None:
         return default
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "³".isdigit() is True, and int() refuses it
         return int(text)
     try:
         return int(parse_iso(text).timestamp())
@@ -59,7 +59,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     entry = TrustedKey(key_id(public), args.issuer, public, valid_from, valid_until)
     # Validate the new trust list before the key file exists, so a refused entry leaves no orphan private key.
     updated = _load_or_empty(args.trust_list).with_key(entry) if args.trust_list else TrustList.build([entry])
-    write_key_file(args.out, args.issuer, signing_key)
+    write_key_file(args.out, args.issuer, signing_key, window=(valid_from, valid_until))
     if args.trust_list:
         updated.save(args.trust_list)
         print(f"added key {entry.kid_text} ({args.issuer}) to {args.trust_list}")
@@ -76,6 +76,47 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def key_state(k: TrustedKey, now: int) -> str:
+    if k.revoked:
+        return "revoked"
+    if now < k.valid_from:
+        return "not yet valid"
+    return "issuing" if now <= k.valid_until else "retired"
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    trust = TrustList.load(args.trust_list)
+    now = int(time.time())
+    rows = [
+        {
+            "kid": k.kid_text,
+            "issuer": k.issuer,
+            "valid_from": iso_utc(k.valid_from),
+            "valid_until": iso_utc(k.valid_until),
+            "revoked": k.revoked,
+            "state": key_state(k, now),
+        }
+        for k in sorted(trust.keys, key=lambda k: (k.issuer, k.valid_from, k.kid_text))
+    ]
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"{'kid':12} {'issuer':16} {'valid_from':21} {'valid_until':21} state")
+    for r in rows:
+        print(f"{r['kid']:12} {r['issuer']:16} {r['valid_from']:21} {r['valid_until']:21} {r['state']}")
+    return 0
+
+
+def _keys_retire(args: argparse.Namespace) -> int:
+    at = parse_time(args.at, int(time.time()))
+    TrustList.load(args.trust_list).with_key_retired(args.kid, at).save(args.trust_list)
+    print(
+        f"key {args.kid} retired in {args.trust_list} as of {iso_utc(at)}: codes it signed before keep verifying "
+        "until they expire; codes it signs after are refused (key_window). Then: trust-reload or SIGHUP"
+    )
+    return 0
+
+
 def _codes_revoke(args: argparse.Namespace) -> int:
     TrustList.load(args.trust_list).with_code_revoked(args.qr_id).save(args.trust_list)
     print(f"code {args.qr_id} revoked in {args.trust_list}")
@@ -83,9 +124,42 @@ def _codes_revoke(args: argparse.Namespace) -> int:
 
 
 # -- mint -------------------------------------------------------------------------------------------------
+def _key_window(args: argparse.Namespace, key: KeyFile) -> tuple[int, int, bool] | None:
+    """The window (and revoked flag) codes from this key are judged by: the trust list's if given, else the
+    one recorded in the key file when it was created."""
+    if args.trust_list is not None:
+        entry = TrustList.load(args.trust_list).key(key_id_text(key.public_key))
+        return entry.valid_from, entry.valid_until, entry.revoked
+    if key.valid_from is not None and key.valid_until is not None:
+        return key.valid_from, key.valid_until, False
+    return None
+
+
+def _check_window(args: argparse.Namespace, key: KeyFile, iat: int) -> None:
+    """Refuse to issue a code the engine would not verify (unless ``--force``, e.g. for a test vector)."""
+    window = _key_window(args, key)
+    kid = key_id_text(key.public_key)
+    if window is None:
+        problem = f"key file {args.key} records no validity window; give --trust-list (the engine's) to check it"
+    elif window[2]:
+        problem = f"key {kid} is revoked in {args.trust_list}: every code it signs verifies as revoked_key"
+    elif not window[0] <= iat <= window[1]:
+        verdict = "not_yet_valid" if iat < window[0] else "expired"
+        problem = (
+            f"issued at {iso_utc(iat)}, outside key {kid}'s window {iso_utc(window[0])} .. {iso_utc(window[1])}: "
+            f"the code would verify as {verdict} (reason key_window)"
+        )
+    else:
+        return
+    if not args.force:
+        raise MintError(f"{problem}; --force mints it anyway")
+    print(f"warning (--force): {problem}", file=sys.stderr)
+
+
 def _mint(args: argparse.Namespace) -> int:
     key = read_key_file(args.key)
     iat = parse_time(args.issued_at, int(time.time()))
+    _check_window(args, key, iat)
     person = Person(args.doc_number, args.name, args.birth_date, args.qr_id, id_type=args.id_type)
     code = mint(person, key.signing_key, iat=iat, exp=iat + args.days * DAY)
     info = qr.qr_info(code)
@@ -191,7 +265,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="issuer signing keys: create, revoke")
+    keys = sub.add_parser("keys", help="issuer signing keys: create, list, retire, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     p = keys_sub.add_parser("create", help="create an issuer private key and add its public key to a trust list")
     p.add_argument("--issuer", required=True, help="issuing platform id, e.g. pc-covid")
@@ -204,9 +278,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid-from", help="ISO-8601 with zone, or Unix seconds (default: now)")
     p.add_argument("--valid-until", help=f"ISO-8601 with zone, or Unix seconds (default: +{DEFAULT_KEY_YEARS} years)")
     p.set_defaults(func=_keys_create)
-    p = keys_sub.add_parser("revoke", help="mark a key revoked: every code it signed stops verifying")
+    p = keys_sub.add_parser("list", help="the trust list's keys: kid, issuer, window, revoked, state")
     p.add_argument("--trust-list", required=True, type=Path)
-    p.add_argument("--kid", required=True, help="key id (11 base64url characters)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_keys_list)
+    p = keys_sub.add_parser(
+        "retire", help="end a key's issuing window (rotation): codes it signed before keep verifying until they expire"
+    )
+    p.add_argument("--trust-list", required=True, type=Path)
+    p.add_argument(
+        "--kid",
+        required=True,
+        help="key id (11 base64url characters; see keys list), never a position; "
+        "write --kid=KID when it starts with '-'",
+    )
+    p.add_argument("--at", help="end of the window: ISO-8601 with zone, or Unix seconds (default: now)")
+    p.set_defaults(func=_keys_retire)
+    p = keys_sub.add_parser("revoke", help="mark a key revoked (compromise): every code it signed stops verifying")
+    p.add_argument("--trust-list", required=True, type=Path)
+    p.add_argument("--kid", required=True, help="key id (11 base64url characters; --kid=KID if it starts with '-')")
     p.set_defaults(func=_keys_revoke)
 
     codes = sub.add_parser("codes", help="individual codes: revoke")
@@ -225,6 +315,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-type", default="0", choices=("0", "1"), help="0 = for oneself, 1 = on someone's behalf")
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.add_argument("--issued-at", help="ISO-8601 with zone, or Unix seconds (default: now)")
+    p.add_argument(
+        "--trust-list", type=Path, help="check the key against this trust list (default: the window in the key file)"
+    )
+    p.add_argument("--force", action="store_true", help="mint even outside the key's window or with a revoked key")
     p.add_argument("--png", type=Path, help="also render the QR code as PNG")
     p.add_argument("--svg", type=Path, help="also render the QR code as SVG")
     p.set_defaults(func=_mint)

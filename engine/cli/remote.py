@@ -1,46 +1,60 @@
-"""Calling a running engine from a CLI on the same host.
+"""Calling a running engine from a CLI on the same host, or opening its store when none runs.
 
 The embedded store can be opened by one process only, so while an engine runs, the CLI's reads and writes
-go through it. ``call_engine`` raises :class:`EngineUnreachable` when nothing listens, which is the CLI's cue
-to open the store itself.
+go through it. The engine is found from the data directory alone (``<data_dir>/engine.json``, see
+:mod:`engine.cli.address`); ``--host``/``--port`` are only the fallback for an engine that wrote no address.
+``call_engine`` raises :class:`EngineUnreachable` when no engine is there, which is the CLI's cue to open the
+store itself with :func:`open_store`; if that store is still locked, the error says by whom and how to reach it.
 """
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
+from engine.cli import address
 from engine.config import Config
-from engine.errors import EngineError
+from engine.errors import EngineError, StoreError
+
+T = TypeVar("T")
 
 
 class EngineUnreachable(EngineError):
-    """No engine answered on the configured address."""
+    """No engine answered for this data directory."""
 
     code = "engine_unreachable"
 
 
 def engine_url(cfg: Config) -> str:
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-    return f"http://{host}:{cfg.port}"
+    """The data directory's engine if it recorded one, else the configured address."""
+    found = address.locate(cfg.data_dir)
+    return found.url if found is not None else address.local_url(cfg.host, cfg.port)
 
 
 def admin_token(cfg: Config) -> str | None:
     path = cfg.data_dir / "admin.token"
-    return path.read_text().strip() if path.exists() else None
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EngineError(f"cannot read the admin token {path}: {exc.strerror} (run as the engine's user)") from None
 
 
 def call_engine(
     cfg: Config, method: str, path: str, body: Any = None, *, token: str | None = None, timeout: float = 30.0
 ) -> Any:
+    """One JSON call to the engine; an answer with an error status raises :class:`EngineError` with its message."""
     token = token or admin_token(cfg)
     if token is None:
-        raise EngineUnreachable("no admin token in the data directory: no engine has run here")
+        raise EngineUnreachable(f"no admin token in {cfg.data_dir}: no engine has run with this data directory")
+    url = engine_url(cfg)
     data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(engine_url(cfg) + path, data=data, method=method)
+    req = urllib.request.Request(url + path, data=data, method=method)
     req.add_header("Authorization", f"Bearer {token}")
     if data is not None:
         req.add_header("Content-Type", "application/json")
@@ -50,8 +64,50 @@ def call_engine(
     except urllib.error.HTTPError as exc:
         try:
             detail = orjson.loads(exc.read()).get("message", exc.reason)
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, AttributeError):
             detail = exc.reason
-        raise EngineError(f"engine answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, ConnectionError) as exc:
-        raise EngineUnreachable(f"no engine at {engine_url(cfg)}: {exc}") from None
+        raise EngineError(f"engine at {url} answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EngineUnreachable(f"no engine answers at {url}: {reason}") from None
+
+
+def open_store(cfg: Config) -> Any:
+    """The store itself (no engine runs); a store still locked by a process is explained, never a raw error."""
+    from engine.store.store import Store
+
+    try:
+        store = Store.connect(cfg.store_dsn, **cfg.store_options())
+    except StoreError as exc:
+        found = address.read(cfg.data_dir)
+        if "in use by" in str(exc) and found is not None:
+            raise StoreError(
+                f"{exc}. That is the engine recorded in {address.path_of(cfg.data_dir)} "
+                f"(PID {found.pid}, {found.url}), which did not answer: wait for it to finish starting, "
+                "or stop it (SIGTERM) and retry"
+            ) from None
+        raise
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def with_store(cfg: Config, fn: Callable[[Any], T]) -> T:
+    """Run ``fn(store)`` on the store opened directly, and close it."""
+    store = open_store(cfg)
+    try:
+        return fn(store)
+    finally:
+        store.close()
+
+
+def engine_or_store(cfg: Config, method: str, path: str, local: Callable[[Any], T], body: Any = None) -> Any:
+    """Ask the running engine (it holds the live device registry and the embedded store); when none runs, do
+    ``local(store)`` on the store directly."""
+    try:
+        return call_engine(cfg, method, path, body)
+    except EngineUnreachable:
+        return with_store(cfg, local)

@@ -1,4 +1,10 @@
-"""``serve``: run the ingestion server (aiohttp on uvloop) until SIGTERM/SIGINT."""
+"""``serve``: run the ingestion server (aiohttp on uvloop) until SIGTERM/SIGINT.
+
+The listening socket is bound here, before the app starts, so the address the engine records in
+``<data_dir>/engine.json`` is the one it really listens on (``--port 0`` included) and connections that arrive
+while the store opens wait in the backlog instead of being refused. The file is written once the engine is
+ready and removed on a clean exit; every other command finds the engine through it (``engine.cli.address``).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,18 @@ import argparse
 import gc
 import logging
 import os
+import socket
 import sys
+import time
 
+from engine.cli import address
 from engine.cli.workers import mark_ready, supervise
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.ops.sdnotify import READY, STOPPING, notify
+from engine.version import VERSION
+
+log = logging.getLogger("engine")
 
 
 async def _freeze_startup_heap(app: object) -> None:
@@ -21,6 +33,18 @@ async def _freeze_startup_heap(app: object) -> None:
     it off."""
     gc.collect()
     gc.freeze()
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The listening socket (SO_REUSEADDR, as aiohttp's own sites set it; SO_REUSEPORT for ``--workers``, so every
+    worker binds the same port and the kernel spreads connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
+    except OSError as exc:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def _notify_stopping(app: object) -> None:
@@ -40,10 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
 
+    from engine.ops.logs import configure
+    from engine.web.access import AccessLogger, access_logger
     from engine.web.app import create_app
 
     config = Config.from_sources(args)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(config.log_level, config.log_format)
     if config.workers > 1 and "ENGINE_WORKER_INDEX" not in os.environ:
         if args.demo:
             raise ConfigError("--demo runs one process: not with --workers")
@@ -56,24 +82,40 @@ def _run(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
     if os.environ.get("ENGINE_GC_FREEZE", "1") != "0":
         app.on_startup.append(_freeze_startup_heap)
+    sock = bind(config.host, config.port, reuse_port=config.workers > 1)
+    port = int(sock.getsockname()[1])
+    url = address.local_url(config.host, port)
+    pid = os.getpid()
+
+    async def announce(app: web.Application) -> None:
+        address.write(config.data_dir, address.EngineAddress(pid, url, time.time(), VERSION))
+        log.info("listening on %s:%d (pid %d; address in %s)", config.host, port, pid, address.path_of(config.data_dir))
+
+    async def withdraw(app: web.Application) -> None:
+        address.remove(config.data_dir, pid)  # first thing on shutdown: commands stop asking a closing engine
+
+    app.on_startup.append(announce)  # after the cleanup contexts: the engine is ready when the file appears
+    app.on_shutdown.insert(0, withdraw)
     app.on_shutdown.append(_notify_stopping)
     loop = uvloop.new_event_loop()  # uvloop's loop, without the deprecated global policy switch
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_timeout_s,
-        keepalive_timeout=config.keepalive_timeout_s,
-        access_log=None,
-        loop=loop,
-        print=_serving,
-        reuse_port=config.workers > 1,
-    )
+    try:
+        web.run_app(
+            app,
+            sock=sock,
+            shutdown_timeout=config.shutdown_timeout_s,
+            keepalive_timeout=config.keepalive_timeout_s,
+            access_log=access_logger(config.access_log),
+            access_log_class=AccessLogger,
+            loop=loop,
+            print=_serving,
+        )
+    finally:
+        address.remove(config.data_dir, pid)  # also when start-up failed half-way
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the ingestion server")
+    p = sub.add_parser("serve", help="run the ingestion server", description="Run the ingestion server.")
     Config.add_arguments(p)
     p.add_argument(
         "--demo",

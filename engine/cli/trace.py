@@ -14,8 +14,9 @@ import sys
 import urllib.parse
 from typing import Any
 
-from engine.cli.remote import EngineUnreachable, call_engine
-from engine.config import Config
+from engine.cli import address
+from engine.cli.remote import EngineUnreachable, call_engine, open_store
+from engine.config import CLIENT_SETTINGS, Config
 from engine.errors import EngineError
 from engine.tracing.credentials import TracerRegistry
 
@@ -60,27 +61,33 @@ def _run(args: argparse.Namespace, path: str, extra: dict[str, str], local: Any)
     from engine.tracing import render as tracing
 
     cfg = Config.from_sources(args)
+    tz = tracing.zone(args.tz)  # refused before any query if unknown
     trace = None
     if not cfg.store_dsn.startswith("chdb://"):
         trace = _with_store(cfg, local)
     else:
         token = args.token or os.environ.get("ENGINE_TRACER_TOKEN") or None
+        running = address.locate(cfg.data_dir)
+        if token is None and running is not None:
+            raise EngineError(
+                f"an engine runs for {cfg.data_dir} (PID {running.pid}, {running.url}), so tracing goes through it and "
+                "needs a tracer token: create one with `python -m engine tracer-add NAME --data-dir "
+                f"{cfg.data_dir}`, then pass it as --token or ENGINE_TRACER_TOKEN"
+            )
         try:
             doc = call_engine(cfg, "GET", f"{path}?{_query_string(args, extra)}", token=token)
             trace = tracing.from_json(doc)
         except EngineUnreachable:
             trace = _with_store(cfg, local)
-    sys.stdout.write(tracing.render(trace, args.format))
+    sys.stdout.write(tracing.render(trace, args.format, tz))
     return 0
 
 
 def _with_store(cfg: Config, fn: Any) -> Any:
-    from engine.store.store import Store
     from engine.tracing.queries import TraceQueries
 
-    store = Store.connect(cfg.store_dsn, **cfg.store_options())
+    store = open_store(cfg)
     try:
-        store.migrate()
         return fn(TraceQueries(store.query))
     finally:
         store.close()
@@ -123,15 +130,25 @@ def _tracer_add(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=CLIENT_SETTINGS)
     p.add_argument("--from", dest="start", help="period start (ISO 8601, UTC if no offset; or Unix seconds)")
     p.add_argument("--to", dest="end", help="period end (default: now)")
-    p.add_argument("--days", type=float, default=14.0, help="period length when --from is not given (default 14)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--days", type=float, default=14.0, help="period length when --from is not given (default: 14)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
+    p.add_argument("--tz", default="UTC", help="time zone of the times printed, e.g. Asia/Ho_Chi_Minh (default: UTC)")
     p.add_argument("--include-unverified", action="store_true", help="also count unsigned/ID-card/expired codes")
-    p.add_argument("--dwell-min", type=float, default=60.0, help="stay assumed when an exit is missing (min)")
-    p.add_argument("--margin-min", type=float, default=15.0, help="stays this close count as overlapping (min)")
-    p.add_argument("--max-stay-min", type=float, default=720.0, help="longest stay an entry/exit pair may span")
+    p.add_argument(
+        "--dwell-min", type=float, default=60.0, help="stay assumed when an exit is missing, minutes (default: 60)"
+    )
+    p.add_argument(
+        "--margin-min", type=float, default=15.0, help="stays this close count as overlapping, minutes (default: 15)"
+    )
+    p.add_argument(
+        "--max-stay-min",
+        type=float,
+        default=720.0,
+        help="longest stay an entry/exit pair may span, minutes (default: 720)",
+    )
     p.add_argument("--token", help="tracer token for a running engine [env ENGINE_TRACER_TOKEN]")
 
 
@@ -144,13 +161,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--qr-id", help="the index case's QR id")
     who.add_argument("--person-key", help="the index case's person key (32 hex characters)")
     p.add_argument("--second-degree", action="store_true", help="also list contacts of the top contacts")
-    p.add_argument("--second-degree-limit", type=int, default=20, help="top contacts expanded (default 20)")
+    p.add_argument("--second-degree-limit", type=int, default=20, help="top contacts expanded (default: 20)")
     p.set_defaults(func=_person)
     p = tsub.add_parser("venue", help="everyone at a venue during a period")
     _common(p)
     p.add_argument("--venue-id", required=True)
     p.set_defaults(func=_venue)
     p = sub.add_parser("tracer-add", help="create a tracer credential and print its token once")
-    Config.add_arguments(p)
+    Config.add_arguments(p, only=("data_dir",))
     p.add_argument("name")
     p.set_defaults(func=_tracer_add)

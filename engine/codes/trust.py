@@ -168,9 +168,28 @@ class TrustList:
         return TrustList.build([*self.keys, key], self.revoked_codes)
 
     def with_key_revoked(self, kid_text: str) -> TrustList:
-        if not any(k.kid_text == kid_text for k in self.keys):
-            raise TrustListError(f"no key {kid_text} in the trust list")
-        keys = [replace(k, revoked=True) if k.kid_text == kid_text else k for k in self.keys]
+        target = self.key(kid_text)
+        keys = [replace(k, revoked=True) if k.kid == target.kid else k for k in self.keys]
+        return TrustList.build(keys, self.revoked_codes)
+
+    def key(self, kid_text: str) -> TrustedKey:
+        """The key with this id; never by position (the list is kept sorted by kid, not by age)."""
+        for k in self.keys:
+            if k.kid_text == kid_text:
+                return k
+        raise TrustListError(f"no key {kid_text} in the trust list (keys list shows the ids)")
+
+    def with_key_retired(self, kid_text: str, at: int) -> TrustList:
+        """End a key's issuing window at ``at``: codes it signed before keep verifying until their own expiry,
+        codes it signs after are refused (``key_window``). The rotation step; revocation is for compromise."""
+        old = self.key(kid_text)
+        if old.revoked:
+            raise TrustListError(f"key {kid_text} is revoked already: nothing it signed verifies")
+        if at <= old.valid_from:
+            raise TrustListError(f"key {kid_text} only becomes valid at {iso_utc(old.valid_from)}: revoke it instead")
+        if at >= old.valid_until:
+            raise TrustListError(f"key {kid_text}'s window already ends at {iso_utc(old.valid_until)}")
+        keys = [replace(k, valid_until=at) if k.kid == old.kid else k for k in self.keys]
         return TrustList.build(keys, self.revoked_codes)
 
     def with_code_revoked(self, qr_id: str) -> TrustList:

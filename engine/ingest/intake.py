@@ -32,21 +32,27 @@ from engine.errors import PayloadError
 from engine.ingest.items import (
     DIRECTIONS,
     E_DIRECTION,
+    E_IN_FUTURE,
     E_NOT_OBJECT,
     E_QR_LONG,
     E_QR_TYPE,
     E_SCAN_ID,
     E_SCAN_ID_MISSING,
-    E_TIME,
+    E_TOO_OLD,
     E_UNICODE,
     E_VENUE,
-    E_WINDOW,
     MAX_QR_CHARS,
     MAX_VENUE_CHARS,
     VENUE_CHARS,
+    Rejection,
+    echo_scan_id,
+    rejected_json,
     scan_time_ms,
 )
 from engine.store.columns import Strings
+
+#: one rejected item: its index in the request, why, and its scan id as the device sent it (if echoable)
+Rejected = tuple[int, Rejection, str | None]
 
 
 def _empty_offsets() -> np.ndarray:
@@ -72,7 +78,7 @@ class Intake:
     venue_offsets: np.ndarray = field(default_factory=_empty_offsets)  # int64, n + 1
     directions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # 1 in, 2 out
     scanned_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.scan_texts)
@@ -133,7 +139,7 @@ class _Columns:
         self.venues: list[bytes] = []
         self.directions: list[int] = []
         self.scanned: list[int] = []
-        self.rejected: list[tuple[int, str]] = []
+        self.rejected: list[Rejected] = []
 
 
 def take_items_py(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any, ...]:
@@ -146,7 +152,7 @@ def take_items_py(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any
     for i, item in enumerate(scans):
         error = _take_item(out, i, item, oldest_ms, newest_ms)
         if error is not None:
-            out.rejected.append((i, error))
+            out.rejected.append((i, error, echo_scan_id(item)))
     codes, venues = Strings.pack(out.codes), Strings.pack(out.venues)
     return (
         np.asarray(out.index, np.int32),
@@ -162,7 +168,7 @@ def take_items_py(scans: list[Any], oldest_ms: int, newest_ms: int) -> tuple[Any
     )
 
 
-def _take_item(out: _Columns, i: int, item: Any, oldest_ms: int, newest_ms: int) -> str | None:
+def _take_item(out: _Columns, i: int, item: Any, oldest_ms: int, newest_ms: int) -> Rejection | None:
     if not isinstance(item, dict):
         return E_NOT_OBJECT
     scan_id = _uuid_bytes(item.get("scan_id"))
@@ -181,10 +187,12 @@ def _take_item(out: _Columns, i: int, item: Any, oldest_ms: int, newest_ms: int)
     if direction is None:
         return E_DIRECTION
     scanned = scan_time_ms(item.get("scanned_at"))
-    if scanned is None:
-        return E_TIME
-    if not oldest_ms <= scanned <= newest_ms:
-        return E_WINDOW
+    if isinstance(scanned, Rejection):
+        return scanned
+    if scanned < oldest_ms:
+        return E_TOO_OLD
+    if scanned > newest_ms:
+        return E_IN_FUTURE
     try:
         code = qr.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
@@ -233,16 +241,19 @@ def render_answer_py(
     count: int,
     index: np.ndarray,
     scan_texts: list[str],
-    rejected: list[tuple[int, str]],
+    rejected: list[Rejected],
     stored: np.ndarray,
     verdict: np.ndarray,
     reason: np.ndarray,
 ) -> bytes:
     """The reference 202 body: counts, then one result per item in request order (stored / duplicate /
-    rejected). ``index``/``scan_texts`` are the accepted items (``Intake``), the rest their answers."""
+    rejected). ``index``/``scan_texts`` are the accepted items (``Intake``), the rest their answers.
+
+    A rejected item says why twice: ``reason`` (a code from ``engine.ingest.items.REJECTIONS``) for the device's
+    software, ``error`` for the person reading its log, plus its ``scan_id`` when the device sent one."""
     results: list[dict[str, object] | None] = [None] * count
-    for i, error in rejected:
-        results[i] = {"index": i, "status": "rejected", "error": error}
+    for i, rejection, echo in rejected:
+        results[i] = rejected_json(i, rejection, echo)
     new = stored.tolist()
     for i, text, is_new, v, r in zip(index.tolist(), scan_texts, new, verdict.tolist(), reason.tolist(), strict=True):
         results[i] = {
@@ -260,7 +271,7 @@ def render_answer_py(
 
 # -- the one switch (engine._accel) --------------------------------------------------------------------------------
 TakeItems = Callable[[list[Any], int, int], tuple[Any, ...]]
-RenderAnswer = Callable[[int, np.ndarray, list[str], list[tuple[int, str]], np.ndarray, np.ndarray, np.ndarray], bytes]
+RenderAnswer = Callable[[int, np.ndarray, list[str], list[Rejected], np.ndarray, np.ndarray, np.ndarray], bytes]
 _compiled = _accel.compiled("_intake")
 take_items: TakeItems = take_items_py if _compiled is None else _compiled.take_items
 render_answer: RenderAnswer = render_answer_py if _compiled is None else _compiled.render_answer

@@ -29,6 +29,7 @@ import fcntl
 import functools
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -236,6 +237,13 @@ class Store:
             if dsn.startswith("chdb:"):
                 path = Path(urlparse(dsn).path or ".")
                 path.mkdir(parents=True, exist_ok=True)
+                # asked before chdb tries: on a locked directory it writes its own raw "Code: 76" line to stderr
+                holder = _lock_holder(path)
+                if holder is not None and holder != str(os.getpid()):  # this process may reopen its own directory
+                    raise StoreError(
+                        f"the embedded store {path} is in use by another process (PID {holder}); "
+                        "stop it, or go through its admin API"
+                    )
                 client = clickhouse_connect.get_client(dsn=dsn, tz_mode="aware")
             elif dsn.startswith(("http://", "https://")):
                 client = _server_client(dsn, timeouts, cluster=bool(cluster))

@@ -131,7 +131,7 @@ def period(from_ms: int | None, to_ms: int | None, days: float) -> tuple[int, in
 def parse_time(text: str) -> int:
     """ISO 8601 (naive means UTC; a bare date means its midnight) or Unix seconds, as milliseconds."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "³".isdigit() is True, and int() refuses it
         return int(text) * 1000
     try:
         return int(parse_iso(text, naive_is_utc=True).timestamp() * 1000)

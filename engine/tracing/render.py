@@ -6,7 +6,9 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import asdict
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
@@ -21,19 +23,32 @@ FIELDS = (
 )  # fmt: skip
 
 
-def iso(ms: int) -> str:
-    return iso_utc(ms / 1000)
+def iso(ms: int, tz: tzinfo = UTC) -> str:
+    """A time for people: UTC as ``...Z`` (the HTTP API's form), any other zone with its offset (``+07:00``)."""
+    if tz is UTC:
+        return iso_utc(ms / 1000)
+    return datetime.fromtimestamp(ms / 1000, tz).isoformat(timespec="seconds")
 
 
-def _stay_row(section: str, st: Stay) -> dict[str, Any]:
+def zone(name: str) -> tzinfo:
+    """An IANA zone by name (``Asia/Ho_Chi_Minh``), or UTC; an unknown name is refused, never guessed."""
+    if name.upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PayloadError(f"unknown time zone {name!r}: use an IANA name such as Asia/Ho_Chi_Minh, or UTC") from None
+
+
+def _stay_row(section: str, st: Stay, tz: tzinfo) -> dict[str, Any]:
     return {
         "section": section,
         "rank": "",
         "person_key": st.person_key,
         "qr_id": st.qr_id,
         "venue_id": st.venue_id,
-        "start": iso(st.start_ms),
-        "end": iso(st.end_ms),
+        "start": iso(st.start_ms, tz),
+        "end": iso(st.end_ms, tz),
         "overlap_min": "",
         "total_overlap_min": "",
         "verdict": st.verdict,
@@ -43,11 +58,11 @@ def _stay_row(section: str, st: Stay) -> dict[str, Any]:
     }
 
 
-def rows(trace: PersonTrace | VenueTrace) -> list[dict[str, Any]]:
+def rows(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> list[dict[str, Any]]:
     """One flat row per visit, encounter or stay: what CSV and the table print, and what JSON nests."""
     if isinstance(trace, VenueTrace):
-        return [_stay_row("venue", st) for st in trace.stays]
-    out = [_stay_row("visit", st) for st in trace.visits]
+        return [_stay_row("venue", st, tz) for st in trace.stays]
+    out = [_stay_row("visit", st, tz) for st in trace.visits]
     ranks: dict[int, int] = defaultdict(int)
     for c in trace.contacts:
         ranks[c.degree] += 1
@@ -59,8 +74,8 @@ def rows(trace: PersonTrace | VenueTrace) -> list[dict[str, Any]]:
                     "person_key": c.person_key,
                     "qr_id": c.qr_id,
                     "venue_id": e.venue_id,
-                    "start": iso(e.contact_start_ms),
-                    "end": iso(e.contact_end_ms),
+                    "start": iso(e.contact_start_ms, tz),
+                    "end": iso(e.contact_end_ms, tz),
                     "overlap_min": e.overlap_min,
                     "total_overlap_min": c.total_overlap_min,
                     "verdict": e.verdict,
@@ -72,24 +87,26 @@ def rows(trace: PersonTrace | VenueTrace) -> list[dict[str, Any]]:
     return out
 
 
-def to_json(trace: PersonTrace | VenueTrace) -> dict[str, Any]:
+def to_json(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> dict[str, Any]:
     head: dict[str, Any] = {
-        "from": iso(trace.from_ms),
-        "to": iso(trace.to_ms),
+        "from": iso(trace.from_ms, tz),
+        "to": iso(trace.to_ms, tz),
         "include_unverified": trace.include_unverified,
     }
     if isinstance(trace, VenueTrace):
-        return {"venue_id": trace.venue_id, **head, "stays": [_stay_json(s) for s in trace.stays]}
+        return {"venue_id": trace.venue_id, **head, "stays": [_stay_json(s, tz) for s in trace.stays]}
     return {
         "person_keys": trace.person_keys,
         **head,
-        "visits": [_stay_json(s) for s in trace.visits],
-        "exposures": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 1)],
-        "second_degree": [_contact_json(i + 1, c) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)],
+        "visits": [_stay_json(s, tz) for s in trace.visits],
+        "exposures": [_contact_json(i + 1, c, tz) for i, c in enumerate(x for x in trace.contacts if x.degree == 1)],
+        "second_degree": [
+            _contact_json(i + 1, c, tz) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)
+        ],
     }
 
 
-def _contact_json(rank: int, c: Contact) -> dict[str, Any]:
+def _contact_json(rank: int, c: Contact, tz: tzinfo) -> dict[str, Any]:
     return {
         "rank": rank,
         "person_key": c.person_key,
@@ -101,10 +118,10 @@ def _contact_json(rank: int, c: Contact) -> dict[str, Any]:
         "encounters": [
             {
                 **asdict(e),
-                "index_start": iso(e.index_start_ms),
-                "index_end": iso(e.index_end_ms),
-                "contact_start": iso(e.contact_start_ms),
-                "contact_end": iso(e.contact_end_ms),
+                "index_start": iso(e.index_start_ms, tz),
+                "index_end": iso(e.index_end_ms, tz),
+                "contact_start": iso(e.contact_start_ms, tz),
+                "contact_end": iso(e.contact_end_ms, tz),
                 "trusted": e.verdict in TRUSTED_LABELS,
             }
             for e in c.encounters
@@ -112,8 +129,8 @@ def _contact_json(rank: int, c: Contact) -> dict[str, Any]:
     }
 
 
-def _stay_json(st: Stay) -> dict[str, Any]:
-    return {**asdict(st), "start": iso(st.start_ms), "end": iso(st.end_ms), "trusted": st.trusted}
+def _stay_json(st: Stay, tz: tzinfo) -> dict[str, Any]:
+    return {**asdict(st), "start": iso(st.start_ms, tz), "end": iso(st.end_ms, tz), "trusted": st.trusted}
 
 
 def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
@@ -145,23 +162,23 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
                        contacts)  # fmt: skip
 
 
-def to_csv(trace: PersonTrace | VenueTrace) -> str:
+def to_csv(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows(trace))
+    writer.writerows(rows(trace, tz))
     return buf.getvalue()
 
 
-def to_table(trace: PersonTrace | VenueTrace) -> str:
+def to_table(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
     """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed."""
-    data = rows(trace)
+    data = rows(trace, tz)
     if isinstance(trace, VenueTrace):
         title = f"venue {trace.venue_id}: {len(trace.stays)} stays"
     else:
         n1 = sum(1 for c in trace.contacts if c.degree == 1)
         title = f"person {','.join(trace.person_keys) or '(no scans)'}: {len(trace.visits)} visits, {n1} contacts"
-    title += f", {iso(trace.from_ms)} .. {iso(trace.to_ms)}"
+    title += f", {iso(trace.from_ms, tz)} .. {iso(trace.to_ms, tz)}"
     title += " (including UNVERIFIED codes, marked !)" if trace.include_unverified else " (trusted codes only)"
     cols = [c for c in FIELDS if c not in ("trusted",)]
     cells = [[("" if r["trusted"] else "!") + str(r[c]) if c == "verdict" else str(r[c]) for c in cols] for r in data]
@@ -171,11 +188,12 @@ def to_table(trace: PersonTrace | VenueTrace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(trace: PersonTrace | VenueTrace, fmt: str) -> str:
+def render(trace: PersonTrace | VenueTrace, fmt: str, tz: tzinfo = UTC) -> str:
+    """``tz`` changes how times are written, never which rows there are (the period is chosen in UTC instants)."""
     if fmt == "json":
-        return orjson.dumps(to_json(trace), option=orjson.OPT_INDENT_2).decode() + "\n"
+        return orjson.dumps(to_json(trace, tz), option=orjson.OPT_INDENT_2).decode() + "\n"
     if fmt == "csv":
-        return to_csv(trace)
+        return to_csv(trace, tz)
     if fmt == "table":
-        return to_table(trace)
+        return to_table(trace, tz)
     raise PayloadError("format must be table, csv or json")

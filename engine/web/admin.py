@@ -12,15 +12,20 @@ import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
 
 from engine.codes.payload import b64url_decode_canonical, b64url_encode
-from engine.devices.auth import Device
+from engine.codes.verdicts import REASONS, VERDICTS
+from engine.devices.auth import DEVICE_ID_RE, MAX_LABEL_CHARS, Device
 from engine.errors import AuthError, EngineError, ForbiddenError, PayloadError
+from engine.store import listing
+from engine.store.listing import DEFAULT_LIMIT, MAX_ID_CHARS, MAX_LIMIT, ScanFilter
 from engine.web.body import read_body
 from engine.web.keys import RUNTIME, Runtime
+from engine.web.openapi import SCAN_ROW, anchored, documented, error, json_body, query
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,40 @@ def _device_json(d: Device) -> dict[str, object]:
     return {"device_id": d.device_id, "public_key": b64url_encode(d.public_key), "revoked": d.revoked, "label": d.label}
 
 
+DEVICE = {
+    "type": "object",
+    "required": ["device_id", "public_key", "revoked", "label"],
+    "properties": {
+        "device_id": {"type": "string"},
+        "public_key": {"type": "string", "description": "32-byte Ed25519 public key, unpadded base64url"},
+        "revoked": {"type": "boolean"},
+        "label": {"type": "string"},
+    },
+}
+DEVICE_ID = {"type": "string", "pattern": anchored(DEVICE_ID_RE.pattern)}
+
+
+@documented(
+    summary="Register (or re-key) a scanner device",
+    audience="operator",
+    request_body={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["device_id", "public_key"],
+                    "properties": {
+                        "device_id": DEVICE_ID,
+                        "public_key": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+                        "label": {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                    },
+                }
+            }
+        },
+    },
+    responses={201: json_body("registered", DEVICE)},
+)
 async def register_device(request: web.Request) -> web.Response:
     rt = require_admin(request)
     doc = await _json_body(request)
@@ -66,6 +105,12 @@ async def register_device(request: web.Request) -> web.Response:
     return web.json_response(_device_json(device), status=201)
 
 
+@documented(
+    summary="Revoke a scanner device (its very next request is refused)",
+    audience="operator",
+    path_parameters={"device_id": DEVICE_ID},
+    responses={200: json_body("revoked", DEVICE), 404: error("No such device")},
+)
 async def revoke_device(request: web.Request) -> web.Response:
     rt = require_admin(request)
     device_id = request.match_info["device_id"]
@@ -76,22 +121,98 @@ async def revoke_device(request: web.Request) -> web.Response:
     return web.json_response(_device_json(device))
 
 
+@documented(
+    summary="List registered scanner devices",
+    audience="operator",
+    responses={
+        200: json_body(
+            "every device", {"type": "object", "properties": {"devices": {"type": "array", "items": DEVICE}}}
+        )
+    },
+)
 async def list_devices(request: web.Request) -> web.Response:
     rt = require_admin(request)
     return web.json_response({"devices": [_device_json(d) for d in rt.devices.all()]})
 
 
+@documented(
+    summary="Re-read the trust list (also: SIGHUP); a bad file is refused and the old list kept",
+    audience="operator",
+    responses={
+        200: json_body(
+            "reloaded",
+            {"type": "object", "properties": {"keys": {"type": "integer"}, "revoked_codes": {"type": "integer"}}},
+        ),
+        422: error("The trust list file is unreadable or invalid; the engine keeps the list it had"),
+    },
+)
 async def reload_trust(request: web.Request) -> web.Response:
     rt = require_admin(request)
     trust = await rt.reload_trust()
     return web.json_response({"keys": len(trust.keys), "revoked_codes": len(trust.revoked_codes)})
 
 
+@documented(
+    summary="Store statistics: rows per day, verdicts, rejects by reason, top venues",
+    audience="operator",
+    responses={200: json_body("statistics"), 503: error("The store is unavailable")},
+)
 async def stats(request: web.Request) -> web.Response:
     rt = require_admin(request)
     return web.Response(body=orjson.dumps(await rt.in_store_thread(rt.store.stats)), content_type="application/json")
 
 
+@documented(
+    summary="Raw scans, newest first, without personal data (no QR text, QR id or person key)",
+    audience="operator",
+    description="Which device sent the bad_signature scans, what a venue stored today. Every listing is logged "
+    "with its filters (who looked at what).",
+    parameters=[
+        query("venue", {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}, "venue id"),
+        query("device", {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}, "device id"),
+        query("verdict", {"type": "string", "enum": list(VERDICTS)}, "verdict"),
+        query("reason", {"type": "string", "enum": list(REASONS)}, "verify reason"),
+        query("from", {"type": "string"}, "scanned at or after: RFC 3339 with a zone, or Unix seconds"),
+        query("to", {"type": "string"}, "scanned at or before: RFC 3339 with a zone, or Unix seconds"),
+        query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, f"at most (default {DEFAULT_LIMIT})"),
+    ],
+    responses={
+        200: json_body(
+            "the scans",
+            {
+                "type": "object",
+                "required": ["scans", "limit", "truncated"],
+                "properties": {
+                    "scans": {"type": "array", "items": SCAN_ROW},
+                    "limit": {"type": "integer"},
+                    "truncated": {"type": "boolean", "description": "more scans match than the limit"},
+                },
+            },
+        ),
+        503: error("The store is unavailable"),
+    },
+)
+async def list_scans(request: web.Request) -> web.Response:
+    rt = require_admin(request)
+    flt = ScanFilter.from_query(request.query)
+    wider = replace(flt, limit=flt.limit + 1)  # one more row tells whether the listing was cut
+    rows = await rt.in_store_thread(listing.list_scans, rt.store.query, rt.store.database, wider)
+    shown = min(len(rows), flt.limit)
+    log.info(
+        "operator listed scans: %s (%d rows)",
+        flt.as_query(),
+        shown,
+        extra={"audit": {"scans_list": flt.as_query(), "rows": shown}},
+    )
+    body = {"scans": rows[: flt.limit], "limit": flt.limit, "truncated": len(rows) > flt.limit}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+@documented(
+    summary="Write-ahead-log state: LSNs, backlog, budget, store health",
+    audience="operator",
+    responses={200: json_body("WAL state")},
+)
 async def wal_state(request: web.Request) -> web.Response:
     rt = require_admin(request)
     w = rt.wal
@@ -141,4 +262,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/admin/trust/reload", reload_trust)
     app.router.add_get("/v1/admin/stats", stats)
     app.router.add_get("/v1/admin/wal", wal_state)
+    app.router.add_get("/v1/admin/scans", list_scans)
     app.cleanup_ctx.append(_sighup_ctx)

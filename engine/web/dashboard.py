@@ -17,6 +17,7 @@ from aiohttp import web
 
 from engine.ops.dashboard import StatsRing
 from engine.web.keys import METRICS
+from engine.web.openapi import documented, error, json_body, query, text_body
 
 STATS = web.AppKey("stats", StatsRing)
 
@@ -38,6 +39,12 @@ def _json(data: object) -> web.Response:
     return web.Response(body=orjson.dumps(data), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
+@documented(
+    summary="The dashboard's figures: the latest point and the ring buffer",
+    audience="public",
+    parameters=[query("history", {"type": "string", "enum": ["0", "1", "false", "no"]}, "0: latest point only")],
+    responses={200: json_body("figures (docs/metrics.md)")},
+)
 async def stats(request: web.Request) -> web.Response:
     """Latest point plus the ring buffer (``?history=0`` to skip it, e.g. for a monitoring probe)."""
     ring = request.app[STATS]
@@ -47,6 +54,11 @@ async def stats(request: web.Request) -> web.Response:
     return _json(body)
 
 
+@documented(
+    summary="The dashboard's figures as server-sent events (history first, then one event a second)",
+    audience="public",
+    responses={200: text_body("an endless event stream", "text/event-stream")},
+)
 async def stats_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the ring buffer first (``event: history``), then one ``event: stats`` per tick.
 
@@ -74,10 +86,16 @@ def _static(name: str, content_type: str) -> web.Response:
     return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
+@documented(summary="The live operations dashboard", audience="public", responses={200: text_body("page", "text/html")})
 async def dashboard_page(request: web.Request) -> web.Response:
     return _static("dashboard.html", "text/html")
 
 
+@documented(
+    summary="Redirect to /dashboard",
+    audience="public",
+    responses={302: {"description": "to ../dashboard", "headers": {"Location": {"schema": {"type": "string"}}}}},
+)
 async def dashboard_slash(request: web.Request) -> web.Response:
     """``/dashboard/`` would resolve the page's relative asset URLs one level too deep: send it to ``/dashboard``.
 
@@ -86,6 +104,18 @@ async def dashboard_slash(request: web.Request) -> web.Response:
     raise web.HTTPFound("../dashboard")
 
 
+@documented(
+    summary="The dashboard's script and style sheet",
+    audience="public",
+    path_parameters={"name": {"type": "string", "enum": ["dashboard.js", "dashboard.css"]}},
+    responses={
+        200: {
+            "description": "the asset",
+            "content": {"text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}},
+        },
+        404: error("No such asset"),
+    },
+)
 async def dashboard_asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     types = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}

@@ -32,6 +32,7 @@ from engine.errors import ForbiddenError, PayloadError, RateLimitedError, TrustL
 from engine.web.admin import require_admin
 from engine.web.body import read_body
 from engine.web.keys import RUNTIME
+from engine.web.openapi import documented, error, json_body
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,30 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return doc
 
 
+_ENROLMENT = {"type": "object", "properties": {"code": {"type": "string"}, "qr_text": {"type": "string"}}}
+
+
+@documented(
+    summary="Issue a one-time enrolment code for a browser scanner (bound to its venues)",
+    audience="operator",
+    request_body={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["venues"],
+                    "properties": {
+                        "venues": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "ttl_s": {"type": "integer"},
+                        "label": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+    responses={201: json_body("the code, shown once", _ENROLMENT), 503: error("The store is unavailable")},
+)
 async def create_enrollment(request: web.Request) -> web.Response:
     """``POST /v1/admin/enrollments`` ``{"venues": [...], "ttl_s": 900, "label": ""}`` (operator token)."""
     rt = require_admin(request)
@@ -85,6 +110,36 @@ async def create_enrollment(request: web.Request) -> web.Response:
     )
 
 
+@documented(
+    summary="Trade a one-time enrolment code for a device registration (the code is the only credential)",
+    audience="public",
+    request_body={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["code", "public_key", "proof"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "public_key": {"type": "string", "description": "raw Ed25519 key, unpadded base64url"},
+                        "proof": {"type": "string", "description": "signature proving the private key"},
+                    },
+                }
+            }
+        },
+    },
+    responses={
+        200: json_body("already enrolled with this key (a retry)"),
+        201: json_body("enrolled"),
+        403: error("Credentials sent, or the device was revoked"),
+        404: error("Unknown enrolment code"),
+        409: error("The code was used by another key"),
+        410: error("The code expired"),
+        429: error("Too many enrolment attempts; see Retry-After"),
+        503: error("The store is unavailable"),
+    },
+)
 async def enroll(request: web.Request) -> web.Response:
     """``POST /v1/enroll`` ``{"code", "public_key", "proof"}``: trade a one-time code for a device registration."""
     rt = request.app[RUNTIME]

@@ -25,6 +25,8 @@ from importlib.abc import Traversable
 
 from aiohttp import web
 
+from engine.web.openapi import documented, error, text_body
+
 PACKAGE = "engine.web.scanner_static"
 
 #: Served file types; anything else in the package (``__init__.py``, caches) is never served.
@@ -119,14 +121,31 @@ def _serve(asset: Asset) -> web.Response:
     return web.Response(body=asset.body, headers={**SECURITY_HEADERS, "Content-Type": asset.content_type})
 
 
+@documented(
+    summary="Redirect to /scanner/",
+    audience="public",
+    responses={302: {"description": "to scanner/", "headers": {"Location": {"schema": {"type": "string"}}}}},
+)
 async def scanner_redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound("scanner/", headers=SECURITY_HEADERS)
 
 
+@documented(summary="The browser scanner (PWA)", audience="public", responses={200: text_body("page", "text/html")})
 async def scanner_page(request: web.Request) -> web.Response:
     return _serve(request.app[ASSETS]["index.html"])
 
 
+@documented(
+    summary="The browser scanner's scripts, styles, manifest, decoder and icons",
+    audience="public",
+    responses={
+        200: lambda cfg: {
+            "description": "the asset",
+            "content": {t.split(";")[0]: {"schema": {"type": "string"}} for t in CONTENT_TYPES.values()},
+        },
+        404: error("No such asset"),
+    },
+)
 async def scanner_asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asset = request.app[ASSETS].get(name)

@@ -14,8 +14,8 @@ from engine.errors import OverloadedError, PayloadError
 from engine.ingest.batcher import SubmitResult
 from engine.ingest.intake import parse_body, render_answer
 from engine.web.body import read_body
-from engine.web.keys import METRICS, RUNTIME
-from engine.web.openapi import openapi_document
+from engine.web.keys import CONFIG, METRICS, RUNTIME
+from engine.web.openapi import SCAN_RESULT, document, documented, error, json_body, scans_request_body, text_body
 
 DAY_MS = 86_400_000
 
@@ -24,6 +24,35 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+ACCEPTED = {
+    "type": "object",
+    "required": ["stored", "duplicates", "rejected", "results"],
+    "properties": {
+        "stored": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {"type": "integer"},
+        "results": {"type": "array", "items": SCAN_RESULT},
+    },
+}
+
+
+@documented(
+    summary="Submit a batch of scans from one device",
+    audience="device",
+    description="Answered once every accepted scan is durable (WAL fsync). One result per item, in request order; "
+    "a rejected item does not refuse the request (docs/item-rejections.md).",
+    request_body=scans_request_body,
+    responses={
+        202: json_body("Every accepted scan is durable; a verdict per scan, rejected items with reasons", ACCEPTED),
+        400: error("Malformed envelope: not JSON, no scans list, too many items, device_id not the signer"),
+        401: error("Missing, invalid, stale or replayed request signature"),
+        403: error("Unknown or revoked device"),
+        408: error("Request body not received in time"),
+        413: error("Body too large"),
+        429: error("Device rate limit; see Retry-After"),
+        503: error("Overloaded, WAL over budget or shutting down; see Retry-After"),
+    },
+)
 async def post_scans(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     cfg = rt.config
@@ -44,8 +73,8 @@ async def post_scans(request: web.Request) -> web.Response:
     )
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
-    for _index, error in intake.rejected:
-        metrics.scans_rejected.labels(reason=error.split(" ", 1)[0]).inc()
+    for _index, rejection, _echo in intake.rejected:
+        metrics.scans_rejected.labels(reason=rejection.field).inc()  # the field: label values unchanged
     if len(intake):
         answer = await rt.batcher.submit(intake, now_ms)
     else:
@@ -54,10 +83,34 @@ async def post_scans(request: web.Request) -> web.Response:
     return web.Response(body=body, status=202, content_type="application/json")
 
 
+@documented(
+    summary="Liveness: the process answers",
+    audience="public",
+    responses={200: json_body("alive", {"type": "object", "properties": {"status": {"type": "string"}}})},
+)
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "alive"})
 
 
+READY = {
+    "type": "object",
+    "required": ["ready", "store"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "store": {"type": "string"},
+        "wal_backlog_bytes": {"type": "integer"},
+        "wal_backlog_records": {"type": "integer"},
+        "wal_budget_bytes": {"type": "integer"},
+        "queue_scans": {"type": "integer"},
+    },
+}
+
+
+@documented(
+    summary="Readiness: store reachable and WAL within budget",
+    audience="public",
+    responses={200: json_body("ready", READY), 503: json_body("not ready (the body says why)", READY)},
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready = the store answers and the WAL is within budget; load balancers stop sending otherwise."""
     rt = request.app[RUNTIME]
@@ -81,12 +134,18 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+@documented(
+    summary="Prometheus metrics (docs/metrics.md)",
+    audience="public",
+    responses={200: text_body("Prometheus text exposition")},
+)
 async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@documented(summary="This document", audience="public", responses={200: json_body("OpenAPI 3.0 document")})
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document())
+    return _json(document(request.app, request.app[CONFIG]))
 
 
 def setup(app: web.Application) -> None:

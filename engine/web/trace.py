@@ -15,6 +15,7 @@ from engine.tracing.model import PersonTrace, TraceOptions, VenueTrace, parse_ti
 from engine.tracing.queries import TraceQueries
 from engine.tracing.render import to_csv, to_json
 from engine.web.keys import CONFIG, RUNTIME
+from engine.web.openapi import documented, query
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,40 @@ def _respond(trace: PersonTrace | VenueTrace, fmt: str) -> web.Response:
     return web.Response(body=orjson.dumps(to_json(trace)), content_type="application/json")
 
 
+_PERIOD = [
+    query("from", {"type": "string"}, "period start: RFC 3339 (UTC if no offset) or Unix seconds"),
+    query("to", {"type": "string"}, "period end (default: now)"),
+    query("days", {"type": "number", "minimum": 0, "maximum": 366}, "period length when from is absent (14)"),
+    query(
+        "dwell_min",
+        {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10080},
+        "stay assumed when an exit is missing, minutes (60)",
+    ),
+    query("margin_min", {"type": "number", "minimum": 0, "maximum": 1440}, "stays this close overlap, minutes (15)"),
+    query("max_stay_min", {"type": "number", "minimum": 0, "maximum": 10080}, "longest entry/exit pair (720)"),
+    query("include_unverified", {"type": "string", "enum": ["0", "1", "true", "false"]}, "count unverified codes"),
+    query("format", {"type": "string", "enum": ["json", "csv"]}, "answer format (json)"),
+]
+_TRACE_ANSWERS = {
+    200: lambda cfg: {
+        "description": "the trace",
+        "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+    },
+}
+
+
+@documented(
+    summary="Visits and ranked exposures of an index case (by QR id or person key)",
+    audience="tracer",
+    parameters=[
+        query("qr_id", {"type": "string", "minLength": 1, "maxLength": 64}, "the index case's QR id"),
+        query("person_key", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}, "or its person key"),
+        *_PERIOD,
+        query("second_degree", {"type": "string", "enum": ["0", "1", "true", "false"]}, "contacts of contacts"),
+        query("second_degree_limit", {"type": "integer", "minimum": 0, "maximum": 1000}, "top contacts expanded"),
+    ],
+    responses=_TRACE_ANSWERS,
+)
 async def trace_person(request: web.Request) -> web.Response:
     name = require_tracer(request)
     q = request.query
@@ -78,10 +113,25 @@ async def trace_person(request: web.Request) -> web.Response:
     queries = TraceQueries(rt.store.query)
     pk, qr = q.get("person_key"), q.get("qr_id")
     trace = await rt.in_store_thread(lambda: queries.person(person_key=pk, qr_id=qr, from_ms=t0, to_ms=t1, options=opt))
-    log.info("trace by %s: person (%d visits, %d contacts)", name, len(trace.visits), len(trace.contacts))
+    log.info(
+        "trace by %s: person (%d visits, %d contacts)",
+        name,
+        len(trace.visits),
+        len(trace.contacts),
+        extra={"audit": {"tracer": name, "trace": "person", "visits": len(trace.visits)}},
+    )
     return _respond(trace, q.get("format", "json"))
 
 
+@documented(
+    summary="Everyone at a venue during a period, as stays",
+    audience="tracer",
+    parameters=[
+        query("venue_id", {"type": "string", "minLength": 1, "maxLength": 128}, "the venue", required=True),
+        *_PERIOD,
+    ],
+    responses=_TRACE_ANSWERS,
+)
 async def trace_venue(request: web.Request) -> web.Response:
     name = require_tracer(request)
     q = request.query
@@ -89,7 +139,13 @@ async def trace_venue(request: web.Request) -> web.Response:
     venue_id = q.get("venue_id", "")
     rt = request.app[RUNTIME]
     trace = await rt.in_store_thread(TraceQueries(rt.store.query).venue, venue_id, t0, t1, opt)
-    log.info("trace by %s: venue %s (%d stays)", name, venue_id, len(trace.stays))
+    log.info(
+        "trace by %s: venue %s (%d stays)",
+        name,
+        venue_id,
+        len(trace.stays),
+        extra={"audit": {"tracer": name, "trace": "venue", "venue_id": venue_id, "stays": len(trace.stays)}},
+    )
     return _respond(trace, q.get("format", "json"))
 
 
