@@ -19,7 +19,10 @@ from engine.errors import ConfigError
 
 LOG_FORMATS = ("text", "json")
 #: the settings a command needs to find an engine and its store (every command but ``serve``)
-CLIENT_SETTINGS = ("data_dir", "host", "port", "dsn", "database", "retention_days")
+# cluster, replicated, shard_dsns: a command opening a cluster's store itself must migrate it as the engine does
+CLIENT_SETTINGS = (
+    "data_dir", "host", "port", "dsn", "database", "retention_days", "cluster", "replicated", "shard_dsns",
+)  # fmt: skip
 
 
 def _env_name(name: str) -> str:
@@ -33,7 +36,17 @@ class Config:
     data_dir: Path = field(default=Path("./data"), metadata={"help": "data directory (store, WAL, secrets)"})
     dsn: str = field(default="", metadata={"help": "store DSN; default chdb://<data_dir>/store"})
     database: str = field(default="vnqr", metadata={"help": "ClickHouse database"})
-    cluster: str = field(default="", metadata={"help": "ClickHouse cluster name (ON CLUSTER DDL)"})
+    cluster: str = field(
+        default="", metadata={"help": "ClickHouse cluster name: sharded tables behind Distributed (docs/cluster.md)"}
+    )
+    replicated: bool = field(
+        default=False,
+        metadata={"help": "with --cluster: ReplicatedMergeTree + ON CLUSTER DDL (needs Keeper); else sharded only"},
+    )
+    shard_dsns: str = field(
+        default="",
+        metadata={"help": "with --cluster (not replicated): comma-separated http(s) DSN of every shard"},
+    )
     trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
     batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
     batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
@@ -61,6 +74,11 @@ class Config:
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "processes sharing the port (SO_REUSEPORT), each with its own WAL; >1 needs a server store"},
+    )
+    worker_index: int = field(default=0, metadata={"help": "(set by the supervisor of --workers) this worker's index"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
     log_format: str = field(default="text", metadata={"help": "log lines: text, or json (one object per line)"})
@@ -71,13 +89,46 @@ class Config:
     def store_dsn(self) -> str:
         return self.dsn or f"chdb://{(self.data_dir / 'store').resolve()}"
 
+    def store_options(self) -> dict[str, Any]:
+        """What ``Store.connect`` takes besides the DSN, so every caller opens the store the same way."""
+        return {
+            "database": self.database,
+            "retention_days": self.retention_days,
+            "cluster": self.cluster or None,
+            "replicated": self.replicated,
+            "shard_dsns": self.shard_dsn_list,
+        }
+
+    @property
+    def shard_dsn_list(self) -> list[str]:
+        """The ``shard_dsns`` setting split (empty entries dropped)."""
+        return [d.strip() for d in self.shard_dsns.split(",") if d.strip()]
+
     @property
     def trust_list_path(self) -> Path:
         return self.trust_list if str(self.trust_list) not in ("", ".") else self.data_dir / "trust.json"
 
     @property
     def wal_path(self) -> Path:
-        return self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        """This process's WAL: ``<data_dir>/wal`` (or ``--wal-dir``) for worker 0, ``…/wal-<i>`` for worker i."""
+        return self.worker_wal_path(self.worker_index)
+
+    def worker_wal_path(self, index: int) -> Path:
+        base = self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        return base if index == 0 else base.with_name(f"{base.name}-{index}")
+
+    def orphan_wal_paths(self) -> list[Path]:
+        """WALs of workers that no longer exist (``--workers`` was lowered) that this worker drains at start:
+        ``wal-j`` for every j >= workers with j % workers == worker_index, so each is adopted by exactly one."""
+        base = self.worker_wal_path(0)
+        found = []
+        for path in sorted(base.parent.glob(f"{base.name}-*")):
+            suffix = path.name.rsplit("-", 1)[1]
+            if not (path.is_dir() and suffix.isdigit()):
+                continue
+            if int(suffix) >= self.workers and int(suffix) % self.workers == self.worker_index:
+                found.append(path)
+        return found
 
     @property
     def secret_path(self) -> Path:
@@ -109,6 +160,13 @@ class Config:
             (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
             (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
+            (1 <= self.workers <= 64, "workers must be 1..64"),
+            (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
+            (
+                self.workers == 1 or not self.store_dsn.startswith("chdb:"),
+                "workers > 1 needs a ClickHouse server (--dsn http://...): the embedded store belongs to one process",
+            ),
+            (self.workers == 1 or self.port != 0, "workers > 1 needs a fixed port (they share it with SO_REUSEPORT)"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
             (
                 self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),
@@ -116,6 +174,15 @@ class Config:
             ),
             (self.database.replace("_", "").isalnum(), "database must be alphanumeric/underscore"),
             (not self.cluster or self.cluster.replace("_", "").isalnum(), "cluster must be alphanumeric/underscore"),
+            (not self.replicated or bool(self.cluster), "replicated needs cluster"),
+            (
+                not self.shard_dsns or (bool(self.cluster) and not self.replicated),
+                "shard_dsns is for a sharded cluster",
+            ),
+            (
+                all(d.startswith(("http://", "https://")) for d in self.shard_dsn_list),
+                "shard_dsns must be http:// or https:// DSNs",
+            ),
             (self.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
             (
                 self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),

@@ -29,6 +29,7 @@ from engine.config import Config
 from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
+from engine.ingest import record
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
@@ -70,13 +71,7 @@ def load_or_create_trust(path: Path) -> TrustList:
 # -- cleanup contexts (opened in this order, closed in reverse) --------------------------------------------
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    store = await asyncio.to_thread(
-        Store.connect,
-        cfg.store_dsn,
-        database=cfg.database,
-        retention_days=cfg.retention_days,
-        cluster=cfg.cluster or None,
-    )
+    store = await asyncio.to_thread(lambda: Store.connect(cfg.store_dsn, **cfg.store_options()))
     applied = await asyncio.to_thread(store.migrate)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
@@ -130,7 +125,10 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
     )
+    for orphan in cfg.orphan_wal_paths():
+        await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
     batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
+    batcher.remember(*await asyncio.to_thread(backlog_scan_verdicts, wal, cfg.recent_ids))
 
     def refresh() -> None:
         metrics.wal_backlog_bytes.set(wal.backlog_bytes)
@@ -179,6 +177,50 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     )
     ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
     return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+
+
+def drain_orphan_wal(path: Path, store: Store, metrics: Metrics) -> None:
+    """Move what a former worker's WAL still holds into the store, exactly once (its own drain intent and dedup
+    token), before serving: after ``--workers`` is lowered, nothing those workers acknowledged may be stranded."""
+    wal = WriteAheadLog(path)
+    wal.open()
+    try:
+        if not wal.backlog_records:
+            return
+        log.info("draining %d records left in %s by a former worker", wal.backlog_records, path)
+        drain = Drain(wal, store, metrics)
+        try:
+            while drain.step():
+                pass
+        finally:
+            drain.pool.shutdown(wait=False)
+    finally:
+        wal.close()
+
+
+def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], list[int]]:
+    """Scan ids acknowledged before a crash but not yet in the store (the WAL past its checkpoint).
+
+    The store's last hour cannot name them yet: the drain replays them only after start-up. Without this, a
+    scanner that never saw its 202 (the node was killed after the fsync) resends the batch and the restarted
+    node, not knowing the ids, stores them a second time: a raw duplicate that only FINAL or a merge collapses
+    (tests/test_cluster.py kills a node under load with scanners that resend).
+    """
+    if limit <= 0 or not wal.backlog_records:
+        return [], []
+    ids: list[bytes] = []
+    codes: list[int] = []
+    after = wal.checkpoint_lsn
+    while len(ids) < limit:
+        chunk = wal.read(after, max_records=1024)
+        if not chunk:
+            break
+        rows = record.decode_many([r.payload for r in chunk])
+        raw = rows.scan_id
+        ids += [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        codes += ((rows.verdict.astype(int) << 8) | rows.reason.astype(int)).tolist()
+        after = chunk[-1].lsn
+    return ids[-limit:], codes[-limit:]
 
 
 async def _on_shutdown(app: web.Application) -> None:
