@@ -144,6 +144,13 @@ class StaysJob:
         self._rebuild: _Rebuild | None = None
         local = "_local" if store.cluster else ""
         self._scans, self._stays = f"scans{local}", f"stays{local}"
+        # The job finds new scans by _block_number (monotonic in commit order whatever the scans' own times, so
+        # late and out-of-order scans are found as surely as fresh ones). Without this setting a merge gives
+        # every row of the merged part the part's first block number, and rows inserted after the horizon would
+        # look paired. Set here, when a job is created, not in a migration: it persists a column in every row of
+        # ``scans``, a cost on the ingest path that a deployment with the job off should not pay. Rows written
+        # before it keep their part's number: all of them are before the first horizon.
+        store.command(f"ALTER TABLE {self._scans} MODIFY SETTING enable_block_number_column = 1")
 
     # -- state ----------------------------------------------------------------------------------------------
     def horizon(self) -> int | None:

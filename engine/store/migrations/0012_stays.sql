@@ -57,9 +57,3 @@ CREATE TABLE IF NOT EXISTS {db}.stays_horizon{on_cluster}
 ENGINE = {replacing:stays_horizon:block:all}
 ORDER BY (dwell_ms, max_stay_ms)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
-
--- The pairing job finds new scans by block number (_block_number): monotonic in commit order whatever the
--- scans' own times, so late and out-of-order scans are found as surely as fresh ones. Without this setting a
--- merge would give every row of the merged part the part's first block number, and rows inserted after the
--- horizon would look paired. Existing rows keep their part's number: all of them are before the first horizon.
-ALTER TABLE {db}.{local:scans}{on_cluster} MODIFY SETTING enable_block_number_column = 1;
