@@ -28,6 +28,13 @@ holds what a node would have after them; then the window is measured. ``--repeat
 those scenarios too, for comparison. Every result states the hit rate the run produced, read from the engine's
 ``/metrics`` cache counters over the measured requests (the window only, for a city).
 
+``--store server`` (or ``both``, interleaved with the embedded store in one run) runs the engine against a real
+ClickHouse server on loopback (engine/testing/clickhouse.py, one per run, a fresh database per scenario) and reports
+beside the engine process's CPU per scan the *server* process's CPU per scan (``/proc`` of its PID, all threads,
+over the same interval: until every scan is in the store). ``--workers 1,2`` (server store only) runs the engine
+with ``serve --workers N`` and counts the CPU of the supervisor and all its workers; stored scans are then counted
+in the store, since each worker has its own ``/metrics``.
+
 ``run(args) -> dict`` is the same run without printing, for ``bench/suite.py``; ``parser()`` gives its arguments.
 """
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import ssl
@@ -130,6 +138,9 @@ class Result:
     cache_lookups: int = 0
     requests: int = 0
     city: dict[str, Any] | None = None  # the city's parameters and window, for a city run
+    store: str = "embedded"  # "embedded" (chdb in the engine process) or "server" (a ClickHouse server process)
+    workers: int = 1  # serve --workers N (server store only)
+    store_server_cpu_us_per_scan: float | None = None  # the ClickHouse server process, same interval
 
     @property
     def scenario(self) -> str:
@@ -248,8 +259,47 @@ def wait_stored(url: str, target: int | None, timeout: float = 60.0) -> None:
         time.sleep(0.25)
 
 
-def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> Result:
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (a ``--workers`` supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += process_tree_cpu(int(child))
+    return total
+
+
+def server_stored(server: Any, database: str) -> int:
+    """Rows in ``database.scans`` on the benchmark's ClickHouse server (0 before the engine created it)."""
+    import urllib.request
+
+    query = f"SELECT count() FROM {database}.scans".encode()
+    try:
+        with urllib.request.urlopen(f"{server.dsn.replace('default:@', '')}/", data=query, timeout=10) as resp:
+            return int(resp.read().strip() or 0)
+    except OSError:
+        return 0
+
+
+def wait_server_stored(server: Any, database: str, target: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server_stored(server, database) < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the server holds {server_stored(server, database)} of {target} scans after {timeout} s"
+            )
+        time.sleep(0.25)
+
+
+def run_scenario(
+    target: str, repeat_share: float, args: argparse.Namespace, *, store: str = "embedded", workers: int = 1
+) -> Result:
     rng = random.Random(7)
+    server = getattr(args, "clickhouse", None) if store == "server" else None
+    database = f"e2e_{uuid.uuid4().hex[:10]}"
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         fx = make_fixture(Path(tmp))
         port, ops_port = free_port(), free_port()
@@ -267,15 +317,21 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             from engine.testing.certificates import TestCA
             from engine.web.tls import client_context
 
-            server = TestCA(Path(tmp) / "tls").server()
-            env["ENGINE_TLS_CERT"], env["ENGINE_TLS_KEY"] = str(server.cert), str(server.key)
-            tls = client_context(pinned=[server.cert])
+            pair = TestCA(Path(tmp) / "tls").server()
+            env["ENGINE_TLS_CERT"], env["ENGINE_TLS_KEY"] = str(pair.cert), str(pair.key)
+            tls = client_context(pinned=[pair.cert])
         url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         ops_url = f"http://127.0.0.1:{ops_port}"
         device_pk = b64url_encode(bytes(fx.device.verify_key))
         engine = target in ("engine", "engine-tls")
         if engine and args.batch_size:
             env["ENGINE_BATCH_SIZE"] = str(args.batch_size)
+        if server is not None:
+            env["ENGINE_DSN"], env["ENGINE_DATABASE"] = server.dsn, database
+            env["ENGINE_WORKERS"] = str(workers)
+            # the supervisor says "N workers serving" at INFO; the same level for every worker count (the engine
+            # logs nothing per request or insert at INFO)
+            env["ENGINE_LOG_LEVEL"] = "INFO"
         if engine and getattr(args, "cache_size", None) is not None:
             env["ENGINE_CACHE_SIZE"] = str(args.cache_size)
         if engine:
@@ -314,15 +370,26 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
             # warm-up outside the measurement: connections, code paths, first chdb parts
             warm = bodies(make_codes(fx.issuer, args.scans * 4, 0.0, rng), args.scans)
             asyncio.run(drive(url, fx.device, warm, 4, tls))
-            stored0 = stored_scans(ops_url)
-            counts0 = city_load.counters(ops_url) if engine else None
+            if workers > 1:  # /healthz answered by one worker; wait until the supervisor reports all of them
+                deadline = time.monotonic() + 120
+                while f"{workers} workers serving" not in (Path(tmp) / "server.log").read_text(errors="replace"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the workers did not all start")
+                    time.sleep(0.2)
+            stored0 = server_stored(server, database) if server is not None else stored_scans(ops_url)
+            counts0 = city_load.counters(ops_url) if engine and workers == 1 else None
             threads0 = thread_times(proc.pid)
-            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            cpu0, t0 = process_tree_cpu(proc.pid), time.perf_counter()
+            server_cpu0 = cpu_seconds(server.pid) if server is not None else 0.0
             latencies, statuses = asyncio.run(drive(url, fx.device, payloads, args.concurrency, tls))
-            wall, ack_cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+            wall, ack_cpu = time.perf_counter() - t0, process_tree_cpu(proc.pid) - cpu0
             # the scans are acknowledged (durable in the WAL); the store insert is still part of their cost
-            wait_stored(ops_url, stored0 + len(codes) if engine else None)
-            cpu = cpu_seconds(proc.pid) - cpu0
+            if server is not None:
+                wait_server_stored(server, database, stored0 + len(codes))
+            else:
+                wait_stored(ops_url, stored0 + len(codes) if engine else None)
+            cpu = process_tree_cpu(proc.pid) - cpu0
+            server_cpu = cpu_seconds(server.pid) - server_cpu0 if server is not None else None
             threads1 = thread_times(proc.pid)
             rate, lookups = city_load.hit_rate(counts0, city_load.counters(ops_url)) if counts0 else (None, 0)
         finally:
@@ -351,6 +418,9 @@ def run_scenario(target: str, repeat_share: float, args: argparse.Namespace) -> 
         hit_rate=rate,
         cache_lookups=lookups,
         requests=len(payloads),
+        store=store,
+        workers=workers,
+        store_server_cpu_us_per_scan=None if server_cpu is None else round(server_cpu / n * 1e6, 2),
     )
 
 
@@ -541,8 +611,30 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--tls", action="store_true", help="also run every engine scenario with TLS on, interleaved, side by side"
     )
+    ap.add_argument(
+        "--store",
+        choices=("embedded", "server", "both"),
+        default="embedded",
+        help="where the engine stores: embedded chdb, a ClickHouse server on loopback (its CPU reported too), or "
+        "both side by side",
+    )
+    ap.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated serve --workers counts to compare (server store only), e.g. 1,2",
+    )
     ap.add_argument("--json", type=Path, help="also write results as JSON")
     return ap
+
+
+def setups(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(store, workers) of every engine scenario: embedded has one process; the server store each --workers."""
+    store = getattr(args, "store", "embedded")
+    counts = [int(x) for x in str(getattr(args, "workers", "1")).split(",") if x.strip()]
+    out = [("embedded", 1)] if store in ("embedded", "both") else []
+    if store in ("server", "both"):
+        out += [("server", n) for n in counts]
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -557,6 +649,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # scenarios are interleaved and each run is also set against the two verify-only samples adjacent to it
     samples = [verify_only_us(n_codes)]
     results = []
+    if getattr(args, "store", "embedded") != "embedded" and getattr(args, "clickhouse", None) is None:
+        from engine.testing.clickhouse import ClickHouseServer
+
+        with ClickHouseServer() as server:
+            args.clickhouse = server
+            try:
+                return run(args)
+            finally:
+                args.clickhouse = None
     city = getattr(args, "workload", "repeat") == "city"
     shares = args.repeat_shares if args.repeat_shares is not None else ([] if city else [0.0, 0.8])
     for _ in range(max(1, getattr(args, "rounds", 1))):
@@ -567,10 +668,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engines = ("engine", "engine-tls") if getattr(args, "tls", False) else ("engine",)
         for target in engines if args.no_naive else (*engines, "naive"):
             for share in shares:
-                r = run_scenario(target, share, args)
-                samples.append(verify_only_us(n_codes))
-                r.verify_us_adjacent = round((samples[-2] + samples[-1]) / 2, 2)
-                results.append(r)
+                for store, workers in setups(args) if target == "engine" else [("embedded", 1)]:
+                    r = run_scenario(target, share, args, store=store, workers=workers)
+                    samples.append(verify_only_us(n_codes))
+                    r.verify_us_adjacent = round((samples[-2] + samples[-1]) / 2, 2)
+                    results.append(r)
     return {
         "machine": collect(),
         "verify_us": statistics.median(samples),
@@ -605,13 +707,14 @@ def main() -> None:
     )
     print()
     print(
-        f"{'target':8} {'repeats':>7} {'scans':>7} {'scans/req':>9} {'hit rate':>8} {'scans/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'CPU µs/scan':>11} {'verify µs':>9} {'ratio':>6}  statuses"
+        f"{'target':8} {'store':>10} {'repeats':>7} {'scans':>7} {'scans/req':>9} {'hit rate':>8} {'scans/s':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU µs/scan':>11} {'verify µs':>9} {'ratio':>6}  statuses"
     )
     for r in results:
         hit = "-" if r.hit_rate is None else f"{r.hit_rate:.1%}"
+        where = r.store if r.workers == 1 else f"{r.store}×{r.workers}"
         print(
-            f"{r.target:8} {r.scenario:>7} {r.scans:>7} {r.scans / max(1, r.requests):>9.1f} {hit:>8} "
+            f"{r.target:8} {where:>10} {r.scenario:>7} {r.scans:>7} {r.scans / max(1, r.requests):>9.1f} {hit:>8} "
             f"{r.scans_per_s:>9.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.cpu_us_per_scan:>11.1f} "
             f"{r.verify_us_adjacent:>9.1f} {r.cpu_us_per_scan / r.verify_us_adjacent:>6.2f}  {r.statuses}"
         )
@@ -635,20 +738,33 @@ def main() -> None:
         " store = WAL → ClickHouse insert; chdb = ClickHouse's own threads):"
     )
     for r in results:
-        if not r.target.startswith("engine"):
+        if not r.target.startswith("engine") or r.workers > 1:  # workers: their threads are in other processes
             continue
         st = by_stage(r.cpu_us_by_thread)
         ack = st["loop"] + st["verify"] + st["wal"]
         print(
-            f"  {r.target:10} {r.scenario:>4}: "
+            f"  {r.target:10} {r.store:8} {r.scenario:>4}: "
             + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
             + f"  | ack path {ack:.1f} ({ack / r.verify_us_adjacent:.2f}× verify-only),"
             + f" store+chdb {st['store'] + st['chdb']:.1f}  | until the last 202: {r.ack_cpu_us_per_scan:.1f}"
             + (f"  | total ÷ verify thread {r.cpu_us_per_scan / st['verify']:.3f}" if r.repeat_share == 0 else "")
         )
+    if any(r.store == "server" for r in results):
+        print("\nengine and ClickHouse server CPU per scan, side by side (until every scan is in the store):")
+        for r in results:
+            if r.target != "engine":
+                continue
+            ch = r.store_server_cpu_us_per_scan
+            extra = f", ClickHouse server {ch:.1f}, sum {r.cpu_us_per_scan + ch:.1f}" if ch is not None else ""
+            print(
+                f"  {r.store:8} workers {r.workers} {r.scenario:>4}: engine {r.cpu_us_per_scan:.1f} µs/scan{extra}"
+                f"  ({r.scans_per_s:,.0f} scans/s, p99 {r.p99_ms:.0f} ms)"
+            )
     groups: dict[tuple[str, float | None], list[Result]] = {}
     for r in results:
-        groups.setdefault((r.target, r.repeat_share), []).append(r)
+        # the embedded single-process engine keeps its plain name (the naive comparison below uses it)
+        name = r.target if (r.store, r.workers) == ("embedded", 1) else f"{r.target}/{r.store}x{r.workers}"
+        groups.setdefault((name, r.repeat_share), []).append(r)
     if any(len(g) > 1 for g in groups.values()):
         print("\nmedians over the rounds (each run against its adjacent verify-only samples):")
         for (target, share), g in groups.items():
@@ -658,7 +774,7 @@ def main() -> None:
                 f"{med(r.cpu_us_per_scan / r.verify_us_adjacent for r in g):.2f} "
                 f"(runs {', '.join(f'{r.cpu_us_per_scan / r.verify_us_adjacent:.2f}' for r in g)})"
             )
-            if target.startswith("engine"):
+            if target.startswith("engine") and g[0].workers == 1:
                 stages = [by_stage(r.cpu_us_by_thread) for r in g]
                 pipeline = [r.cpu_us_per_scan - st["verify"] for r, st in zip(g, stages, strict=True)]
                 line += f", pipeline outside the verify thread {med(pipeline):.1f} µs/scan"
@@ -685,6 +801,8 @@ def main() -> None:
             )
     if not args.no_naive:
         for share in sorted({r.repeat_share for r in results if r.target == "naive" and r.repeat_share is not None}):
+            if ("engine", share) not in groups:
+                continue
             eng, nai = groups[("engine", share)], groups[("naive", share)]
             e = statistics.median(r.cpu_us_per_scan for r in eng)
             n = statistics.median(r.cpu_us_per_scan for r in nai)

@@ -21,7 +21,12 @@ from engine.errors import ConfigError
 
 LOG_FORMATS = ("text", "json")
 #: the settings a command needs to find an engine and its store (every command but ``serve``)
-CLIENT_SETTINGS = ("data_dir", "host", "port", "dsn", "database", "retention_days", "tls_cert", "dsn_password_file")
+# cluster, replicated, shard_dsns: a command opening a cluster's store itself must migrate it as the engine does;
+# tls_cert, dsn_password_file: how it reaches the engine over https and the store with its password
+CLIENT_SETTINGS = (
+    "data_dir", "host", "port", "dsn", "database", "retention_days", "cluster", "replicated", "shard_dsns",
+    "tls_cert", "dsn_password_file",
+)  # fmt: skip
 
 
 def _env_name(name: str) -> str:
@@ -35,7 +40,17 @@ class Config:
     data_dir: Path = field(default=Path("./data"), metadata={"help": "data directory (store, WAL, secrets)"})
     dsn: str = field(default="", metadata={"help": "store DSN; default chdb://<data_dir>/store"})
     database: str = field(default="vnqr", metadata={"help": "ClickHouse database"})
-    cluster: str = field(default="", metadata={"help": "ClickHouse cluster name (ON CLUSTER DDL)"})
+    cluster: str = field(
+        default="", metadata={"help": "ClickHouse cluster name: sharded tables behind Distributed (docs/cluster.md)"}
+    )
+    replicated: bool = field(
+        default=False,
+        metadata={"help": "with --cluster: ReplicatedMergeTree + ON CLUSTER DDL (needs Keeper); else sharded only"},
+    )
+    shard_dsns: str = field(
+        default="",
+        metadata={"help": "with --cluster (not replicated): comma-separated http(s) DSN of every shard"},
+    )
     trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
     batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
     batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
@@ -55,9 +70,19 @@ class Config:
     # design point's 50k scans/s) costs the store less per scan than one a second (README, "Measured")
     insert_batch_rows: int = field(default=200_000, metadata={"help": "about the most rows per store insert"})
     insert_interval_ms: float = field(default=3000.0, metadata={"help": "pace of store inserts under load (ms)"})
+    # off by default: fully paired the stays path wins at 10M rows, but a live engine is between two runs of the
+    # job nearly always, and then traces also read the groups past the horizon (README, "Measured": tracing)
+    stays_interval_s: float = field(
+        default=0.0, metadata={"help": "pair new scans into tracing stays every N s (0 = off; traces pair scans)"}
+    )
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "processes sharing the port (SO_REUSEPORT), each with its own WAL; >1 needs a server store"},
+    )
+    worker_index: int = field(default=0, metadata={"help": "(set by the supervisor of --workers) this worker's index"})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "graceful shutdown wait (s)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
     log_format: str = field(default="text", metadata={"help": "log lines: text, or json (one object per line)"})
@@ -110,12 +135,57 @@ class Config:
         return _is_set(self.tls_cert)
 
     @property
+    def ops_listen_port(self) -> int:
+        """This process's operations port: worker i of ``--workers`` listens on ``ops_port + i`` (each worker has
+        its own metrics, so Prometheus scrapes each as its own target)."""
+        return self.ops_port + self.worker_index if self.ops_port else 0
+
+    @property
+    def audit_chain_name(self) -> str:
+        """The file stem of this process's audit chain (anchor and lock): one writer per chain, so each worker of
+        ``--workers`` writes its own (``audit``, ``audit-1``, …); the CLI's direct path writes ``audit``."""
+        return "audit" if self.worker_index == 0 else f"audit-{self.worker_index}"
+
+    def store_options(self) -> dict[str, Any]:
+        """What ``Store.connect`` takes besides the DSN, so every caller opens the store the same way."""
+        return {
+            "database": self.database,
+            "retention_days": self.retention_days,
+            "cluster": self.cluster or None,
+            "replicated": self.replicated,
+            "shard_dsns": self.shard_dsn_list,
+        }
+
+    @property
+    def shard_dsn_list(self) -> list[str]:
+        """The ``shard_dsns`` setting split (empty entries dropped)."""
+        return [d.strip() for d in self.shard_dsns.split(",") if d.strip()]
+
+    @property
     def trust_list_path(self) -> Path:
         return self.trust_list if str(self.trust_list) not in ("", ".") else self.data_dir / "trust.json"
 
     @property
     def wal_path(self) -> Path:
-        return self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        """This process's WAL: ``<data_dir>/wal`` (or ``--wal-dir``) for worker 0, ``…/wal-<i>`` for worker i."""
+        return self.worker_wal_path(self.worker_index)
+
+    def worker_wal_path(self, index: int) -> Path:
+        base = self.wal_dir if str(self.wal_dir) not in ("", ".") else self.data_dir / "wal"
+        return base if index == 0 else base.with_name(f"{base.name}-{index}")
+
+    def orphan_wal_paths(self) -> list[Path]:
+        """WALs of workers that no longer exist (``--workers`` was lowered) that this worker drains at start:
+        ``wal-j`` for every j >= workers with j % workers == worker_index, so each is adopted by exactly one."""
+        base = self.worker_wal_path(0)
+        found = []
+        for path in sorted(base.parent.glob(f"{base.name}-*")):
+            suffix = path.name.rsplit("-", 1)[1]
+            if not (path.is_dir() and suffix.isdigit()):
+                continue
+            if int(suffix) >= self.workers and int(suffix) % self.workers == self.worker_index:
+                found.append(path)
+        return found
 
     @property
     def secret_path(self) -> Path:
@@ -146,6 +216,14 @@ class Config:
             (self.insert_batch_rows >= 1, "insert_batch_rows must be >= 1"),
             (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
+            (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
+            (1 <= self.workers <= 64, "workers must be 1..64"),
+            (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
+            (
+                self.workers == 1 or not self.store_dsn.startswith("chdb:"),
+                "workers > 1 needs a ClickHouse server (--dsn http://...): the embedded store belongs to one process",
+            ),
+            (self.workers == 1 or self.port != 0, "workers > 1 needs a fixed port (they share it with SO_REUSEPORT)"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
             (
                 self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),
@@ -158,6 +236,15 @@ class Config:
             (0 <= self.ops_port <= 65535, "ops_port must be 0..65535"),
             (self.ops_port == 0 or self.ops_port != self.port, "ops_port must differ from port"),
             (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
+            (not self.replicated or bool(self.cluster), "replicated needs cluster"),
+            (
+                not self.shard_dsns or (bool(self.cluster) and not self.replicated),
+                "shard_dsns is for a sharded cluster",
+            ),
+            (
+                all(d.startswith(("http://", "https://")) for d in self.shard_dsn_list),
+                "shard_dsns must be http:// or https:// DSNs",
+            ),
             (self.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
             (
                 self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),

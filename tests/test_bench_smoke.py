@@ -133,3 +133,45 @@ def test_e2e_bench_tls_runs_beside_plain(tmp_path: Path) -> None:
     for r in doc["results"]:
         assert r["statuses"] == {"202": 40} and r["cpu_us_per_scan"] > 0, r
     assert "TLS on vs off" in done.stdout
+
+
+@pytest.mark.slow
+def test_trace_bench_two_sizes_side_by_side(tmp_path: Path) -> None:
+    """bench/trace_bench.py fills two tiny stores, pairs their stays, and every query it times beside the
+    previous path agreed with it (it exits non-zero otherwise); the closing table has a column per size."""
+    done = subprocess.run(
+        [sys.executable, "bench/trace_bench.py", "--rows", "8000,16000", "--cases", "3", "--second-cases", "2",
+         "--naive-cases", "1", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert out.count("pairing stays up to block") == 2
+    table = out[out.index("p50 / p95 ms by size") :]
+    assert "8,000 rows" in table and "16,000 rows" in table
+    for label in ("by person key", "before: by person key", "second degree", "venue view"):
+        assert f"\n  {label} " in table, label
+
+
+@pytest.mark.slow
+def test_e2e_bench_runs_the_server_store_beside_the_embedded_one_with_workers(tmp_path: Path) -> None:
+    """``e2e_bench.py --store both --workers 1,2``: the embedded engine, the engine on a ClickHouse server (whose
+    own CPU per scan is reported), and two SO_REUSEPORT workers, in one run; every request answered 202."""
+    out = tmp_path / "e2e.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "bench/e2e_bench.py", "--quick", "--no-naive", "--repeat-shares", "0.8"),
+            *("--store", "both", "--workers", "1,2", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = orjson.loads(out.read_bytes())["results"]
+    assert [(r["store"], r["workers"]) for r in results] == [("embedded", 1), ("server", 1), ("server", 2)]
+    for r in results:
+        assert r["statuses"] == {"202": r["requests"]} and r["cpu_us_per_scan"] > 0, r
+        assert (r["store_server_cpu_us_per_scan"] is not None) == (r["store"] == "server"), r
+    assert "ClickHouse server" in done.stdout

@@ -112,19 +112,20 @@ def test_scans_list_shows_who_sent_what_and_no_personal_data(live: Live) -> None
 
 
 def test_tracing_through_a_running_engine_says_it_needs_a_tracer_token(live: Live) -> None:
-    refused = cli("trace", "person", "--qr-id", "QID0000000001", "--data-dir", live.data_dir)
+    case = ("--case-id", "HN-2026-0042")
+    refused = cli("trace", "person", "--qr-id", "QID0000000001", "--data-dir", live.data_dir, *case)
     assert refused.returncode == 2 and "tracer-add" in refused.stderr and "Traceback" not in refused.stderr
     added = cli("tracer-add", "team-hn", "--data-dir", live.data_dir)
     assert added.returncode == 0, added.stderr
-    token = added.stdout.strip()
+    token = {"ENGINE_TRACER_TOKEN": added.stdout.strip()}  # the environment, never argv
     traced = cli(
-        "trace", "person", "--qr-id", "QID0000000001", "--data-dir", live.data_dir, "--token", token,
-        "--tz", "Asia/Ho_Chi_Minh", "--format", "json",
+        "trace", "person", "--qr-id", "QID0000000001", "--data-dir", live.data_dir, *case,
+        "--tz", "Asia/Ho_Chi_Minh", "--format", "json", env=token,
     )  # fmt: skip
     assert traced.returncode == 0, traced.stderr
     doc = orjson.loads(traced.stdout)
     assert doc["from"].endswith("+07:00") and doc["to"].endswith("+07:00")
-    bad_zone = cli("trace", "person", "--qr-id", "Q", "--data-dir", live.data_dir, "--token", token, "--tz", "Mars/X")
+    bad_zone = cli("trace", "person", "--qr-id", "Q", "--data-dir", live.data_dir, *case, "--tz", "Mars/X", env=token)
     assert bad_zone.returncode == 2 and "unknown time zone" in bad_zone.stderr
 
 

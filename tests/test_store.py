@@ -369,7 +369,7 @@ def test_directory_held_by_another_process_names_its_pid(tmp_path: Path) -> None
 
 # -- cluster DDL --------------------------------------------------------------------------------------------
 def test_cluster_ddl_parses_and_has_the_cluster_shape(store: Store) -> None:
-    text = cluster_ddl_text("vnqr", 28, "prod")
+    text = cluster_ddl_text("vnqr", 28, "prod", replicated=True)
     statements = split_statements(text)
     for stmt in statements:  # the real ClickHouse parser (chdb) accepts every statement
         assert store.query("SELECT formatQuery({q:String})", {"q": stmt})[0][0]

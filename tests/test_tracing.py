@@ -245,6 +245,11 @@ def test_csv_json_table_output(store: Store) -> None:
     )  # what a CLI rebuilds from the engine's answer prints the same
     table = render(trace, "table")
     assert "UNVERIFIED" in table and "!unsigned_code" in table and "!id_card" in table
+    # what the bounded second degree left out: one row of its own in CSV, the title of the table
+    (cut,) = [r for r in rows if r["section"] == "second_degree_cut"]
+    counts = dict(item.split("=") for item in cut["flags"].split(";"))
+    assert counts == {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in doc["second_degree_cut"].items()}
+    assert "second_degree_cut" not in table and "second degree from" in table
 
 
 def test_refuses_bad_input(store: Store) -> None:
@@ -313,6 +318,16 @@ def test_http_auth_and_cli_through_running_engine(
         status, body = _get(engine.url + f"/v1/trace/venue?venue_id=bakery&to={t1}&case_id=HN-2026-001", auth)
         assert status == 200 and [s["person_key"] for s in json.loads(body)["stays"]] == [kh("frank")]
         assert _get(engine.url + "/v1/trace/person?person_key=nothex&case_id=HN-2026-001", auth)[0] == 400
+        # the second degree's bound, from the query string into the answer (JSON and CSV)
+        bound = url + "&second_degree=1&second_degree_min_overlap_min=0&second_degree_cap=0"
+        status, body = _get(bound, auth)
+        assert status == 200
+        cut = json.loads(body)["second_degree_cut"]
+        assert (cut["min_overlap_min"], cut["cap"]) == (0, 0) and cut["over_cap"] == cut["candidates"] > 0
+        status, body = _get(bound + "&format=csv", auth)
+        assert status == 200 and "second_degree_cut" in body.decode() and "cap=0" in body.decode()
+        assert _get(bound.replace("cap=0", "cap=1.5"), auth)[0] == 400
+        assert _get(bound.replace("cap=0", "cap=-1"), auth)[0] == 400
 
         args = ["trace", "person", "--qr-id", "QR-alice", "--data-dir", str(data_dir), "--port", str(engine.port),
                 "--case-id", "HN-2026-001"]  # fmt: skip

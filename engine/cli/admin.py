@@ -173,7 +173,7 @@ def _schema(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if cfg.cluster:
-        print(cluster_ddl_text(cfg.database, cfg.retention_days, cfg.cluster))
+        print(cluster_ddl_text(cfg.database, cfg.retention_days, cfg.cluster, replicated=cfg.replicated))
     else:
         for name, statements in render_migrations(cfg.database, cfg.retention_days, None):
             print(f"-- {name}")
@@ -209,6 +209,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(
         "schema",
         _schema,
-        "print the DDL (with --cluster NAME: ReplicatedMergeTree + Distributed)",
-        ("database", "retention_days", "cluster"),
+        "print the DDL (--cluster NAME: sharded, applied on every shard; add --replicated: ReplicatedMergeTree + "
+        "ON CLUSTER)",
+        ("database", "retention_days", "cluster", "replicated"),
     )

@@ -74,8 +74,7 @@ def _verify(args: argparse.Namespace) -> int:
         path = "/v1/admin/audit/verify?" + urllib.parse.urlencode([("expect", e.text()) for e in expect])
         doc = call_engine(cfg, "GET", path)
     except EngineUnreachable:
-        anchor = audit.read_anchor(cfg.data_dir)
-        heads = [*expect, *([anchor] if anchor else [])]
+        heads = [*expect, *audit.read_anchors(cfg.data_dir)]
         from engine.web.audit import report_json
 
         doc = report_json(_with_store(cfg, lambda s: audit.verify_store(s, heads)))

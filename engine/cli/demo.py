@@ -50,7 +50,7 @@ def prepare_demo(config: Config) -> tuple[KeyFile, KeyFile]:
         now = int(time.time())
         trust = trust.with_key(TrustedKey(kid, DEMO_ISSUER, issuer.public_key, now - YEAR, now + 2 * YEAR))
         trust.save(path)
-    store = Store.connect(config.store_dsn, database=config.database, retention_days=config.retention_days)
+    store = Store.connect(config.store_dsn, **config.store_options())
     try:
         store.migrate()
         store.upsert_device(DEMO_DEVICE, device.public_key, revoked=False, label="demo")

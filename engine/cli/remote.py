@@ -92,7 +92,7 @@ def open_store(cfg: Config) -> Any:
     from engine.store.store import Store
 
     try:
-        store = Store.connect(cfg.store_dsn, database=cfg.database, retention_days=cfg.retention_days)
+        store = Store.connect(cfg.store_dsn, **cfg.store_options())
     except StoreError as exc:
         found = address.read(cfg.data_dir)
         if "in use by" in str(exc) and found is not None:

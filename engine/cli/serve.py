@@ -13,9 +13,11 @@ import gc
 import logging
 import os
 import socket
+import sys
 import time
 
 from engine.cli import address
+from engine.cli.workers import mark_ready, supervise
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.ops.sdnotify import READY, STOPPING, notify
@@ -34,11 +36,12 @@ async def _freeze_startup_heap(app: object) -> None:
     gc.freeze()
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (SO_REUSEADDR, as aiohttp's own sites set it)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The listening socket (SO_REUSEADDR, as aiohttp's own sites set it; SO_REUSEPORT for ``--workers``, so every
+    worker binds the same port and the kernel spreads connections over them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+        return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
@@ -52,7 +55,8 @@ def _serving(message: str) -> None:
     """aiohttp's run_app calls its ``print`` once, right after every site is listening: the one moment that is
     "serving" (on_startup runs before the socket is bound, so READY=1 there could precede a connection refused)."""
     logging.getLogger("engine").info(message.strip())
-    notify(READY)
+    notify(READY)  # a worker of --workers has no NOTIFY_SOCKET: its supervisor reports for all of them
+    mark_ready()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -75,6 +79,15 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.demo and str(config.tls_client_ca) not in ("", "."):
         raise ConfigError("--demo's scanner has no client certificate: run it without --tls-client-ca")
+    if config.workers > 1 and "ENGINE_WORKER_INDEX" not in os.environ:
+        if args.demo:
+            raise ConfigError("--demo runs one process: not with --workers")
+        from engine.web.app import check_private_files
+        from engine.web.listeners import check_listeners
+
+        check_listeners(config)  # refused here once, not by every worker the supervisor would restart
+        check_private_files(config)
+        return supervise(config, sys.argv[1:])
     app = create_app(config)
     tls = app.get(TLS_CONTEXT)
     if args.demo:
@@ -84,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
     if os.environ.get("ENGINE_GC_FREEZE", "1") != "0":
         app.on_startup.append(_freeze_startup_heap)
-    sock = bind(config.host, config.port)
+    sock = bind(config.host, config.port, reuse_port=config.workers > 1)
     port = int(sock.getsockname()[1])
     url = address.local_url(config.host, port, tls=tls is not None)
     pid = os.getpid()

@@ -35,6 +35,8 @@ def _options(args: argparse.Namespace) -> Any:
         include_unverified=args.include_unverified,
         second_degree=getattr(args, "second_degree", False),
         second_degree_limit=getattr(args, "second_degree_limit", 20),
+        second_degree_min_overlap_min=getattr(args, "second_degree_min_overlap_min", 15.0),
+        second_degree_cap=getattr(args, "second_degree_cap", 200),
     )
 
 
@@ -56,6 +58,8 @@ def _query_string(args: argparse.Namespace, extra: dict[str, str]) -> str:
     if getattr(args, "second_degree", False):
         q["second_degree"] = "1"
         q["second_degree_limit"] = str(args.second_degree_limit)
+        q["second_degree_min_overlap_min"] = str(args.second_degree_min_overlap_min)
+        q["second_degree_cap"] = str(args.second_degree_cap)
     return urllib.parse.urlencode(q)
 
 
@@ -259,6 +263,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--person-key", help="the index case's person key (32 hex characters)")
     p.add_argument("--second-degree", action="store_true", help="also list contacts of the top contacts")
     p.add_argument("--second-degree-limit", type=int, default=20, help="top contacts expanded (default: 20)")
+    p.add_argument(
+        "--second-degree-min-overlap-min",
+        type=float,
+        default=15.0,
+        help="a second-degree contact needs this much overlap in total (min, default: 15)",
+    )
+    p.add_argument(
+        "--second-degree-cap", type=int, default=200, help="second-degree contacts listed at most (default: 200)"
+    )
     p.set_defaults(func=_person)
     p = tsub.add_parser("venue", help="everyone at a venue during a period")
     _common(p)

@@ -1,23 +1,45 @@
 """Rendering the numbered migrations in ``engine/store/migrations/`` into DDL for one node or for a cluster.
 
-The ``.sql`` files are written once, for both shapes; the placeholders below are what differs. Rendering is a
+The ``.sql`` files are written once, for every shape; the placeholders below are what differs. Rendering is a
 single regex pass over *known* placeholder names only, so ClickHouse's own macros (``{shard}``, ``{replica}``)
-pass through untouched and a typo in a file fails loudly instead of reaching the server.
+pass through untouched and a typo in a file fails loudly instead of reaching the server. Three shapes:
 
-=====================================  ==============================  ================================================
-placeholder                            single node                     cluster ``NAME``
-=====================================  ==============================  ================================================
-``{db}``, ``{retention_days}``         the values                      the values
-``{on_cluster}``                       (nothing)                       `` ON CLUSTER NAME``
-``{local:T}``                          ``T``                           ``T_local`` (the shard-local table)
-``{replacing:T[:ver[:all]]}``          ``ReplacingMergeTree[(ver)]``   ``ReplicatedReplacingMergeTree('/clickhouse/
-                                                                       tables/{shard}/db/T', '{replica}'[, ver])``;
-                                                                       ``all`` drops ``{shard}``: one copy per node
-``{distributed:T:key}`` (a statement)  dropped                         ``CREATE TABLE db.T AS db.T_local ENGINE =
-                                                                       Distributed(NAME, db, T_local, key)``
-``{dedup_window}``                     ``non_replicated_...window``    ``replicated_deduplication_window``
+* **single node** (no cluster): embedded chdb or one server;
+* **sharded** (``cluster=NAME``): N shards, one replica each, no Keeper. The same statements are applied on
+  *every shard* by the Store (``Store.migrate`` with ``shard_dsns``), so there is no ``ON CLUSTER``; scan tables
+  are ``T_local`` MergeTrees with a ``Distributed`` table ``T`` on top on every shard. This is what runs here
+  (tests/test_cluster.py);
+* **replicated** (``cluster=NAME, replicated=True``): ``ReplicatedReplacingMergeTree`` and ``ON CLUSTER`` DDL,
+  which need Keeper and a distributed DDL queue: rendered, parsed by ClickHouse's parser in the tests, never run
+  here (clickhouse-local cannot host either; docs/cluster.md).
+
+=====================================  ======================  ====================  ==============================
+placeholder                            single node             sharded ``NAME``      replicated ``NAME``
+=====================================  ======================  ====================  ==============================
+``{db}``, ``{retention_days}``         the values              the values            the values
+``{on_cluster}``                       (nothing)               (nothing)             `` ON CLUSTER NAME``
+``{local:T}``                          ``T``                   ``T_local``           ``T_local``
+``{replacing:T[:ver[:all]]}``          ``ReplacingMergeTree``  ``ReplacingMerge``    ``ReplicatedReplacingMergeTree(
+                                       ``[(ver)]``             ``Tree[(ver)]``       '/clickhouse/tables/{shard}/db/
+                                                                                     T', '{replica}'[, ver])``;
+                                                                                     ``all`` drops ``{shard}``
+``{distributed:T:key}`` (a statement)  dropped                 ``CREATE TABLE db.T   the same ``ON CLUSTER NAME``
+                                                               AS db.T_local ENGINE
+                                                               = Distributed(NAME,
+                                                               db, T_local, key)``
+``{dedup_window}``                     ``non_replicated_...``  ``non_replicated_..`` ``replicated_deduplication_
+                                                                                     window``
 ``{enum:verdict|reason|code_kind}``    ``Enum8(...)`` built from ``engine.codes.verdicts``, never a hand-kept copy
-=====================================  ==============================  ================================================
+=====================================  ======================  ====================  ==============================
+
+**Deployment-wide tables** are the ones whose engine is ``{replacing:T:ver:all}`` (devices, enrolments: one
+registry per deployment). Replicated, ``all`` gives every node a full replica. Sharded, there is no replication
+to copy them, so :func:`render_migrations` routes them through the cluster instead: the file's ``db.T`` becomes
+the local ``db.T_local`` on every shard plus a ``Distributed(NAME, db, T_local, 0)`` named ``db.T``, whose
+constant sharding key puts every row on the cluster's first shard (the *registry shard*), and every node reads
+and writes ``db.T`` as before. Column changes (``ALTER TABLE db.T ADD|DROP|MODIFY COLUMN``) are applied to both,
+any other ``ALTER`` to the local table only. Migrations written for the other shapes need nothing new.
+``schema_migrations`` is the exception: each shard records what was applied on it, so it stays local.
 """
 
 from __future__ import annotations
@@ -62,9 +84,10 @@ def _check(database: str, retention_days: int, cluster: str | None) -> None:
         raise ConfigError(f"retention_days must be an integer from 1 to 3650, not {retention_days!r}")
 
 
-def render(template: str, database: str, retention_days: int, cluster: str | None) -> str:
+def render(template: str, database: str, retention_days: int, cluster: str | None, *, replicated: bool = False) -> str:
     """One template with every placeholder replaced (see the module docstring for the table)."""
     _check(database, retention_days, cluster)
+    replicated = bool(cluster) and replicated
 
     def sub(m: re.Match[str]) -> str:
         name, arg = m.group(1), m.group(2) or ""
@@ -73,11 +96,11 @@ def render(template: str, database: str, retention_days: int, cluster: str | Non
         if name == "retention_days":
             return str(retention_days)
         if name == "on_cluster":
-            return f" ON CLUSTER {cluster}" if cluster else ""
+            return f" ON CLUSTER {cluster}" if replicated else ""
         if name == "local":
             return f"{arg}_local" if cluster else arg
         if name == "dedup_window":
-            setting = "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"
+            setting = "replicated_deduplication_window" if replicated else "non_replicated_deduplication_window"
             return f"{setting} = {DEDUP_WINDOW}"
         if name == "enum":
             if arg not in _ENUMS:
@@ -90,7 +113,7 @@ def render(template: str, database: str, retention_days: int, cluster: str | Non
         if name == "replacing":
             version = parts[1] if len(parts) > 1 and parts[1] else ""
             everywhere = len(parts) > 2 and parts[2] == "all"
-            if not cluster:
+            if not replicated:
                 return f"ReplacingMergeTree({version})" if version else "ReplacingMergeTree"
             local = table if everywhere else f"{table}_local"
             path = f"/clickhouse/tables/{'all' if everywhere else '{shard}'}/{database}/{local}"
@@ -100,10 +123,7 @@ def render(template: str, database: str, retention_days: int, cluster: str | Non
             raise ConfigError(f"{m.group(0)} needs a sharding key")
         if not cluster:
             return ""
-        return (
-            f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster} AS {database}.{table}_local\n"
-            f"ENGINE = Distributed({cluster}, {database}, {table}_local, {parts[1]})"
-        )
+        return distributed_statement(database, table, cluster, parts[1], replicated=replicated)
 
     return _PLACEHOLDER.sub(sub, template)
 
@@ -118,21 +138,73 @@ def split_statements(sql: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def render_migrations(database: str, retention_days: int, cluster: str | None) -> list[tuple[str, list[str]]]:
-    """Every migration as ``(name, statements)``, in apply order, ready to execute one statement at a time."""
+def distributed_statement(database: str, table: str, cluster: str, key: str, *, replicated: bool) -> str:
+    """``CREATE TABLE db.T AS db.T_local ENGINE = Distributed(...)``; ``ON CLUSTER`` only when replicated."""
+    on_cluster = f" ON CLUSTER {cluster}" if replicated else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{table}{on_cluster} AS {database}.{table}_local\n"
+        f"ENGINE = Distributed({cluster}, {database}, {table}_local, {key})"
+    )
+
+
+#: The bookkeeping table: per shard on a sharded cluster (each shard records what was applied on it).
+BOOKKEEPING = "schema_migrations"
+#: The sharding key of a deployment-wide table on a sharded cluster: a constant, so every row is on shard 1.
+REGISTRY_SHARD_KEY = "0"
+_SHARED_MARK = re.compile(r"\{replacing:([A-Za-z_][A-Za-z0-9_]*):[^:{}]*:all\}")
+_COLUMN_CHANGE = re.compile(r"\b(ADD|DROP|MODIFY|RENAME|COMMENT|CLEAR)\s+COLUMN\b", re.IGNORECASE)
+
+
+def _templates() -> list[tuple[str, str]]:
     files = resources.files("engine.store.migrations")
+    return [(name, files.joinpath(name).read_text(encoding="utf-8")) for name in migration_names()]
+
+
+def deployment_tables() -> frozenset[str]:
+    """Tables marked ``{replacing:T:ver:all}`` in any migration: one registry per deployment (not the bookkeeping)."""
+    found = {m.group(1) for _, text in _templates() for m in _SHARED_MARK.finditer(text)}
+    return frozenset(found - {BOOKKEEPING})
+
+
+def _route_shared(statement: str, database: str, cluster: str, shared: frozenset[str]) -> list[str]:
+    """A sharded cluster's version of one statement on a deployment-wide table (see the module docstring)."""
+    for table in shared:
+        name = re.escape(f"{database}.{table}")
+        create = re.match(rf"(CREATE TABLE IF NOT EXISTS\s+){name}\b(?!_)", statement)
+        if create:
+            local = statement[: create.end(1)] + f"{database}.{table}_local" + statement[create.end() :]
+            return [local, distributed_statement(database, table, cluster, REGISTRY_SHARD_KEY, replicated=False)]
+        alter = re.match(rf"(ALTER TABLE\s+){name}\b(?!_)", statement)
+        if alter:
+            local = statement[: alter.end(1)] + f"{database}.{table}_local" + statement[alter.end() :]
+            # the Distributed table has the columns of the local one only if it is told about every change
+            return [local, statement] if _COLUMN_CHANGE.search(statement) else [local]
+    return [statement]
+
+
+def render_migrations(
+    database: str, retention_days: int, cluster: str | None, *, replicated: bool = False
+) -> list[tuple[str, list[str]]]:
+    """Every migration as ``(name, statements)``, in apply order, ready to execute one statement at a time."""
+    sharded = bool(cluster) and not replicated
+    shared = deployment_tables() if sharded else frozenset()
     out: list[tuple[str, list[str]]] = []
-    for name in migration_names():
-        text = files.joinpath(name).read_text(encoding="utf-8")
-        out.append((name.removesuffix(".sql"), split_statements(render(text, database, retention_days, cluster))))
+    for name, text in _templates():
+        statements = split_statements(render(text, database, retention_days, cluster, replicated=replicated))
+        if sharded:
+            assert cluster is not None
+            statements = [routed for st in statements for routed in _route_shared(st, database, cluster, shared)]
+        out.append((name.removesuffix(".sql"), statements))
     return out
 
 
 #: Tables whose TTL carries the retention; on a cluster the TTL lives on the shard-local tables.
-TTL_TABLES = ("scans", "scans_by_person", "person_by_qr")
+TTL_TABLES = ("scans", "scans_by_person", "person_by_qr", "stays")
 
 
-def retention_statements(database: str, retention_days: int, cluster: str | None) -> list[str]:
+def retention_statements(
+    database: str, retention_days: int, cluster: str | None, *, replicated: bool = False
+) -> list[str]:
     """``ALTER ... MODIFY TTL`` for every table holding scans: how a changed retention reaches existing tables."""
     return [
         render(
@@ -141,12 +213,13 @@ def retention_statements(database: str, retention_days: int, cluster: str | None
             database,
             retention_days,
             cluster,
+            replicated=replicated,
         )
         for t in TTL_TABLES
     ]
 
 
-def cluster_ddl_text(database: str, retention_days: int, cluster: str) -> str:
+def cluster_ddl_text(database: str, retention_days: int, cluster: str, *, replicated: bool = False) -> str:
     """The whole cluster schema as one SQL script an operator can review and run with ``clickhouse-client -mn``.
 
     The engine applies the same statements itself when started with ``--cluster``; printing them exists so a
@@ -154,12 +227,23 @@ def cluster_ddl_text(database: str, retention_days: int, cluster: str) -> str:
     """
     if not cluster:
         raise ConfigError("cluster_ddl_text needs a cluster name")
+    if replicated:
+        how = [
+            "-- Replicated: ReplicatedMergeTree + ON CLUSTER. Run once, on any node.",
+            "-- Needs the {shard} and {replica} macros on every node, and ClickHouse Keeper (or ZooKeeper).",
+        ]
+    else:
+        how = [
+            "-- Sharded, not replicated: run the whole script on EVERY shard of the cluster (no ON CLUSTER, no",
+            f"-- Keeper). Deployment-wide tables ({', '.join(sorted(deployment_tables()))}) keep their rows on the",
+            "-- first shard. The engine applies it itself on every shard named by --shard-dsns.",
+        ]
     out = [
         f"-- vnqr engine schema for cluster {cluster}, database {database}, retention {retention_days} days.",
-        "-- Needs the {shard} and {replica} macros on every node, and ClickHouse Keeper (or ZooKeeper).",
+        *how,
         "",
     ]
-    for name, statements in render_migrations(database, retention_days, cluster):
+    for name, statements in render_migrations(database, retention_days, cluster, replicated=replicated):
         out.append(f"-- {name}")
         out.extend(stmt + ";\n" for stmt in statements)
         out.append(f"INSERT INTO {database}.schema_migrations (name) VALUES ('{name}');\n")

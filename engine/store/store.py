@@ -1,9 +1,13 @@
 """The ClickHouse store: one client, one lock, and the few calls the engine makes.
 
 The same code runs on three backends and only the DSN differs: ``chdb:///dir`` (embedded, the default),
-``http(s)://user:pass@host:8123`` (a server), and the latter with ``cluster=NAME`` (ReplicatedMergeTree shards
-behind Distributed tables; DDL from ``engine.store.schema``). Every call holds one ``threading.Lock``: chdb is not
-safe for concurrent calls, and for HTTP it keeps the "at most one insert in flight" the drain relies on.
+``http(s)://user:pass@host:8123`` (a server), and the latter with ``cluster=NAME``: shard-local tables behind
+``Distributed`` tables, either sharded only (the migrations applied here on every shard of ``shard_dsns``) or
+``replicated`` (ReplicatedMergeTree, ``ON CLUSTER`` DDL applied once); DDL from ``engine.store.schema``. On a
+cluster every call sends ``insert_distributed_sync = 1``: an insert through a Distributed table returns only once
+every shard holds its part, because the drain moves its WAL checkpoint on that return. Every call holds one
+``threading.Lock``: chdb is not safe for concurrent calls, and for HTTP it keeps the "at most one insert in
+flight" the drain relies on.
 
 chdb facts this module is built around (chdb 4.4, engine 26.x; see docs/cluster.md):
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -132,10 +137,47 @@ def _lock_holder(directory: Path) -> str | None:
     return None
 
 
+# Every call to a cluster. ``insert_distributed_sync``: see _server_client. ``distributed_product_mode = 'global'``:
+# a read like tracing by QR id (``person_key IN (SELECT person_key FROM person_by_qr ...)``) is an IN over two
+# Distributed tables, which ClickHouse refuses by default ("Double-distributed IN/JOIN subqueries is denied", found
+# by tests/test_sharded_store.py). 'global' runs the subquery once and ships its few keys to every shard: right
+# whatever the two tables' sharding; 'local' would also be right today (both are sharded by person key) but would
+# silently miss rows the day a query joins tables sharded differently.
+_CLUSTER_SETTINGS: dict[str, Any] = {"insert_distributed_sync": 1, "distributed_product_mode": "global"}
+
+
+def _server_client(dsn: str, timeouts: tuple[int, int], *, cluster: bool) -> Client:
+    """A clickhouse-connect HTTP client as the Store uses it (``timeouts``: connect, send/receive, whole seconds)."""
+    return clickhouse_connect.get_client(
+        dsn=dsn,
+        tz_mode="aware",
+        connect_timeout=timeouts[0],
+        send_receive_timeout=timeouts[1],
+        # a session would pin every call to one server behind a load balancer and make concurrent processes fail
+        # with "session is locked"; nothing here needs session state
+        autogenerate_session_id=False,
+        # through a Distributed table, return only once every shard has its rows (scans: the WAL checkpoint moves
+        # on the insert's return; devices: a revocation must be a part, not a queued file); the default background
+        # mode would keep them in the coordinator's queue, lost with that node
+        settings=_CLUSTER_SETTINGS if cluster else None,
+    )
+
+
 class Store:
     """The engine's only door to ClickHouse; created once per process (the server owns it)."""
 
-    def __init__(self, client: Client, *, dsn: str, database: str, retention_days: int, cluster: str | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        dsn: str,
+        database: str,
+        retention_days: int,
+        cluster: str | None,
+        replicated: bool = False,
+        shard_dsns: Sequence[str] = (),
+        timeouts: tuple[int, int] = (10, 30),
+    ) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._closed = False
@@ -143,7 +185,20 @@ class Store:
         self.database = database
         self.retention_days = retention_days
         self.cluster = cluster or None
+        self.replicated = bool(self.cluster) and replicated
+        self._shard_dsns = list(shard_dsns)
+        self._timeouts = timeouts
         self.is_embedded = dsn.startswith("chdb:")
+
+    @property
+    def sharded(self) -> bool:
+        """A cluster without replication: the Store itself applies the migrations on every shard."""
+        return bool(self.cluster) and not self.replicated
+
+    @property
+    def shards(self) -> list[str]:
+        """The shard DSNs of a sharded cluster, passwords redacted (for messages and ``stats``)."""
+        return [_redact(d) for d in self._shard_dsns]
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @classmethod
@@ -154,11 +209,30 @@ class Store:
         database: str = "vnqr",
         retention_days: int = 28,
         cluster: str | None = None,
+        replicated: bool = False,
+        shard_dsns: Sequence[str] = (),
         connect_timeout: float = 10.0,
         insert_timeout: float = 30.0,
     ) -> Store:
-        """Open the store; raise :class:`StoreError` with the reason if it cannot be reached or opened."""
-        render_migrations(database, retention_days, cluster)  # validates names early, as a ConfigError
+        """Open the store; raise :class:`StoreError` with the reason if it cannot be reached or opened.
+
+        ``cluster`` names a cluster in the servers' ``remote_servers``. Sharded (not ``replicated``), ``shard_dsns``
+        must name the HTTP endpoint of every shard, because the migrations are applied on each of them (there is no
+        ``ON CLUSTER`` without Keeper); :meth:`migrate` checks them against the cluster's own definition.
+        """
+        render_migrations(database, retention_days, cluster, replicated=replicated)  # names checked: ConfigError
+        if cluster and not dsn.startswith(("http://", "https://")):
+            raise StoreError(
+                f"cluster {cluster!r} needs ClickHouse servers (an http:// or https:// DSN), not {_redact(dsn)}"
+            )
+        if cluster and not replicated and not shard_dsns:
+            raise StoreError(
+                f"the sharded schema of cluster {cluster!r} is applied on every shard: give the http(s) DSN of each "
+                "shard (--shard-dsns / ENGINE_SHARD_DSNS), or use --replicated on a cluster with Keeper"
+            )
+        if not cluster and shard_dsns:
+            raise StoreError("shard DSNs need a cluster name (--cluster)")
+        timeouts = (max(1, math.ceil(connect_timeout)), max(1, math.ceil(insert_timeout)))
         try:
             if dsn.startswith("chdb:"):
                 path = Path(urlparse(dsn).path or ".")
@@ -172,16 +246,7 @@ class Store:
                     )
                 client = clickhouse_connect.get_client(dsn=dsn, tz_mode="aware")
             elif dsn.startswith(("http://", "https://")):
-                client = clickhouse_connect.get_client(
-                    dsn=dsn,
-                    tz_mode="aware",
-                    # clickhouse-connect takes whole seconds and refuses 0
-                    connect_timeout=max(1, math.ceil(connect_timeout)),
-                    send_receive_timeout=max(1, math.ceil(insert_timeout)),
-                    # a session would pin every call to one server behind a load balancer and make concurrent
-                    # processes fail with "session is locked"; nothing here needs session state
-                    autogenerate_session_id=False,
-                )
+                client = _server_client(dsn, timeouts, cluster=bool(cluster))
             else:
                 raise StoreError(f"store DSN must start with chdb://, http:// or https://, not {_redact(dsn)!r}")
         except StoreError:
@@ -194,7 +259,16 @@ class Store:
                     "stop it, or go through its admin API"
                 ) from exc
             raise StoreError(f"cannot open the store {_redact(dsn)}: {_short(exc)}") from exc
-        store = cls(client, dsn=dsn, database=database, retention_days=retention_days, cluster=cluster)
+        store = cls(
+            client,
+            dsn=dsn,
+            database=database,
+            retention_days=retention_days,
+            cluster=cluster,
+            replicated=replicated,
+            shard_dsns=shard_dsns,
+            timeouts=timeouts,
+        )
         with contextlib.suppress(StoreError):
             if store._call("check database", lambda: client.command(f"EXISTS DATABASE {database}")) == 1:
                 client.database = database  # unqualified names (FROM scans) work before migrate() too
@@ -215,48 +289,112 @@ class Store:
         Every statement is ``IF NOT EXISTS``, so a migration interrupted half-way is simply run again. The first
         migration creates the bookkeeping table and is run every time (it must exist before we can ask it).
         A changed ``retention_days`` is applied with ``ALTER ... MODIFY TTL`` and reported as
-        ``retention_days=N``.
+        ``retention_days=N``. On a sharded cluster all of this happens on every shard in turn (each records what
+        it has in its own ``schema_migrations``), after checking that the shard DSNs are exactly the cluster's
+        shards; what was applied is reported once per shard as ``shard N: name``.
         """
-        db = self.database
-        migrations = render_migrations(db, self.retention_days, self.cluster)
-        applied: list[str] = []
+        if not self.sharded:
+            with self._lock:
+                single = self._migrate_on(self._client, self._run)
+                self._client.database = self.database
+            return single
         with self._lock:
-            for stmt in migrations[0][1]:
-                self._run("migrate", lambda s=stmt: self._client.command(s))
-            done = {
-                r[0]
-                for r in self._run(
-                    "read migrations",
-                    lambda: self._client.query(f"SELECT name FROM {db}.schema_migrations").result_rows,
-                )
-            }
-            for name, statements in migrations:
-                if name in done:
-                    continue
-                for stmt in statements:
-                    self._run(f"migration {name}", lambda s=stmt: self._client.command(s))
-                self._run(
-                    f"record migration {name}",
-                    lambda n=name: self._client.command(
-                        f"INSERT INTO {db}.schema_migrations (name) VALUES ({{n:String}})", parameters={"n": n}
-                    ),
-                )
-                log.info("applied migration %s", name)
-                applied.append(name)
-            self._client.database = db
-            if self._current_retention() != self.retention_days:
-                for stmt in retention_statements(db, self.retention_days, self.cluster):
-                    self._run("change retention", lambda s=stmt: self._client.command(s))
-                applied.append(f"retention_days={self.retention_days}")
+            shards = self._check_shards()
+            applied: list[str] = []
+            for number, dsn in shards:
+                client = _server_client(dsn, self._timeouts, cluster=True)
+                try:
+                    run = functools.partial(self._run_on, _redact(dsn))
+                    applied += [f"shard {number}: {name}" for name in self._migrate_on(client, run)]
+                finally:
+                    client.close()
+            self._client.database = self.database
         return applied
 
-    def _current_retention(self) -> int | None:
+    def _check_shards(self) -> list[tuple[int, str]]:
+        """``(shard number, DSN)`` for every shard DSN, checked against ``system.clusters`` (caller holds the lock).
+
+        Each server says which shard of the cluster it is (``is_local``); a DSN that is no shard, two DSNs for one
+        shard, or a shard with no DSN would leave a shard without tables, which shows only as failed inserts.
+        """
+        cluster = self.cluster
+        found: dict[int, str] = {}
+        expected: set[int] = set()
+        for dsn in self._shard_dsns:
+            client = _server_client(dsn, self._timeouts, cluster=True)
+            try:
+                rows = self._run_on(
+                    _redact(dsn),
+                    "read the cluster definition",
+                    lambda c=client: (
+                        c.query(
+                            "SELECT shard_num, is_local FROM system.clusters WHERE cluster = {c:String}",
+                            parameters={"c": cluster},
+                        ).result_rows
+                    ),
+                )
+            finally:
+                client.close()
+            if not rows:
+                raise StoreError(f"{_redact(dsn)} has no cluster {cluster!r} in its remote_servers")
+            expected |= {int(r[0]) for r in rows}
+            local = sorted({int(r[0]) for r in rows if int(r[1])})
+            if len(local) != 1:
+                raise StoreError(
+                    f"{_redact(dsn)} is {'no' if not local else 'more than one'} shard of cluster {cluster!r} "
+                    "(system.clusters, is_local): every shard DSN must be one shard's own server"
+                )
+            if local[0] in found:
+                other = _redact(found[local[0]])
+                raise StoreError(f"{_redact(dsn)} and {other} are both shard {local[0]} of cluster {cluster!r}")
+            found[local[0]] = dsn
+        missing = sorted(expected - found.keys())
+        if missing:
+            raise StoreError(
+                f"cluster {cluster!r} has shard(s) {', '.join(map(str, missing))} with no DSN in shard_dsns: the "
+                "schema must be applied on every shard"
+            )
+        return sorted(found.items())
+
+    def _migrate_on(self, client: Client, run: Any) -> list[str]:
+        """The migration loop on one server (``run(what, fn)`` wraps its errors); caller holds the lock."""
+        db = self.database
+        migrations = render_migrations(db, self.retention_days, self.cluster, replicated=self.replicated)
+        applied: list[str] = []
+        for stmt in migrations[0][1]:
+            run("migrate", lambda s=stmt: client.command(s))
+        done = {
+            r[0]
+            for r in run(
+                "read migrations", lambda: client.query(f"SELECT name FROM {db}.schema_migrations").result_rows
+            )
+        }
+        for name, statements in migrations:
+            if name in done:
+                continue
+            for stmt in statements:
+                run(f"migration {name}", lambda s=stmt: client.command(s))
+            run(
+                f"record migration {name}",
+                lambda n=name: client.command(
+                    f"INSERT INTO {db}.schema_migrations (name) VALUES ({{n:String}})", parameters={"n": n}
+                ),
+            )
+            log.info("applied migration %s", name)
+            applied.append(name)
+        if self._current_retention(client, run) != self.retention_days:
+            for stmt in retention_statements(db, self.retention_days, self.cluster, replicated=self.replicated):
+                run("change retention", lambda s=stmt: client.command(s))
+            applied.append(f"retention_days={self.retention_days}")
+        return applied
+
+    def _current_retention(self, client: Client, run: Any) -> int | None:
         """The TTL (days) on the scans table as ClickHouse reports it; caller holds the lock."""
         local = f"{TTL_TABLES[0]}_local" if self.cluster else TTL_TABLES[0]
-        rows = self._run(
+        rows = run(
             "read retention",
             lambda: (
-                self._client.query(
+                client.query(
                     "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
                     parameters={"db": self.database, "t": local},
                 ).result_rows
@@ -297,9 +435,6 @@ class Store:
         }
         if dedup_token:
             query_settings["insert_deduplication_token"] = dedup_token
-        if self.cluster:
-            # return only once every shard has its rows: the WAL checkpoint moves on this call's return
-            query_settings["insert_distributed_sync"] = 1
         with self._lock:
             self._run(
                 f"insert of {n} scans",
@@ -417,6 +552,8 @@ class Store:
             "store": "embedded" if self.is_embedded else "server",
             "database": db,
             "cluster": self.cluster or "",
+            "cluster_schema": ("replicated" if self.replicated else "sharded") if self.cluster else "",
+            "shards": self.shards,
             "retention_days": self.retention_days,
             "rows": sum(int(r[1]) for r in days),
             "rows_per_day": [{"day": r[0], "rows": int(r[1])} for r in days],
@@ -431,6 +568,17 @@ class Store:
     def _call(self, what: str, fn: Any) -> Any:
         with self._lock:
             return self._run(what, fn)
+
+    def _run_on(self, dsn: str, what: str, fn: Any) -> Any:
+        """:meth:`_run` for a call on another server than the Store's own (a shard during migrations)."""
+        if self._closed:
+            raise StoreError(f"{what}: the store is closed")
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{what} failed on {dsn}: {_short(exc)}") from exc
 
     def _run(self, what: str, fn: Any) -> Any:
         """Run one driver call (caller holds the lock); any driver failure becomes a StoreError that says what."""

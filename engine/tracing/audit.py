@@ -18,8 +18,9 @@ stop the host's own account; for that, ``audit head`` prints the head for an aud
 
 One writer per chain: each data directory writes its own chain (its id is in the anchor), and the writer holds
 ``<data_dir>/audit.lock`` while it may append (the engine for its whole life, the CLI for one trace), so two
-writers never fork a chain. With several nodes the table holds one chain per node; ``audit verify`` checks
-every chain and the anchors it can see.
+writers never fork a chain; each worker of ``--workers`` has its own (``audit-1.head``, ``audit-1.lock``, …).
+With several nodes the table holds one chain per node and worker; ``audit verify`` checks every chain and the
+anchors it can see.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 import orjson
 
 from engine.durable import replace_file
-from engine.errors import ConfigError, EngineError, StoreError
+from engine.errors import ConfigError, EngineError, PayloadError, StoreError
 from engine.permissions import check_private_if_present
 from engine.store.store import Store
 
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 
 DOMAIN = b"VNQR-AUDIT-V1\x00"
 GENESIS_DOMAIN = b"VNQR-AUDIT-GENESIS-V1\x00"
-HEAD_FILE = "audit.head"
-LOCK_FILE = "audit.lock"
+DEFAULT_CHAIN_NAME = "audit"  # each writer's files: <name>.head (its anchor), <name>.lock (its writer lock)
+HEAD_FILE = f"{DEFAULT_CHAIN_NAME}.head"
 TABLE = "audit_log"
 COLUMNS = (
     "chain",
@@ -143,12 +144,12 @@ class Head:
     def parse(cls, text: str) -> Head:
         parts = text.strip().rsplit(":", 2)
         if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not _is_hex(parts[2]):
-            raise ConfigError(f"a chain head is CHAIN:SEQ:HASH (64 hex digits), not {text!r}")
+            raise PayloadError(f"a chain head is CHAIN:SEQ:HASH (64 hex digits), not {text!r}")
         return cls(parts[0], int(parts[1]), parts[2])
 
 
-def read_anchor(data_dir: Path) -> Head | None:
-    path = data_dir / HEAD_FILE
+def read_anchor(data_dir: Path, name: str = DEFAULT_CHAIN_NAME) -> Head | None:
+    path = data_dir / f"{name}.head"
     if not path.exists():
         return None
     check_private_if_present(path, "audit anchor")
@@ -159,8 +160,14 @@ def read_anchor(data_dir: Path) -> Head | None:
         raise ConfigError(f"audit anchor {path} is malformed: {exc}") from None
 
 
-def _write_anchor(data_dir: Path, head: Head) -> None:
-    replace_file(data_dir / HEAD_FILE, orjson.dumps({**asdict(head), "written_at": int(time.time())}))
+def read_anchors(data_dir: Path) -> list[Head]:
+    """Every writer's anchor in the data directory (one per worker of ``--workers``)."""
+    names = sorted(p.name.removesuffix(".head") for p in data_dir.glob(f"{DEFAULT_CHAIN_NAME}*.head"))
+    return [h for h in (read_anchor(data_dir, n) for n in names) if h is not None]
+
+
+def _write_anchor(data_dir: Path, name: str, head: Head) -> None:
+    replace_file(data_dir / f"{name}.head", orjson.dumps({**asdict(head), "written_at": int(time.time())}))
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -297,16 +304,17 @@ def verify_store(store: Store, heads: Iterable[Head] = ()) -> list[ChainReport]:
 class AuditLog:
     """The one writer of this data directory's chain. Not thread-safe: the engine calls it on its store thread."""
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, name: str = DEFAULT_CHAIN_NAME) -> None:
         self.store = store
         self.data_dir = data_dir
+        self.name = name
         self.head: Head | None = None
         self.broken: str | None = None
         self._lock_fd: int | None = None
 
     def open(self) -> AuditLog:
         """Take the writer lock, read the anchor, and check that the table's head is the anchored one."""
-        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.data_dir / f"{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -315,7 +323,7 @@ class AuditLog:
                 f"the audit chain of {self.data_dir} is held by a running engine: trace through it"
             ) from None
         self._lock_fd = fd
-        anchor = read_anchor(self.data_dir)
+        anchor = read_anchor(self.data_dir, self.name)
         if anchor is None:
             chain = f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}"
             self.head = Head(chain, 0, genesis_hash(chain))
@@ -335,7 +343,7 @@ class AuditLog:
                 self.broken = "; ".join(report.problems[:3])
             elif table.seq > anchor.seq:  # appended, then stopped before the anchor moved: adopt the table's head
                 self.head = Head(anchor.chain, report.last_seq, report.last_hash)
-                _write_anchor(self.data_dir, self.head)
+                _write_anchor(self.data_dir, self.name, self.head)
         if self.broken:
             log.critical(
                 "audit chain does not match its anchor: %s; tracing is refused (docs/security.md)", self.broken
@@ -384,7 +392,7 @@ class AuditLog:
         except StoreError as exc:
             raise AuditUnavailable(f"the audit record could not be stored, so no answer is given: {exc}") from exc
         self.head = Head(rec.chain, rec.seq, rec.hash)
-        _write_anchor(self.data_dir, self.head)
+        _write_anchor(self.data_dir, self.name, self.head)
         return rec
 
     def _table_head(self, chain: str) -> Head | None:

@@ -31,6 +31,11 @@ class TraceOptions:
     include_unverified: bool = False
     second_degree: bool = False
     second_degree_limit: int = 20  # first-degree contacts expanded, highest-ranked first
+    # A second-degree contact counts from this much total overlap with the expanded contacts (the usual close-
+    # contact rule is 15 minutes), and at most this many are listed: around hot venues the second degree would
+    # otherwise list thousands of passers-by. The answer says what was cut (PersonTrace.second_degree_cut).
+    second_degree_min_overlap_min: float = 15.0
+    second_degree_cap: int = 200
 
     def __post_init__(self) -> None:
         if not (0 < self.default_dwell_min <= self.max_stay_min <= 7 * 1440):
@@ -39,6 +44,8 @@ class TraceOptions:
             raise PayloadError("margin_min must be 0..1440 and days 0..366")
         if not (0 <= self.second_degree_limit <= 1000):
             raise PayloadError("second_degree_limit must be 0..1000")
+        if not (0 <= self.second_degree_min_overlap_min <= 1440) or not (0 <= self.second_degree_cap <= 100_000):
+            raise PayloadError("second_degree_min_overlap_min must be 0..1440 and second_degree_cap 0..100000")
 
 
 class Scan(NamedTuple):
@@ -95,6 +102,19 @@ class Contact:
         return all(e.verdict in TRUSTED_LABELS for e in self.encounters)
 
 
+@dataclass(frozen=True)
+class SecondDegreeCut:
+    """What a bounded second degree left out, so a tracer knows the list is not everyone."""
+
+    expanded: int  # first-degree contacts whose own contacts were looked for
+    not_expanded: int  # first-degree contacts below the expansion limit
+    candidates: int  # people who overlapped an expanded contact (within the margin), before the cuts
+    below_threshold: int  # of those, under second_degree_min_overlap_min in total
+    over_cap: int  # at or above the threshold but beyond second_degree_cap
+    min_overlap_min: float
+    cap: int
+
+
 @dataclass
 class PersonTrace:
     person_keys: list[str]
@@ -103,6 +123,7 @@ class PersonTrace:
     include_unverified: bool
     visits: list[Stay]
     contacts: list[Contact]
+    second_degree_cut: SecondDegreeCut | None = None
 
 
 @dataclass

@@ -14,7 +14,16 @@ import orjson
 
 from engine.clock import iso_utc
 from engine.errors import PayloadError
-from engine.tracing.model import TRUSTED_LABELS, Contact, Encounter, PersonTrace, Stay, VenueTrace, parse_time
+from engine.tracing.model import (
+    TRUSTED_LABELS,
+    Contact,
+    Encounter,
+    PersonTrace,
+    SecondDegreeCut,
+    Stay,
+    VenueTrace,
+    parse_time,
+)
 
 # -- output -------------------------------------------------------------------------------------------------
 FIELDS = (
@@ -84,7 +93,19 @@ def rows(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> list[dict[str, An
                     "via": ",".join(c.via),
                 }
             )
+    if (cut := trace.second_degree_cut) is not None:
+        out.append(_cut_row(cut))
     return out
+
+
+def _cut_row(cut: SecondDegreeCut) -> dict[str, Any]:
+    """What a bounded second degree left out, as one row of the flat shape: the counts as ``name=value`` in
+    ``flags``, so a CSV reader keeps its columns and still learns the list is not everyone."""
+    row: dict[str, Any] = dict.fromkeys(FIELDS, "")
+    row["section"] = "second_degree_cut"
+    row["trusted"] = True
+    row["flags"] = ";".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(cut).items())
+    return row
 
 
 def to_json(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> dict[str, Any]:
@@ -103,6 +124,7 @@ def to_json(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> dict[str, Any]
         "second_degree": [
             _contact_json(i + 1, c, tz) for i, c in enumerate(x for x in trace.contacts if x.degree == 2)
         ],
+        "second_degree_cut": asdict(trace.second_degree_cut) if trace.second_degree_cut else None,
     }
 
 
@@ -158,8 +180,9 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
         )
         for c in doc["exposures"] + doc["second_degree"]
     ]  # fmt: skip
+    cut = SecondDegreeCut(**doc["second_degree_cut"]) if doc.get("second_degree_cut") else None
     return PersonTrace(doc["person_keys"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["visits"]],
-                       contacts)  # fmt: skip
+                       contacts, cut)  # fmt: skip
 
 
 def to_csv(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
@@ -172,12 +195,18 @@ def to_csv(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
 
 def to_table(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
     """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed."""
-    data = rows(trace, tz)
+    data = [r for r in rows(trace, tz) if r["section"] != "second_degree_cut"]  # the title says what was cut
     if isinstance(trace, VenueTrace):
         title = f"venue {trace.venue_id}: {len(trace.stays)} stays"
     else:
         n1 = sum(1 for c in trace.contacts if c.degree == 1)
         title = f"person {','.join(trace.person_keys) or '(no scans)'}: {len(trace.visits)} visits, {n1} contacts"
+        if (cut := trace.second_degree_cut) is not None:
+            title += (
+                f"; second degree from {cut.expanded} contacts ({cut.not_expanded} not expanded): "
+                f"{cut.candidates} overlapped, {cut.below_threshold} under {cut.min_overlap_min:g} min, "
+                f"{cut.over_cap} over the cap of {cut.cap}"
+            )
     title += f", {iso(trace.from_ms, tz)} .. {iso(trace.to_ms, tz)}"
     title += " (including UNVERIFIED codes, marked !)" if trace.include_unverified else " (trusted codes only)"
     cols = [c for c in FIELDS if c not in ("trusted",)]

@@ -2,9 +2,10 @@
 
 ``create_app(config)`` builds everything from a :class:`Config`; nothing lives in module globals, so a test
 can run several engines in one process. Resources are opened in ``cleanup_ctx`` generators in dependency
-order (store → WAL → verifier and devices → drain → batcher) and aiohttp closes them in reverse, after
-in-flight handlers have finished: on SIGTERM the batcher first answers every scan it accepted (they reach
-the WAL), then the drain flushes the WAL into the store while it can, then files and the store close.
+order (store → WAL → verifier and devices → drain → batcher → the stays pairing loop) and aiohttp closes
+them in reverse, after in-flight handlers have finished: on SIGTERM the pairing loop stops, the batcher
+answers every scan it accepted (they reach the WAL), then the drain flushes the WAL into the store while it
+can, then files and the store close.
 
 Anything else that needs the embedded store while the engine runs (tracing, stats, admin) goes through this
 process, because chdb locks its data directory to one process; those calls run on the drain's store thread.
@@ -13,6 +14,7 @@ process, because chdb locks its data directory to one process; those calls run o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -27,6 +29,7 @@ from engine.config import Config
 from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
+from engine.ingest import record
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
 from engine.ingest.wal import WriteAheadLog
@@ -34,10 +37,11 @@ from engine.ops.authlog import AuthFailures
 from engine.ops.metrics import Metrics
 from engine.permissions import private_dir, require_private
 from engine.store.store import Store
-from engine.tracing.audit import HEAD_FILE, AuditLog
+from engine.tracing.audit import AuditLog
 from engine.tracing.credentials import TRACERS_FILE, TracerRegistry
 from engine.tracing.gate import TraceGate
 from engine.tracing.quotas import TracerQuotas
+from engine.tracing.stays import StaysJob, keep_paired
 from engine.verify import make_verifier
 from engine.web import admin, audit, dashboard, enroll, scanner, scans, trace
 from engine.web.keys import (
@@ -87,13 +91,7 @@ def load_or_create_trust(path: Path) -> TrustList:
 # -- cleanup contexts (opened in this order, closed in reverse) --------------------------------------------
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    store = await asyncio.to_thread(
-        Store.connect,
-        cfg.store_dsn,
-        database=cfg.database,
-        retention_days=cfg.retention_days,
-        cluster=cfg.cluster or None,
-    )
+    store = await asyncio.to_thread(lambda: Store.connect(cfg.store_dsn, **cfg.store_options()))
     applied = await asyncio.to_thread(store.migrate)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
@@ -147,7 +145,10 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
     )
+    for orphan in cfg.orphan_wal_paths():
+        await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
     batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
+    batcher.remember(*await asyncio.to_thread(backlog_scan_verdicts, wal, cfg.recent_ids))
 
     def refresh() -> None:
         metrics.wal_backlog_bytes.set(wal.backlog_bytes)
@@ -172,6 +173,19 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await drain.close(cfg.shutdown_timeout_s)
 
 
+async def _stays_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Pairs new scans into tracing stays in the background (engine.tracing.stays); closed before the drain."""
+    cfg, rt = app[CONFIG], app[RUNTIME]
+    task = None
+    if cfg.stays_interval_s > 0 and not rt.store.cluster:  # block horizons are per shard: not on a cluster yet
+        task = asyncio.create_task(keep_paired(StaysJob(rt.store), rt.in_store_thread, cfg.stays_interval_s))
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[int]]:
     """Scan ids stored in the last hour, so device retries across a restart are still answered as duplicates."""
     if limit <= 0:
@@ -188,7 +202,7 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """The tracing audit chain of this data directory, held (locked) for the engine's life; the trace gate."""
     cfg, rt = app[CONFIG], app[RUNTIME]
-    log_ = await rt.in_store_thread(lambda: AuditLog(rt.store, cfg.data_dir).open())
+    log_ = await rt.in_store_thread(lambda: AuditLog(rt.store, cfg.data_dir, cfg.audit_chain_name).open())
     app[METRICS].audit_chain_ok.set(0 if log_.broken else 1)
     app[TRACE_GATE] = TraceGate(
         TracerRegistry.for_data_dir(cfg.data_dir),
@@ -199,6 +213,50 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     log_.close()
+
+
+def drain_orphan_wal(path: Path, store: Store, metrics: Metrics) -> None:
+    """Move what a former worker's WAL still holds into the store, exactly once (its own drain intent and dedup
+    token), before serving: after ``--workers`` is lowered, nothing those workers acknowledged may be stranded."""
+    wal = WriteAheadLog(path)
+    wal.open()
+    try:
+        if not wal.backlog_records:
+            return
+        log.info("draining %d records left in %s by a former worker", wal.backlog_records, path)
+        drain = Drain(wal, store, metrics)
+        try:
+            while drain.step():
+                pass
+        finally:
+            drain.pool.shutdown(wait=False)
+    finally:
+        wal.close()
+
+
+def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], list[int]]:
+    """Scan ids acknowledged before a crash but not yet in the store (the WAL past its checkpoint).
+
+    The store's last hour cannot name them yet: the drain replays them only after start-up. Without this, a
+    scanner that never saw its 202 (the node was killed after the fsync) resends the batch and the restarted
+    node, not knowing the ids, stores them a second time: a raw duplicate that only FINAL or a merge collapses
+    (tests/test_cluster.py kills a node under load with scanners that resend).
+    """
+    if limit <= 0 or not wal.backlog_records:
+        return [], []
+    ids: list[bytes] = []
+    codes: list[int] = []
+    after = wal.checkpoint_lsn
+    while len(ids) < limit:
+        chunk = wal.read(after, max_records=1024)
+        if not chunk:
+            break
+        rows = record.decode_many([r.payload for r in chunk])
+        raw = rows.scan_id
+        ids += [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        codes += ((rows.verdict.astype(int) << 8) | rows.reason.astype(int)).tolist()
+        after = chunk[-1].lsn
+    return ids[-limit:], codes[-limit:]
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -256,7 +314,7 @@ def check_private_files(config: Config) -> None:
         (config.secret_path, "person-key secret"),
         (d / "admin.token", "admin token"),
         (d / TRACERS_FILE, "tracer credentials file"),
-        (d / HEAD_FILE, "audit anchor"),
+        *((p, "audit anchor") for p in sorted(d.glob("audit*.head"))),
     ]
     if config.store_dsn.startswith("chdb://"):
         paths.append((d / "store", "embedded store directory"))
@@ -275,7 +333,7 @@ def create_app(config: Config) -> web.Application:
     tls = ServerTLS.from_config(config)
     if tls is not None:
         app[TLS_CONTEXT] = tls
-    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _audit_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _audit_ctx, _stays_ctx])
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTE_MODULES:
         routes.setup(app)

@@ -67,9 +67,7 @@ async def list_audit(request: web.Request) -> web.Response:
 async def verify_audit(request: web.Request) -> web.Response:
     rt = require_admin(request)
     heads = [audit.Head.parse(text) for text in request.query.getall("expect", [])]
-    anchor = audit.read_anchor(rt.config.data_dir)
-    if anchor is not None:
-        heads.append(anchor)
+    heads += audit.read_anchors(rt.config.data_dir)
     reports = await rt.in_store_thread(audit.verify_store, rt.store, heads)
     return web.json_response(report_json(reports))
 

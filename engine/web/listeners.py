@@ -65,17 +65,14 @@ def check_listeners(config: Config) -> None:
         )
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
-
-
 def ops_routes(router: web.UrlDispatcher, *, extra: Iterable[tuple[str, Any]] = ()) -> None:
     """The operations listener's routes: metrics, the dashboard and its stats, plus the probes."""
-    from engine.web.scans import metrics_endpoint, readyz
+    from engine.web.scans import healthz, metrics_endpoint, openapi, readyz
 
     router.add_get("/metrics", metrics_endpoint)
     router.add_get("/healthz", healthz)
     router.add_get("/readyz", readyz)
+    router.add_get("/openapi.json", openapi)  # this listener's own routes
     dashboard.add_routes(router)
     for path, handler in extra:
         router.add_get(path, handler)
@@ -101,10 +98,10 @@ def ops_listener_ctx(
         await runner.setup()
         # TLS where it crosses a network; on loopback plain HTTP, so Prometheus on the host needs no certificate
         tls = app.get(TLS_CONTEXT) if not is_loopback(cfg.ops_host) else None
-        site = web.TCPSite(runner, cfg.ops_host, cfg.ops_port, ssl_context=tls.context if tls else None)
+        site = web.TCPSite(runner, cfg.ops_host, cfg.ops_listen_port, ssl_context=tls.context if tls else None)
         await site.start()
         server = site._server
-        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else cfg.ops_port  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else cfg.ops_listen_port  # type: ignore[attr-defined]
         host = f"[{cfg.ops_host}]" if ":" in cfg.ops_host else cfg.ops_host
         app[LISTENERS].ops_url = f"{'https' if tls else 'http'}://{host}:{port}"
         log.info("operations listener (/metrics, /dashboard, /v1/stats) on %s", app[LISTENERS].ops_url)

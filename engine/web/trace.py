@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import math
 import re
 from typing import Any
 
@@ -66,7 +67,9 @@ def options_from_query(q: Any) -> tuple[int | None, int | None, TraceOptions]:
         max_stay_min=num("max_stay_min", 720.0),
         include_unverified=q.get("include_unverified", "").lower() in flag,
         second_degree=q.get("second_degree", "").lower() in flag,
-        second_degree_limit=int(num("second_degree_limit", 20)),
+        second_degree_limit=_whole(num("second_degree_limit", 20), "second_degree_limit"),
+        second_degree_min_overlap_min=num("second_degree_min_overlap_min", 15.0),
+        second_degree_cap=_whole(num("second_degree_cap", 200), "second_degree_cap"),
     )
     t0 = parse_time(q["from"]) if q.get("from") else None
     t1 = parse_time(q["to"]) if q.get("to") else None
@@ -83,6 +86,12 @@ def _format(q: Any) -> str:
     if fmt not in ("json", "csv"):
         raise PayloadError("format must be json or csv")
     return str(fmt)
+
+
+def _whole(value: float, name: str) -> int:
+    if not math.isfinite(value) or value != int(value):  # a fraction is refused rather than rounded
+        raise PayloadError(f"{name} must be a whole number")
+    return int(value)
 
 
 def _respond(trace: PersonTrace | VenueTrace, fmt: str) -> web.Response:
@@ -145,6 +154,17 @@ _CASE = query(
         *_PERIOD,
         query("second_degree", {"type": "string", "enum": ["0", "1", "true", "false"]}, "contacts of contacts"),
         query("second_degree_limit", {"type": "integer", "minimum": 0, "maximum": 1000}, "top contacts expanded"),
+        query(
+            "second_degree_min_overlap_min",
+            {"type": "number", "minimum": 0, "maximum": 1440},
+            "a second-degree contact needs this much overlap in total, minutes (15)",
+        ),
+        query(
+            "second_degree_cap",
+            {"type": "integer", "minimum": 0, "maximum": 100_000},
+            "second-degree contacts listed at most (200); second_degree_cut in the answer (a second_degree_cut "
+            "row in CSV) says what was left out",
+        ),
     ],
     responses=_TRACE_ANSWERS,
 )
