@@ -171,7 +171,8 @@ async def test_overload_answers_503_with_retry_after(engine: Any) -> None:
 
 async def test_health_readiness_metrics_openapi(engine: Any) -> None:
     e = await engine()
-    await e.client.post_scans([make_scan(e.fx.code(i), "v") for i in range(5)])
+    codes = [e.fx.code(i) for i in range(5)]  # minted once: a code minted a second later has another iat
+    await e.client.post_scans([make_scan(c, "v") for c in codes])
     await e.drained()
     status, body = await e.client.request("GET", "/healthz")
     assert status == 200
@@ -185,7 +186,7 @@ async def test_health_readiness_metrics_openapi(engine: Any) -> None:
     assert "engine_scans_stored_total 5.0" in text
     assert "# TYPE engine_cache_hits_total counter" in text  # counters, so rate() survives a restart
     assert "engine_cache_lookups_total 5.0" in text and "engine_cache_hits_total 0.0" in text
-    await e.client.post_scans([make_scan(e.fx.code(i), "w") for i in range(5)])  # the same codes, new scans
+    await e.client.post_scans([make_scan(c, "w") for c in codes])  # the same codes, new scans
     status, text = await e.ops.request("GET", "/metrics")
     assert "engine_cache_lookups_total 10.0" in text and "engine_cache_hits_total 5.0" in text
     assert "engine_cache_hit_ratio 0.5" in text
