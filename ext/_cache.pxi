@@ -7,7 +7,9 @@
 #
 # Entries are never deleted, only overwritten, so no tombstones are needed: an insert reuses the first expired
 # slot on its probe path, else takes the empty slot that ends it; when the set holds its maximum it evicts the
-# entry in its home slot (counted). A revoked key needs no sweep: the revocation check runs before the lookup.
+# entry in its home slot, or leaves the new entry out when that slot is empty (both counted), so the slots in use
+# are exactly `count` and never more than 3/4 of the table. A revoked key needs no sweep: the revocation check
+# runs before the lookup.
 # Only the serial phases and load_set touch it, under the verifier's lock.
 
 cdef enum:
@@ -73,9 +75,14 @@ cdef bint _set_insert(VSet* s, const uint8_t* tag, int64_t exp, int64_t now) noe
         if s.count < s.max_entries:
             target = i
             s.count += 1
-        else:
-            target = home
+        elif s.slots[home].exp != 0:
+            target = home  # full: the entry in the home slot makes way (counted)
             s.evictions += 1
+        else:
+            # Full and the home slot empty: writing there would hold one entry more than count says, and enough
+            # of those would leave no empty slot for a probe to end on. The new entry is the one left out.
+            s.evictions += 1
+            return False
     slot = &s.slots[target]
     slot.t0, slot.t1, slot.exp, slot.pad = a, b, _exp32(exp), 0
     return True
