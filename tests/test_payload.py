@@ -219,26 +219,17 @@ def test_mint_refuses_fields_that_would_not_parse(issuer_key: SigningKey) -> Non
         mint(Person("******012345", "NGUYEN VAN AN", "1990-01-01", "Q1"), issuer_key, iat=5, exp=5)
 
 
-def _valid_codes() -> list[bytes]:
+def _vector_codes() -> list[tuple[bytes, str]]:
     import json
 
     doc = json.loads((VECTORS_DIR / "codes.json").read_text(encoding="utf-8"))
-    return [v["code"].encode() for v in doc["vectors"] if v["verdict"] != "malformed"]
+    return [(v["code"].encode(), v["verdict"]) for v in doc["vectors"]]
 
 
-VALID_CODES = _valid_codes()
-
-
-def _genuine_codes() -> frozenset[bytes]:
-    """The vectors that verify ``ok``: the only codes any edit may land on and still verify (an edit of a tampered
-    vector can undo its tampering, so "differs from the code it was made from" is not the property to check)."""
-    import json
-
-    doc = json.loads((VECTORS_DIR / "codes.json").read_text(encoding="utf-8"))
-    return frozenset(v["code"].encode() for v in doc["vectors"] if v["verdict"] == "ok")
-
-
-GENUINE_CODES = _genuine_codes()
+VALID_CODES = [code for code, verdict in _vector_codes() if verdict != "malformed"]
+#: The vectors that verify ``ok``: the only codes any edit may land on and still verify (an edit of a tampered
+#: vector can undo its tampering, so "differs from the code it was made from" is not the property to check).
+GENUINE_CODES = frozenset(code for code, verdict in _vector_codes() if verdict == "ok")
 
 
 @st.composite
