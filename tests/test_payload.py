@@ -226,10 +226,11 @@ def _vector_codes() -> list[tuple[bytes, str]]:
     return [(v["code"].encode(), v["verdict"]) for v in doc["vectors"]]
 
 
-VALID_CODES = [code for code, verdict in _vector_codes() if verdict != "malformed"]
+_VECTOR_CODES = _vector_codes()
+VALID_CODES = [code for code, verdict in _VECTOR_CODES if verdict != "malformed"]
 #: The vectors that verify ``ok``: the only codes any edit may land on and still verify (an edit of a tampered
 #: vector can undo its tampering, so "differs from the code it was made from" is not the property to check).
-GENUINE_CODES = frozenset(code for code, verdict in _vector_codes() if verdict == "ok")
+GENUINE_CODES = frozenset(code for code, verdict in _VECTOR_CODES if verdict == "ok")
 
 
 @st.composite
