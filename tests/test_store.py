@@ -27,6 +27,7 @@ import pytest
 from engine.codes.verdicts import CodeKind, Reason, Verdict
 from engine.errors import ConfigError, StoreError
 from engine.store.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
+from engine.store.columns import TABLE_COLUMNS
 from engine.store.store import SCAN_COLUMNS, Store
 from engine.testing.fixtures import StoreTarget
 
@@ -100,7 +101,7 @@ def test_every_table_the_engine_writes_fsyncs_its_new_parts(store: Store) -> Non
 
 def test_enum_types_come_from_the_verdicts_module(store: Store) -> None:
     types = {r[0]: r[1] for r in store.query("DESCRIBE TABLE scans")}
-    assert tuple(types) == SCAN_COLUMNS
+    assert tuple(types) == TABLE_COLUMNS
     assert types["verdict"] == enum8(Verdict)
     assert types["reason"] == enum8(Reason)
     assert types["code_kind"] == enum8(CodeKind)
@@ -135,7 +136,7 @@ def test_insert_and_read_back_every_column(store: Store) -> None:
     batch = scans(12)
     assert store.insert_scans(batch) == 12
     cols, rows = store.query_columns("SELECT * FROM scans ORDER BY qr_id")
-    assert tuple(cols) == SCAN_COLUMNS
+    assert tuple(cols) == TABLE_COLUMNS
     by_id = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
     for i, sid in enumerate(batch["scan_id"]):
         got = by_id[sid]
@@ -396,3 +397,49 @@ def test_single_node_ddl_has_no_cluster_parts() -> None:
         cluster_ddl_text("vnqr", 28, "")
     with pytest.raises(ConfigError):
         render_migrations("vnqr", 0, None)
+
+
+# -- scan identity (device_id, scan_id): issue 12 -----------------------------------------------------------
+def test_same_scan_id_from_two_devices_is_two_scans(store: Store) -> None:
+    """A device reusing another's scan ids must not collapse the other's rows away (the key holds the device)."""
+    first = scans(6)
+    store.insert_scans(first)
+    other = {**first, "device_id": ["scanner-2"] * 6, "qr_id": [f"QIDOTHER{i:04d}" for i in range(6)]}
+    store.insert_scans(other)
+    for table in ("scans", "scans_by_person"):
+        store.command(f"OPTIMIZE TABLE {table} FINAL")
+        assert count(store, table, final=True) == 12, table
+    pairs = store.query("SELECT device_id, scan_device, count() FROM scans FINAL GROUP BY 1, 2 ORDER BY 1")
+    assert [tuple(p) for p in pairs] == [("scanner-1", "scanner-1", 6), ("scanner-2", "scanner-2", 6)]
+
+
+def test_rows_stored_before_0008_stay_readable_and_keep_their_dedup(store_dsn: StoreTarget) -> None:
+    """An existing deployment (every migration but 0008 applied, rows in it) upgrades in place."""
+    s = store_dsn.connect()
+    try:
+        for name, statements in render_migrations(s.database, s.retention_days, None):
+            if name == "0008_scan_identity":
+                continue
+            for stmt in statements:
+                s.command(stmt)
+            s.command(f"INSERT INTO {s.database}.schema_migrations (name) VALUES ('{name}')")
+        old = scans(4)
+        cols = ", ".join(SCAN_COLUMNS)
+        for i in range(4):
+            s.command(
+                f"INSERT INTO {s.database}.scans ({cols}) VALUES ('{old['scan_id'][i]}', 'scanner-1', 'venue-1', 'in', "
+                f"now64(3), now64(3), '{Verdict(0).label}', '{Reason.NONE.label}', '{CodeKind.SIGNED.label}', "
+                f"unhex('{old['person_key'][i].hex()}'), 'QIDOLD{i}', 'AAAAAAAAAAA', 'pc-covid', now(), now())"
+            )
+        assert s.migrate() == ["0008_scan_identity"]
+        rows = s.query("SELECT toString(scan_id), device_id, scan_device, qr_id FROM scans FINAL ORDER BY qr_id")
+        assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+            (str(old["scan_id"][i]), "scanner-1", "", f"QIDOLD{i}") for i in range(4)
+        ]
+        assert count(s, "scans_by_person", final=True) == 4
+        s.insert_scans(scans(3, seed=7))  # the replaced view feeds scans_by_person again, with the device key
+        assert count(s, "scans_by_person", final=True) == 7
+        key = s.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'scans'")
+        assert key[0][0].endswith("scan_id, scan_device")
+    finally:
+        s.close()

@@ -33,7 +33,7 @@ from engine.errors import EngineError, OverloadedError, WALError
 from engine.ingest import record
 from engine.ingest.commit import GroupCommit, Verified
 from engine.ingest.intake import Intake
-from engine.ingest.recent import Earlier, RecentScans, Submission, Verdicted
+from engine.ingest.recent import Earlier, RecentScans, Submission, Verdicted, scan_keys
 from engine.ingest.record import batch_rows
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.metrics import Metrics
@@ -137,9 +137,9 @@ class Batcher:
         self._verify_pool.shutdown(wait=True)
         self._commit.close()
 
-    def remember(self, scan_ids: list[bytes], codes: list[int]) -> None:
-        """Seed the recent-id map (at start-up, from what the store already holds)."""
-        self._recent.seed(scan_ids, codes)
+    def remember(self, keys: list[bytes], codes: list[int]) -> None:
+        """Seed the recent-id map (at start-up, from what the store already holds); ``keys`` from ``scan_key``."""
+        self._recent.seed(keys, codes)
 
     async def set_trust(self, trust: TrustTable) -> None:
         """Swap the trust list between two batches (the verify thread serialises it with verify calls)."""
@@ -162,7 +162,7 @@ class Batcher:
     async def submit(self, intake: Intake, received_ms: int) -> SubmitResult:
         """Queue the request's new scans; answer every accepted item once its scan is durable (now or before)."""
         n = len(intake)
-        keys: list[bytes] = np.frombuffer(intake.scan_ids, "V16").tolist()  # "S16" would strip trailing NULs
+        keys = scan_keys(intake.device_id, intake.scan_ids)  # (scan id, device): one device can't claim another's
         recent = self._recent
         fresh: list[int] | None = None  # None: every scan new and distinct (the common request, no Python loop)
         earlier: dict[int, Earlier] = {}  # position -> what answers it, for scans accepted before

@@ -1,7 +1,10 @@
 """The recent-scan map: answers a device's retry with the verdict it was first given, without a second verify.
 
-Scanners retry whole batches after a timeout or a lost answer; the map keeps the ids of the last ``capacity``
-accepted scans, each pointing at the :class:`Submission` that carried it (whose future holds the verdict once
+A scan is identified by its device *and* its scan id (:func:`scan_key`), never by the scan id alone: keyed by
+scan id only, a device that sent an id first made another device's genuine scan with the same id answer
+``duplicate`` with the first device's verdict, and never be stored (issue 12). Idempotence is the producer's, as
+Kafka keys it by (producer id, sequence). Scanners retry whole batches after a timeout or a lost answer; the map
+keeps the keys of the last ``capacity`` accepted scans, each pointing at the :class:`Submission` that carried it (whose future holds the verdict once
 durable), or at a :class:`Verdicted` pair for ids loaded from the store at start-up. Beyond that window the
 store's ReplacingMergeTree collapses what slips through. First-in first-out is enough: an id is remembered
 when accepted and answered from its submission after.
@@ -17,6 +20,27 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.ingest.intake import Intake
+
+
+def scan_keys(device_id: str, scan_ids: bytes) -> list[bytes]:
+    """The map keys of one device's scans: each 16-byte scan id followed by the device id's UTF-8 bytes.
+
+    The scan id comes first and has a fixed length, so two (device, scan id) pairs give equal keys only if both
+    parts are equal. Built with array operations, one call per request (every scan of a request is one device's).
+    """
+    n = len(scan_ids) // 16
+    dev = device_id.encode("utf-8")
+    if not dev:
+        return np.frombuffer(scan_ids, "V16").tolist()  # "S16" would strip trailing NULs
+    out = np.empty((n, 16 + len(dev)), np.uint8)
+    out[:, :16] = np.frombuffer(scan_ids, np.uint8).reshape(n, 16)
+    out[:, 16:] = np.frombuffer(dev, np.uint8)
+    return out.view(f"V{16 + len(dev)}").ravel().tolist()
+
+
+def scan_key(device_id: str, scan_id: bytes) -> bytes:
+    """One scan's map key (see :func:`scan_keys`)."""
+    return bytes(scan_id) + device_id.encode("utf-8")
 
 
 class Verdicted(NamedTuple):
@@ -38,7 +62,7 @@ class Submission:
 
     def __init__(self, intake: Intake, keys: list[bytes], received_ms: int) -> None:
         self.intake: Intake | None = intake  # only the scans that are new; dropped once answered (memory)
-        self.keys = keys  # their scan ids, the map's keys
+        self.keys = keys  # their (scan id, device) keys, the map's keys
         self.received_ms = received_ms
         self.t0 = time.perf_counter()
         self.future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()

@@ -35,6 +35,9 @@ SCAN_COLUMNS: tuple[str, ...] = (
     "scan_id", "device_id", "venue_id", "direction", "scanned_at", "received_at", "verdict", "reason",
     "code_kind", "person_key", "qr_id", "key_id", "issuer", "code_iat", "code_exp",
 )  # fmt: skip
+#: Every column of ``scans`` in table order: the pipeline's columns, then ``scan_device``, the device half of the
+#: scan's identity in the sorting key (migration 0008), which :func:`to_arrow` fills from ``device_id``.
+TABLE_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "scan_device")
 ENUM_CODES: dict[str, dict[str, int]] = {
     "direction": {"in": 1, "out": 2},
     "verdict": {v.label: int(v) for v in Verdict},
@@ -195,7 +198,7 @@ def _times(ticks: np.ndarray, unit: str) -> pa.Array:
 
 
 def to_arrow(rows: Rows) -> pa.Table:
-    """The rows as an Arrow table in ``SCAN_COLUMNS`` order: buffers wrapped, not copied, per column."""
+    """The rows as an Arrow table in ``TABLE_COLUMNS`` order: buffers wrapped, not copied, per column."""
     n = len(rows)
     return pa.table(
         {
@@ -214,6 +217,8 @@ def to_arrow(rows: Rows) -> pa.Table:
             "issuer": _dictionary(rows.key_code, rows.issuers),
             "code_iat": _times(np.clip(rows.iat_s, 0, _UINT32_MAX), "s"),
             "code_exp": _times(np.clip(rows.exp_s, 0, _UINT32_MAX), "s"),
+            # the device half of the scan's identity in the tables' sorting keys (migration 0008)
+            "scan_device": _dictionary(rows.device_code, rows.devices),
         }
     )
 

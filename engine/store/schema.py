@@ -27,6 +27,9 @@ placeholder                            single node             sharded ``NAME`` 
                                                                AS db.T_local ENGINE
                                                                = Distributed(NAME,
                                                                db, T_local, key)``
+``{distributed_add_column:T:col}``      dropped                 ``ALTER TABLE db.T    the same ``ON CLUSTER NAME``
+(a statement)                                                  ADD COLUMN IF NOT
+                                                               EXISTS col``
 ``{dedup_window}``                     ``non_replicated_...``  ``non_replicated_..`` ``replicated_deduplication_
                                                                                      window``
 ``{enum:verdict|reason|code_kind}``    ``Enum8(...)`` built from ``engine.codes.verdicts``, never a hand-kept copy
@@ -58,7 +61,8 @@ DEDUP_WINDOW = 10_000
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(
-    r"\{(db|retention_days|on_cluster|local|replacing|distributed|dedup_window|enum)(?::([^{}]*))?\}"
+    r"\{(db|retention_days|on_cluster|local|replacing|distributed_add_column|distributed|dedup_window|enum)"
+    r"(?::([^{}]*))?\}"
 )
 _ENUMS: dict[str, type[IntEnum]] = {"verdict": Verdict, "reason": Reason, "code_kind": CodeKind}
 _MIGRATION_FILE = re.compile(r"\d{4}_[a-z0-9_]+\.sql")
@@ -106,7 +110,7 @@ def render(template: str, database: str, retention_days: int, cluster: str | Non
             if arg not in _ENUMS:
                 raise ConfigError(f"unknown enum placeholder {m.group(0)}")
             return enum8(_ENUMS[arg])
-        parts = arg.split(":", 1) if name == "distributed" else arg.split(":")
+        parts = arg.split(":", 1) if name.startswith("distributed") else arg.split(":")
         table = parts[0]
         if not _IDENT.fullmatch(table):
             raise ConfigError(f"bad table in placeholder {m.group(0)}")
@@ -118,6 +122,14 @@ def render(template: str, database: str, retention_days: int, cluster: str | Non
             local = table if everywhere else f"{table}_local"
             path = f"/clickhouse/tables/{'all' if everywhere else '{shard}'}/{database}/{local}"
             return f"ReplicatedReplacingMergeTree('{path}', '{{replica}}'{', ' + version if version else ''})"
+        if name == "distributed_add_column":
+            # the Distributed table on top of T_local has T_local's columns only if told of each new one
+            if len(parts) != 2:
+                raise ConfigError(f"{m.group(0)} needs a column definition")
+            if not cluster:
+                return ""
+            on_cluster = f" ON CLUSTER {cluster}" if replicated else ""
+            return f"ALTER TABLE {database}.{table}{on_cluster} ADD COLUMN IF NOT EXISTS {parts[1]}"
         # distributed: a whole statement that exists only on a cluster
         if len(parts) != 2:
             raise ConfigError(f"{m.group(0)} needs a sharding key")

@@ -32,6 +32,7 @@ from engine.errors import EngineError, OverloadedError, RateLimitedError
 from engine.ingest import record
 from engine.ingest.batcher import Batcher
 from engine.ingest.drain import Drain
+from engine.ingest.recent import scan_key
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.authlog import AuthFailures
 from engine.ops.metrics import Metrics
@@ -187,16 +188,16 @@ async def _stays_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[int]]:
-    """Scan ids stored in the last hour, so device retries across a restart are still answered as duplicates."""
+    """(device, scan id) keys stored in the last hour, so device retries across a restart are still duplicates."""
     if limit <= 0:
         return [], []
     rows = store.query(
-        "SELECT scan_id, toUInt8(verdict), toUInt8(reason) FROM scans "
+        "SELECT scan_id, device_id, toUInt8(verdict), toUInt8(reason) FROM scans "
         "WHERE received_at > now64(3) - INTERVAL 1 HOUR ORDER BY received_at DESC LIMIT {n:UInt64}",
         {"n": limit},
     )
-    ids = [r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0]) for r in rows]
-    return ids, [(int(r[1]) << 8) | int(r[2]) for r in rows]
+    keys = [scan_key(r[1], r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0])) for r in rows]
+    return keys, [(int(r[2]) << 8) | int(r[3]) for r in rows]
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -235,7 +236,7 @@ def drain_orphan_wal(path: Path, store: Store, metrics: Metrics) -> None:
 
 
 def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], list[int]]:
-    """Scan ids acknowledged before a crash but not yet in the store (the WAL past its checkpoint).
+    """(device, scan id) keys acknowledged before a crash but not yet in the store (the WAL past its checkpoint).
 
     The store's last hour cannot name them yet: the drain replays them only after start-up. Without this, a
     scanner that never saw its 202 (the node was killed after the fsync) resends the batch and the restarted
@@ -253,7 +254,7 @@ def backlog_scan_verdicts(wal: WriteAheadLog, limit: int) -> tuple[list[bytes], 
             break
         rows = record.decode_many([r.payload for r in chunk])
         raw = rows.scan_id
-        ids += [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        ids += [scan_key(rows.devices[d], raw[16 * i : 16 * i + 16]) for i, d in enumerate(rows.device_code.tolist())]
         codes += ((rows.verdict.astype(int) << 8) | rows.reason.astype(int)).tolist()
         after = chunk[-1].lsn
     return ids[-limit:], codes[-limit:]
