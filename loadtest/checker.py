@@ -3,9 +3,12 @@
 A 202 is a promise (the scan is in the fsync'd WAL and will reach the store), so the check is strict:
 
 * **lost**: acknowledged (item status ``stored`` or ``duplicate``) but not in the store;
-* **duplicates**: one scan id stored more than once;
+* **duplicates**: one scan stored more than once;
 * **mismatched**: stored with a verdict other than the one the generator minted the code for;
-* **phantoms**: a stored scan id nobody sent (or one the engine refused and still stored).
+* **phantoms**: a stored scan nobody sent (or one the engine refused and still stored).
+
+A scan is identified by (device id, scan id), as in the engine (issue 12): two devices may send the same scan
+id, and those are two scans, each stored once with its own verdict.
 
 Scans whose request got no 202 (429/503 backpressure, a timeout) may or may not be stored: they are counted,
 never judged. The inputs are every ``*.jsonl`` file in the results directory, one per Locust process, so a
@@ -33,20 +36,27 @@ from engine.codes.verdicts import VERDICTS
 
 REJECTED = "rejected"
 ACKED_STATUSES = ("stored", "duplicate")
+#: a scan's identity: (device id, scan id)
+ScanKey = tuple[str, str]
+
+
+def key_text(key: ScanKey) -> str:
+    """A scan key as printed in the report's examples: ``device/scan_id``."""
+    return f"{key[0]}/{key[1]}"
 
 
 @dataclass
 class Sent:
     """Everything the generator processes recorded, merged."""
 
-    acked: dict[str, str] = field(default_factory=dict)  # scan id -> expected verdict
-    refused: set[str] = field(default_factory=set)  # items the engine answered "rejected"
-    unacked: set[str] = field(default_factory=set)  # in requests that got no 202
+    acked: dict[ScanKey, str] = field(default_factory=dict)  # (device, scan id) -> expected verdict
+    refused: set[ScanKey] = field(default_factory=set)  # items the engine answered "rejected"
+    unacked: set[ScanKey] = field(default_factory=set)  # in requests that got no 202
     statuses: Counter[int] = field(default_factory=Counter)  # HTTP status -> requests
     tasks: Counter[str] = field(default_factory=Counter)
     items_sent: int = 0  # scan items in all requests, retries included
     answer_mismatches: int = 0  # 202 answers whose verdict/status differed from the expectation
-    conflicts: int = 0  # one scan id recorded with two different expectations (a generator bug)
+    conflicts: int = 0  # one scan recorded with two different expectations (a generator bug)
     files: int = 0
     first_t: float = 0.0
     last_t: float = 0.0
@@ -63,7 +73,7 @@ class Sent:
 def load_results(results_dir: Path) -> Sent:
     """Merge every process's JSONL file; the order of files and lines does not matter."""
     sent = Sent()
-    expected_of: dict[str, str] = {}
+    expected_of: dict[ScanKey, str] = {}
     for path in sorted(results_dir.glob("*.jsonl")):
         sent.files += 1
         with path.open("rb") as f:
@@ -77,8 +87,9 @@ def load_results(results_dir: Path) -> Sent:
                 sent.statuses[status] += 1
                 sent.tasks[line.get("task", "?")] += 1
                 sent.items_sent += len(line["scans"])
+                device = str(line["device"])
                 for scan in line["scans"]:
-                    sid, expected = scan[0], scan[1]
+                    sid, expected = (device, scan[0]), scan[1]
                     if expected_of.setdefault(sid, expected) != expected:
                         sent.conflicts += 1
                     if status != 202:
@@ -96,21 +107,22 @@ def load_results(results_dir: Path) -> Sent:
     return sent
 
 
-def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[str, list[str]]:
-    """scan id -> the verdict of every row stored under it (no FINAL: a duplicate row must be seen)."""
+def stored_scans(data_dir: Path, database: str = "vnqr") -> dict[ScanKey, list[str]]:
+    """(device, scan id) -> the verdict of every row stored under it (no FINAL: a duplicate row must be seen)."""
     from engine.store.store import Store
 
     store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}", database=database)
     try:
         rows = store.query(
-            f"SELECT toString(scan_id), toString(verdict), count() FROM {store.database}.scans GROUP BY 1, 2"
+            f"SELECT device_id, toString(scan_id), toString(verdict), count() FROM {store.database}.scans "
+            "GROUP BY 1, 2, 3"
         )
     finally:
         store.close()
-    out: dict[str, list[str]] = {}
-    for sid, verdict, n in rows:
+    out: dict[ScanKey, list[str]] = {}
+    for device, sid, verdict, n in rows:
         label = VERDICTS[int(verdict)] if str(verdict).isdigit() else str(verdict)
-        out.setdefault(str(sid), []).extend([label] * int(n))
+        out.setdefault((str(device), str(sid)), []).extend([label] * int(n))
     return out
 
 
@@ -134,10 +146,10 @@ class Report:
     sent: Sent
     stored_rows: int
     stored_ids: int
-    lost: list[str]
-    duplicates: list[str]
-    mismatched: list[str]
-    phantoms: list[str]
+    lost: list[ScanKey]
+    duplicates: list[ScanKey]
+    mismatched: list[ScanKey]
+    phantoms: list[ScanKey]
     unacked_stored: int
     confusion: Counter[tuple[str, str]]
     wal_backlog_records: int = 0
@@ -167,7 +179,7 @@ class Report:
             "scans_unacknowledged": len(s.unacked),
             "unacknowledged_but_stored": self.unacked_stored,
             "stored_rows": self.stored_rows,
-            "stored_scan_ids": self.stored_ids,
+            "stored_scans": self.stored_ids,
             "lost": len(self.lost),
             "duplicates": len(self.duplicates),
             "mismatched": len(self.mismatched),
@@ -177,19 +189,23 @@ class Report:
             "generator_conflicts": s.conflicts,
             "confusion": {f"{e}->{g}": n for (e, g), n in sorted(self.confusion.items())},
             "examples": {
-                "lost": self.lost[:5],
-                "duplicates": self.duplicates[:5],
-                "mismatched": self.mismatched[:5],
-                "phantoms": self.phantoms[:5],
+                "lost": [key_text(k) for k in self.lost[:5]],
+                "duplicates": [key_text(k) for k in self.duplicates[:5]],
+                "mismatched": [key_text(k) for k in self.mismatched[:5]],
+                "phantoms": [key_text(k) for k in self.phantoms[:5]],
             },
             "span_s": round(s.span_s, 3),
             "acknowledged_scans_per_s": round(len(s.acked) / s.span_s, 1),
         }
 
 
-def check(sent: Sent, stored: dict[str, list[str]], wal_backlog_records: int = 0) -> Report:
+def check(sent: Sent, stored: dict[ScanKey, list[str]], wal_backlog_records: int = 0) -> Report:
+    """Judge what was stored against what was acknowledged, scan by scan (keyed by device and scan id)."""
     confusion: Counter[tuple[str, str]] = Counter()
-    lost, duplicates, mismatched, phantoms = [], [], [], []
+    lost: list[ScanKey] = []
+    duplicates: list[ScanKey] = []
+    mismatched: list[ScanKey] = []
+    phantoms: list[ScanKey] = []
     for sid, expected in sent.acked.items():
         verdicts = stored.get(sid)
         if not verdicts:

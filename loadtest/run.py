@@ -223,7 +223,7 @@ def print_summary(summary: dict[str, Any], confusion: str) -> None:
         f"refused {ck['scans_refused_by_engine']}, unacknowledged {ck['scans_unacknowledged']} "
         f"(of which stored {ck['unacknowledged_but_stored']})"
     )
-    print(f"store               {ck['stored_rows']} rows, {ck['stored_scan_ids']} scan ids")
+    print(f"store               {ck['stored_rows']} rows, {ck['stored_scans']} scans (device, scan id)")
     print(f"throughput          {ck['acknowledged_scans_per_s']} acknowledged scans/s over {ck['span_s']} s")
     print(
         f"LOST {ck['lost']}   DUPLICATES {ck['duplicates']}   MISMATCHED {ck['mismatched']}   "

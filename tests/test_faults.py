@@ -13,8 +13,9 @@ How each fault is made real (no mocks anywhere):
   metadata), every insert into a non-empty partition is delayed inside ClickHouse, which is what a store
   behind on merges does to its clients.
 
-After each run the store is read back and the 202'd scan ids compared with what is stored: ``count()`` equals
-``uniqExact(scan_id)`` (stored once, not merely deduplicated by FINAL) and the id sets are equal. The figures
+After each run the store is read back and the 202'd scans compared with what is stored, a scan being
+(device_id, scan_id) as in the engine (issue 12): ``count()`` equals ``uniqExact(device_id, scan_id)`` (stored
+once, not merely deduplicated by FINAL) and the sets are equal. The figures
 are printed (run with ``-s``) and copied into docs/reliability.md.
 """
 
@@ -31,7 +32,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from nacl.signing import SigningKey
 
+from engine.codes.payload import b64url_encode
 from engine.devices.client import make_scan, sign_request
 from engine.testing.engines import (
     DEVICE_ID,
@@ -77,6 +80,10 @@ def store_offline(data_dir: Path, sql: str, kind: str = "query") -> list[list[st
     return result
 
 
+#: every stored scan as the ``device/scan_id`` key the loaders record
+STORED_KEYS_SQL = "SELECT concat(device_id, '/', toString(scan_id)) FROM scans"
+
+
 def assert_stored_once(rows_count: int, unique: int, stored_ids: set[str], acked: set[str]) -> None:
     assert rows_count == unique, f"{rows_count - unique} scans stored more than once"
     missing = acked - stored_ids
@@ -88,20 +95,34 @@ class Engine(InProcessEngine):
     async def store(self, fn: str, sql: str) -> Any:
         return await self.rt.in_store_thread(getattr(self.rt.store, fn), sql)
 
-    async def post(self, n: int, tag: int) -> tuple[int, dict[str, Any], list[str], dict[str, str]]:
-        """POST n signed scans; returns status, JSON answer, the scan ids sent and the response headers."""
-        scans = [make_scan(self.fx.code(tag * 1000 + i), f"venue-{i % 7}") for i in range(n)]
-        body = orjson.dumps({"device_id": DEVICE_ID, "scans": scans})
-        headers = sign_request(self.fx.device, DEVICE_ID, "POST", "/v1/scans", body)
+    async def post(
+        self, n: int, tag: int, *, device: tuple[str, SigningKey] | None = None, scan_ids: list[str] | None = None
+    ) -> tuple[int, dict[str, Any], list[str], dict[str, str]]:
+        """POST n signed scans (as ``device``, default the fixture's; with ``scan_ids`` if given); returns status,
+        JSON answer, the scans sent as ``device/scan_id`` keys and the response headers."""
+        device_id, key = device or (DEVICE_ID, self.fx.device)
+        ids = scan_ids or [None] * n
+        scans = [make_scan(self.fx.code(tag * 1000 + i), f"venue-{i % 7}", scan_id=ids[i]) for i in range(n)]
+        body = orjson.dumps({"device_id": device_id, "scans": scans})
+        headers = sign_request(key, device_id, "POST", "/v1/scans", body)
         async with (
             aiohttp.ClientSession() as s,
             s.post(self.url + "/v1/scans", data=body, headers={**headers, "Content-Type": "application/json"}) as resp,
         ):
-            return resp.status, await resp.json(), [x["scan_id"] for x in scans], dict(resp.headers)
+            return resp.status, await resp.json(), [f"{device_id}/{x['scan_id']}" for x in scans], dict(resp.headers)
+
+    async def add_device(self, device_id: str) -> tuple[str, SigningKey]:
+        key = SigningKey.generate()
+        reg = orjson.dumps({"device_id": device_id, "public_key": b64url_encode(bytes(key.verify_key))})
+        status, body = await self.client.request(
+            "POST", "/v1/admin/devices", reg, headers_override=admin_headers(self.fx.data_dir)
+        )
+        assert status == 201, body
+        return device_id, key
 
     async def stored(self) -> tuple[int, int, set[str]]:
-        ((count, unique),) = await self.store("query", "SELECT count(), uniqExact(scan_id) FROM scans")
-        ids = {str(r[0]) for r in await self.store("query", "SELECT toString(scan_id) FROM scans")}
+        ((count, unique),) = await self.store("query", "SELECT count(), uniqExact(device_id, scan_id) FROM scans")
+        ids = {str(r[0]) for r in await self.store("query", STORED_KEYS_SQL)}
         return int(count), int(unique), ids
 
 
@@ -111,6 +132,7 @@ ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
 
 async def test_store_unavailable_mid_load_loses_nothing(engine: Any) -> None:
     e = await engine()
+    other = await e.add_device("scanner-test-2")  # reuses the first device's scan ids: still its own scans
     acked: set[str] = set()
     for tag in range(5):  # healthy phase
         status, body, ids, _ = await e.post(50, tag)
@@ -125,6 +147,12 @@ async def test_store_unavailable_mid_load_loses_nothing(engine: Any) -> None:
             assert status == 202, body
             acked.update(ids)
             down_acks += len(ids)
+            if tag % 4 == 0:
+                same_ids = [k.split("/", 1)[1] for k in ids]
+                status, body, ids, _ = await e.post(50, tag + 100, device=other, scan_ids=same_ids)
+                assert status == 202 and body["stored"] == 50, body
+                acked.update(ids)
+                down_acks += len(ids)
         status, ready = await e.client.request("GET", "/readyz")
         assert status == 503 and ready == {"ready": False, "cause": "store_unavailable"}  # no error text for probes
         status, wal = await e.client.request("GET", "/v1/admin/wal", headers_override=admin_headers(e.fx.data_dir))
@@ -193,7 +221,7 @@ class Loader:
 
     def __init__(self, port: int, fx: Fixture, *, threads: int = 4, per_request: int = 50) -> None:
         self.port, self.fx, self.per_request = port, fx, per_request
-        self.acked: set[str] = set()
+        self.acked: set[str] = set()  # device/scan_id
         self.statuses: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -225,7 +253,7 @@ class Loader:
                 doc = orjson.loads(answer)
                 assert doc["stored"] + doc["duplicates"] == self.per_request
                 with self._lock:
-                    self.acked.update(s["scan_id"] for s in scans)
+                    self.acked.update(f"{DEVICE_ID}/{s['scan_id']}" for s in scans)
             elif resp.status == 503:
                 assert resp.getheader("Retry-After"), "503 without Retry-After"
                 time.sleep(0.02)
@@ -253,8 +281,8 @@ def _wait_drained(proc: EngineProcess, fx: Fixture, timeout: float = 60) -> dict
 
 
 def _stored(data_dir: Path) -> tuple[int, int, set[str]]:
-    ((count, unique),) = store_offline(data_dir, "SELECT count(), uniqExact(scan_id) FROM scans")
-    ids = {r[0] for r in store_offline(data_dir, "SELECT toString(scan_id) FROM scans")}
+    ((count, unique),) = store_offline(data_dir, "SELECT count(), uniqExact(device_id, scan_id) FROM scans")
+    ids = {r[0] for r in store_offline(data_dir, STORED_KEYS_SQL)}
     return int(count), int(unique), ids
 
 

@@ -23,7 +23,7 @@ from engine.codes.verdicts import VERDICTS
 from engine.verify import make_verifier
 from engine.verify.contract import CodeBatch
 from engine.verify.reference import PyVerifier
-from loadtest.checker import Sent, check
+from loadtest.checker import Sent, check, load_results
 from loadtest.scenario import DEFAULT_MIX, MAX_DURATION_S, REJECTED, Keyring, ScanMix, require_loopback, users_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,22 +94,56 @@ def test_morning_shape_ramps_bursts_and_ends() -> None:
 
 
 def test_checker_counts_every_kind_of_fault() -> None:
+    def k(sid: str, device: str = "dev-1") -> tuple[str, str]:
+        return (device, sid)
+
     sent = Sent()
-    sent.acked = {"a": "ok", "b": "ok", "c": "expired", "d": "malformed"}
-    sent.unacked = {"u"}
-    sent.refused = {"r"}
+    sent.acked = {k("a"): "ok", k("b"): "ok", k("c"): "expired", k("d"): "malformed"}
+    sent.unacked = {k("u")}
+    sent.refused = {k("r")}
     sent.statuses = Counter({202: 3, 503: 1})
-    stored = {"a": ["ok"], "b": ["ok", "ok"], "c": ["ok"], "u": ["ok"], "r": ["ok"], "z": ["malformed"]}
+    stored = {
+        k("a"): ["ok"],
+        k("b"): ["ok", "ok"],
+        k("c"): ["ok"],
+        k("u"): ["ok"],
+        k("r"): ["ok"],
+        k("z"): ["malformed"],
+        k("a", "dev-2"): ["ok"],  # dev-1's scan id from another device: nobody acknowledged that scan
+    }
     report = check(sent, stored)
-    assert report.lost == ["d"]
-    assert report.duplicates == ["b"]
-    assert report.mismatched == ["c"]
-    assert sorted(report.phantoms) == ["r", "z"]
+    assert report.lost == [k("d")]
+    assert report.duplicates == [k("b")]
+    assert report.mismatched == [k("c")]
+    assert sorted(report.phantoms) == [k("r"), k("z"), k("a", "dev-2")]
     assert report.unacked_stored == 1
     assert report.confusion[("expired", "ok")] == 1 and report.confusion[("malformed", "(lost)")] == 1
+    assert report.as_dict()["examples"]["lost"] == ["dev-1/d"]
     assert not report.ok
-    clean = check(sent, {"a": ["ok"], "b": ["ok"], "c": ["expired"], "d": ["malformed"]})
+    clean = check(sent, {k("a"): ["ok"], k("b"): ["ok"], k("c"): ["expired"], k("d"): ["malformed"]})
     assert clean.ok and clean.as_dict()["lost"] == 0
+
+
+def test_checker_counts_the_same_scan_id_from_two_devices_as_two_scans(tmp_path: Path) -> None:
+    """Issue 12: (device, scan id) is the identity; a shared scan id is neither a conflict nor a duplicate."""
+    lines = [
+        {"t": 1.0, "device": "dev-1", "task": "batch", "status": 202, "scans": [["s1", "ok", "stored", "ok"]]},
+        {
+            "t": 2.0,
+            "device": "dev-2",
+            "task": "batch",
+            "status": 202,
+            "scans": [["s1", "expired", "stored", "expired"]],
+        },
+    ]
+    (tmp_path / "scans-h-1.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    sent = load_results(tmp_path)
+    assert sent.conflicts == 0 and sent.answer_mismatches == 0
+    assert sent.acked == {("dev-1", "s1"): "ok", ("dev-2", "s1"): "expired"}
+    report = check(sent, {("dev-1", "s1"): ["ok"], ("dev-2", "s1"): ["expired"]})
+    assert report.ok and not report.duplicates and report.stored_ids == 2
+    lost_one = check(sent, {("dev-1", "s1"): ["ok"]})  # keyed by scan id alone this would pass
+    assert lost_one.lost == [("dev-2", "s1")]
 
 
 def _run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
@@ -135,7 +169,7 @@ def _assert_clean(proc: subprocess.CompletedProcess[str], summary: dict[str, Any
     assert ck["scans_acknowledged"] > 0 and ck["requests"] > 0, detail
     assert ck["lost"] == ck["duplicates"] == ck["mismatched"] == ck["phantoms"] == 0, detail
     assert ck["answer_mismatches"] == 0 and ck["wal_records_not_drained"] == 0, detail
-    assert ck["stored_scan_ids"] >= ck["scans_acknowledged"], detail
+    assert ck["stored_scans"] >= ck["scans_acknowledged"], detail
     for report in ("locust_stats.csv", "locust_failures.csv", "report.html"):
         assert (run_dir / report).stat().st_size > 0, report
     assert "LOST 0" in proc.stdout and "RESULT: PASS" in proc.stdout

@@ -201,3 +201,45 @@ async def test_scan_ids_are_uuids_in_store(engine: Any) -> None:
     await e.drained()
     rows = await e.query("SELECT count() FROM scans WHERE scan_id = {sid:UUID}", {"sid": sid})
     assert rows == [(1,)]
+
+
+async def test_a_scan_id_claimed_by_another_device_does_not_steal_the_genuine_scan(engine: Any) -> None:
+    """Issue 12: scan identity is (device_id, scan_id). Device A sends a forged code under a scan id first; device
+    B's genuine scan with the same id is stored with its own verdict, and B never sees A's verdict."""
+    from nacl.signing import SigningKey
+
+    from engine.codes.payload import b64url_encode
+    from engine.devices.client import ScannerClient
+
+    e = await engine()
+    b_key = SigningKey.generate()
+    reg = orjson.dumps({"device_id": "scanner-test-2", "public_key": b64url_encode(bytes(b_key.verify_key))})
+    status, body = await e.client.request(
+        "POST", "/v1/admin/devices", reg, headers_override=admin_headers(e.fx.data_dir)
+    )
+    assert status == 201, body
+    b = ScannerClient(e.url, "scanner-test-2", b_key, ssl_context=e.client_tls())
+    try:
+        genuine = e.fx.code(1)
+        forged = genuine[:-3] + ("AAA" if not genuine.endswith("AAA") else "BBB")
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        a_scans = [make_scan(forged, "venue-1", scan_id=sid) for sid in ids]
+        b_scans = [make_scan(genuine, "venue-1", scan_id=sid) for sid in ids]
+        status, a_first = await e.client.post_scans(a_scans)
+        assert status == 202 and a_first["stored"] == 3
+        assert {r["verdict"] for r in a_first["results"]} == {"bad_signature"}
+        status, b_first = await b.post_scans(b_scans)
+        assert status == 202, b_first
+        assert b_first["stored"] == 3 and b_first["duplicates"] == 0
+        assert [(r["status"], r["verdict"]) for r in b_first["results"]] == [("stored", "ok")] * 3
+        # a retry from the same device is still a duplicate, answered with that device's own first verdict
+        status, a_again = await e.client.post_scans(a_scans)
+        status, b_again = await b.post_scans(b_scans)
+        assert a_again["duplicates"] == 3 and {r["verdict"] for r in a_again["results"]} == {"bad_signature"}
+        assert b_again["duplicates"] == 3 and {r["verdict"] for r in b_again["results"]} == {"ok"}
+        await e.drained()
+        for table in ("scans", "scans_by_person"):
+            rows = await e.query(f"SELECT device_id, verdict, count() FROM {table} FINAL GROUP BY 1, 2 ORDER BY 1")
+            assert rows == [(DEVICE_ID, "bad_signature", 3), ("scanner-test-2", "ok", 3)], table
+    finally:
+        await b.close()

@@ -26,8 +26,8 @@ import pytest
 
 from engine.codes.verdicts import CodeKind, Reason, Verdict
 from engine.errors import ConfigError, StoreError
-from engine.store.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
 from engine.store.columns import TABLE_COLUMNS
+from engine.store.schema import cluster_ddl_text, enum8, migration_names, render_migrations, split_statements
 from engine.store.store import SCAN_COLUMNS, Store
 from engine.testing.fixtures import StoreTarget
 
