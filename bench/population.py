@@ -21,7 +21,8 @@ shops near home and Zipf venue popularity) and lays routines over it, day after 
   ~100 scans a day), so the request size is a parameter a report must state, not a detail.
 
 Times are local (UTC+7) and the calendar ends at the last local midnight, so every ``scanned_at`` is in the past
-and inside the engine's accepted window (its retention period) as long as ``days`` ≤ 27.
+and inside the store's retention as long as ``days`` ≤ 27; an engine accepts only the scans of its offline
+window (7 days by default), so a benchmark posts recent days (``e2e_bench.py`` the last one).
 
 Everything is drawn with numpy, a day at a time (no Python loop per scan or per visit); the same parameters give
 the same scans. What stays per scan is only what a request body needs (a dict per item, built when a request is

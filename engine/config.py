@@ -20,6 +20,7 @@ from typing import Any
 from engine.errors import ConfigError
 
 LOG_FORMATS = ("text", "json")
+DEFAULT_OFFLINE_WINDOW_DAYS = 7
 #: the settings a command needs to find an engine and its store (every command but ``serve``)
 # cluster, replicated, shard_dsns: a command opening a cluster's store itself must migrate it as the engine does;
 # tls_cert, dsn_password_file: how it reaches the engine over https and the store with its password
@@ -63,6 +64,12 @@ class Config:
     wal_budget_mb: int = field(default=1024, metadata={"help": "WAL disk budget (MiB); over it answers 503"})
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL (off only for benchmarks)"})
     retention_days: int = field(default=28, metadata={"help": "days scans are kept (TTL)"})
+    # how long a scanner may hold scans offline before uploading them; older scanned_at is refused. Not the whole
+    # retention: a screenshot of someone's code and any device key would otherwise fabricate visits weeks back
+    offline_window_days: int = field(
+        default=0,
+        metadata={"help": "oldest scanned_at accepted, days before now; 0 = 7 (or retention_days if shorter)"},
+    )
     verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = cores - 1 (at least 1)"})
     cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
     skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})
@@ -198,6 +205,12 @@ class Config:
         less throughput with repeats (bench/e2e_bench.py, ENGINE_VERIFY_THREADS=1 vs 2)."""
         return self.verify_threads or max(1, (os.cpu_count() or 1) - 1)
 
+    @property
+    def offline_days(self) -> int:
+        """The offline window in days: how far back ``scanned_at`` may be (``offline_window_days``, 0 = 7 days,
+        never past the retention). Seven days covers a scanner offline over a long holiday weekend and back."""
+        return self.offline_window_days or min(DEFAULT_OFFLINE_WINDOW_DAYS, self.retention_days)
+
     def validate(self) -> Config:
         checks: list[tuple[bool, str]] = [
             (0 <= self.port <= 65535, "port must be 0..65535"),
@@ -210,6 +223,11 @@ class Config:
             (0 < self.keepalive_timeout_s <= 3600, "keepalive_timeout_s must be in (0, 3600]"),
             (self.wal_budget_mb >= 1, "wal_budget_mb must be >= 1"),
             (1 <= self.retention_days <= 3650, "retention_days must be 1..3650"),
+            (
+                0 <= self.offline_window_days <= self.retention_days,
+                f"offline_window_days must be 0..retention_days ({self.retention_days}): a scan older than the "
+                "retention would be deleted as soon as it is stored",
+            ),
             (0 <= self.verify_threads <= 256, "verify_threads must be 0..256"),
             (self.cache_size >= 0, "cache_size must be >= 0"),
             (0 <= self.skew_s <= 86_400, "skew_s must be 0..86400"),

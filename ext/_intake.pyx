@@ -25,14 +25,12 @@ from engine.codes.verdicts import REASONS, VERDICTS
 from engine.ingest.items import (
     DIRECTIONS,
     E_DIRECTION,
-    E_IN_FUTURE,
     E_NOT_OBJECT,
     E_QR_LONG,
     E_QR_TYPE,
     E_SCAN_ID,
     E_SCAN_ID_MISSING,
     E_TIME,
-    E_TOO_OLD,
     E_UNICODE,
     E_VENUE,
     MAX_QR_CHARS,
@@ -41,6 +39,7 @@ from engine.ingest.items import (
     echo_scan_id,
     rejected_json,
     scan_time_ms,
+    window_rejection,
 )
 
 cdef extern from "Python.h":
@@ -159,6 +158,7 @@ def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
     cdef object item, value, qr, venue, scanned_obj, d
     cdef uint8_t uuid_raw[16]
     cdef int overflow
+    cdef bint from_text
     cdef long long scanned
     cdef const char* utf8
     cdef int64_t[::1] code_off, venue_off, scanned_v
@@ -207,6 +207,7 @@ def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
                 continue
             direction = <uint8_t>(<long>d)
             scanned_obj = (<dict>item).get("scanned_at")
+            from_text = False
             if PyBool_Check(scanned_obj):
                 rejected.append((i, E_TIME, echo_scan_id(item)))
                 continue
@@ -214,16 +215,17 @@ def take_items(list scans, int64_t oldest_ms, int64_t newest_ms):
                 if not PyUnicode_Check(scanned_obj):
                     rejected.append((i, E_TIME, echo_scan_id(item)))
                     continue
+                from_text = True
                 scanned_obj = scan_time_ms(scanned_obj)  # RFC 3339: rare, so the reference parser
                 if not PyLong_Check(scanned_obj):  # its Rejection (no zone, not a time)
                     rejected.append((i, scanned_obj, echo_scan_id(item)))
                     continue
             scanned = PyLong_AsLongLongAndOverflow(scanned_obj, &overflow)
-            if overflow < 0 or (not overflow and scanned < oldest_ms):
-                rejected.append((i, E_TOO_OLD, echo_scan_id(item)))
-                continue
-            if overflow > 0 or scanned > newest_ms:
-                rejected.append((i, E_IN_FUTURE, echo_scan_id(item)))
+            if overflow or scanned < oldest_ms or scanned > newest_ms:
+                # rare: the reference words it (which bound, by how much, a unit mistake), on the Python int
+                rejected.append(
+                    (i, window_rejection(scanned_obj, oldest_ms, newest_ms, from_text=from_text), echo_scan_id(item))
+                )
                 continue
             try:
                 utf8 = PyUnicode_AsUTF8AndSize(qr, &qlen)

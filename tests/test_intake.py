@@ -95,6 +95,11 @@ EDGE_CASES: list[tuple[Any, contract.Rejection | None]] = [
     (good(scanned_at=NEWEST + 1), contract.E_IN_FUTURE),
     (good(scanned_at=10**30), contract.E_IN_FUTURE),
     (good(scanned_at=-(10**30)), contract.E_TOO_OLD),
+    (good(scanned_at=NOW // 1000), contract.E_TIME_UNIT),  # epoch seconds: Date.now() / 1000
+    (good(scanned_at=NOW * 1000), contract.E_TIME_UNIT),  # microseconds
+    (good(scanned_at=NOW * 1_000_000), contract.E_TIME_UNIT),  # nanoseconds: time.time_ns()
+    (good(scanned_at=OLDEST // 1000 - 1), contract.E_TOO_OLD),  # seconds, and too old even as seconds
+    (good(scanned_at="1970-01-21T10:00:00Z"), contract.E_TOO_OLD),  # text is never read in another unit
     (good(scanned_at="2025-11-24T16:00:00.123456789z"), None),
     (good(scanned_at="2025-11-24 23:00:00+07:00"), None),
     (good(scanned_at=OLDEST), None),
@@ -134,7 +139,8 @@ def test_each_edge_case_is_accepted_or_rejected_with_its_reason(
         assert venues[venue_offsets[1] : venue_offsets[2]] == item["venue_id"].encode()
         assert directions[1] == intake.DIRECTIONS[item["direction"]]
     else:
-        assert [(i, r) for i, r, _echo in rejected] == [(1, error)] and index.tolist() == [0, 2]
+        assert [(i, r.code, r.field) for i, r, _echo in rejected] == [(1, error.code, error.field)]
+        assert rejected[0][1].message.startswith(error.message) and index.tolist() == [0, 2]
     assert len(scan_ids) == 16 * len(index) == 16 * len(texts) and len(code_offsets) == len(index) + 1
     assert_same(out, take_items_py(items, OLDEST, NEWEST))
 
@@ -301,6 +307,29 @@ def test_every_rejection_has_a_unique_code_and_the_docs_list_them_all() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "item-rejections.md").read_text()
     assert contract.rejections_markdown() in doc, (
         "docs/item-rejections.md is out of date: paste engine.ingest.items.rejections_markdown() into it"
+    )
+
+
+@pytest.mark.parametrize("take", IMPLEMENTATIONS)
+def test_a_window_rejection_says_which_bound_and_by_how_much(take: Any) -> None:
+    """Issue 12: the answer names the bound crossed, the distance and, for a unit mistake, the unit it fits."""
+    cases = [
+        (OLDEST - 1, "2025-10-27T15:59:59.999Z is 0.001 s before the oldest accepted time 2025-10-27T16:00:00.000Z"),
+        (OLDEST - 86_400_000 - 3 * 3_600_000 - 60_000, "is 1 d 3 h 1 min before the oldest accepted time"),
+        (NEWEST + 125_500, "2025-11-24T16:07:05.500Z is 2 min 5.500 s after the latest accepted time"),
+        (NEWEST + 2 * 3_600_000 + 7_000, "is 2 h 0 min 7 s after the latest accepted time 2025-11-24T16:05:00.000Z"),
+        (NOW // 1000, "1764000000 read as epoch seconds is 2025-11-24T16:00:00.000Z"),
+        (NOW * 1000 + 999, "1764000000000999 read as epoch microseconds is 2025-11-24T16:00:00.000Z"),
+        (-(10**30), "epoch ms -1000000000000000000000000000000 is "),
+    ]
+    items = as_parsed([good(scanned_at=v) for v, _ in cases])
+    rejected = take(items, OLDEST, NEWEST)[-1]
+    assert len(rejected) == len(cases)
+    for (_i, rejection, _echo), (_value, words) in zip(rejected, cases, strict=True):
+        assert words in rejection.message, rejection.message
+    assert rejected == take_items_py(items, OLDEST, NEWEST)[-1]  # word for word in both paths
+    assert rejected[4][1].message.startswith(
+        "scanned_at is outside the accepted window but would be inside it read in another unit; it must be epoch"
     )
 
 

@@ -63,7 +63,9 @@ def test_protected_operations_name_their_security_scheme(tmp_path: Path) -> None
 
 
 def test_limits_are_the_configured_ones_and_patterns_the_enforced_ones(tmp_path: Path) -> None:
-    _unused, doc = _app(tmp_path, max_scans_per_request=37, max_body_bytes=65_536, retention_days=9, skew_s=120)
+    _unused, doc = _app(
+        tmp_path, max_scans_per_request=37, max_body_bytes=65_536, retention_days=9, offline_window_days=4, skew_s=120
+    )
     post = doc["paths"]["/v1/scans"]["post"]
     body = post["requestBody"]
     assert body["x-max-body-bytes"] == 65_536 and "65536 bytes" in body["description"]
@@ -75,7 +77,9 @@ def test_limits_are_the_configured_ones_and_patterns_the_enforced_ones(tmp_path:
     assert item["scan_id"]["pattern"] == items.SCAN_ID_PATTERN
     time_text = next(s for s in item["scanned_at"]["oneOf"] if s["type"] == "string")
     assert time_text["pattern"] == items.SCANNED_AT_PATTERN
-    assert "now - 9 days" in item["scanned_at"]["description"] and "now + 120 s" in item["scanned_at"]["description"]
+    window = item["scanned_at"]["description"]
+    assert "now - 4 days (the offline window)" in window and "now + 120 s" in window  # not the retention's 9 days
+    assert "scanned_at_not_milliseconds" in window
     headers = {p["name"]: p["schema"]["pattern"] for p in post["parameters"] if p["in"] == "header"}
     assert headers["X-Device-Id"] == openapi.anchored(DEVICE_ID_RE.pattern)
     assert headers["X-Signature"] == openapi.anchored(SIGNATURE_RE.pattern)

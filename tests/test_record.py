@@ -2,16 +2,20 @@
 
 A verified batch goes through exactly what the engine does with it (``batch_rows`` → ``encode`` → WAL bytes →
 ``decode`` → ``Store.insert_scans``) and what lands in ClickHouse is compared with what the verifier said and
-what the friendly column form stores. A record written by an earlier engine (version 1, JSON) must still
-drain after an upgrade.
+what the friendly column form stores. A record written by an earlier engine (version 1, JSON; version 2, from
+before scans were keyed by device and scan id) must still drain after an upgrade.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import struct
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -21,6 +25,7 @@ from nacl.signing import SigningKey
 from engine.codes.payload import Person, mint
 from engine.codes.trust import TrustList
 from engine.codes.verdicts import CodeKind, Verdict
+from engine.devices.client import make_scan
 from engine.errors import WALError
 from engine.ingest import record
 from engine.store.columns import Rows, Strings, rows_from_columns, to_arrow
@@ -165,6 +170,82 @@ def test_a_version_1_record_from_an_older_engine_still_drains(
     assert int(store.query("SELECT count() FROM scans")[0][0]) == 12
     with pytest.raises(WALError, match="version 7"):
         record.decode(orjson.dumps({"v": 7}))
+
+
+V2_BUFFERS = (
+    ("scan_id", "b16"), ("device_code", "<i4"), ("venue_id", "s"), ("direction", "u1"), ("scanned_ms", "<i8"),
+    ("received_ms", "<i8"), ("verdict", "u1"), ("reason", "u1"), ("kind", "u1"), ("person_key", "b16"),
+    ("qr_id", "s"), ("key_code", "<i4"), ("iat_s", "<i8"), ("exp_s", "<i8"),
+)  # fmt: skip
+
+
+def v2_record(rows: Rows) -> bytes:
+    """What ``encode`` of engines before record version 3 (scans keyed by scan id alone) wrote for ``rows``."""
+    buffers: list[bytes] = []
+    for name, kind in V2_BUFFERS:
+        value = getattr(rows, name)
+        if kind == "s":
+            buffers += [value.offsets.astype("<i8").tobytes(), value.data]
+        elif kind == "b16":
+            buffers.append(value)
+        else:
+            buffers.append(np.ascontiguousarray(value, kind).tobytes())
+    header = orjson.dumps(
+        {"n": len(rows), "devices": rows.devices, "key_ids": rows.key_ids, "issuers": rows.issuers,
+         "sizes": [len(b) for b in buffers]}
+    )  # fmt: skip
+    return b"".join([b"VQR2", struct.pack("<I", len(header)), header, *buffers])
+
+
+def test_version_3_names_the_scan_identity_and_version_2_still_reads(
+    issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    rows, _ = verified_rows(issuer_key, trust_list, person_secret)
+    new = record.encode(rows)
+    assert new[:4] == b"VQR3"
+    (hlen,) = struct.unpack_from("<I", new, 4)
+    header = orjson.loads(new[8 : 8 + hlen])
+    assert header["scan_key"] == ["device_id", "scan_id"]
+    assert to_arrow(record.decode(v2_record(rows))).to_pydict() == to_arrow(rows).to_pydict()
+    # a v3 header naming another identity is refused, not replayed under the wrong one
+    other = orjson.dumps({**header, "scan_key": ["scan_id"]})
+    with pytest.raises(WALError, match="keys its scans by"):
+        record.decode(b"VQR3" + struct.pack("<I", len(other)) + other + new[8 + hlen :])
+
+
+async def test_a_wal_of_version_2_records_drains_after_the_upgrade(
+    engine: Any, issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    """An engine stopped with a backlog of version 2 records (two devices reusing one another's scan ids), then
+    upgraded: the new engine stores every scan once per device and answers each device's retry as its own."""
+    from engine.ingest.wal import WriteAheadLog
+    from engine.testing.engines import DEVICE_ID
+
+    now_ms = int(time.time() * 1000)
+    a, _ = verified_rows(issuer_key, trust_list, person_secret, device=DEVICE_ID, seed=1)
+    b, _ = verified_rows(issuer_key, trust_list, person_secret, device="scanner-old-2", seed=1)  # same scan ids
+    fresh = {"scanned_ms": a.scanned_ms - NOW_S * 1000 + now_ms - 60_000, "received_ms": a.received_ms * 0 + now_ms}
+    a, b = dataclasses.replace(a, **fresh), dataclasses.replace(b, **fresh)
+    assert a.scan_id == b.scan_id
+
+    def old_wal(data_dir: Path) -> dict[str, Any]:
+        wal = WriteAheadLog(data_dir / "wal")
+        wal.open()
+        try:
+            wal.append([v2_record(a), v2_record(b)])
+        finally:
+            wal.close()
+        return {}
+
+    e = await engine(prepare=old_wal)
+    await e.drained()
+    rows = await e.query("SELECT device_id, scan_device, count() FROM scans FINAL GROUP BY 1, 2 ORDER BY 1")
+    assert rows == [("scanner-old-2", "scanner-old-2", 6), (DEVICE_ID, DEVICE_ID, 6)]
+    # the backlog seeded the recent-id map by (device, scan id): the first device's resend is a duplicate ...
+    ids = [str(uuid.UUID(bytes=a.scan_id[16 * i : 16 * i + 16])) for i in range(6)]
+    status, body = await e.client.post_scans([make_scan(e.fx.code(i), "venue-1", scan_id=ids[i]) for i in range(6)])
+    assert status == 202 and body["duplicates"] == 6, body
+    assert [r["verdict"] for r in body["results"]] == [Verdict(int(v)).label for v in a.verdict]
 
 
 def test_rows_and_friendly_columns_store_the_same(

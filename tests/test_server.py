@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -243,3 +244,59 @@ async def test_a_scan_id_claimed_by_another_device_does_not_steal_the_genuine_sc
             assert rows == [(DEVICE_ID, "bad_signature", 3), ("scanner-test-2", "ok", 3)], table
     finally:
         await b.close()
+
+
+async def test_back_dated_scans_are_refused_past_the_offline_window(engine: Any) -> None:
+    """Issue 12: scanned_at is accepted back to the offline window (7 days by default), not the whole retention
+    (28 days): a screenshot and any device key no longer fabricate visits weeks back. The answer says which bound
+    was crossed and by how much, and names epoch seconds for what they are."""
+    e = await engine()
+    now_ms = int(time.time() * 1000)
+    day = 86_400_000
+    scans = [
+        make_scan(e.fx.code(1), "venue-1", scanned_at_ms=now_ms - 6 * day),  # offline for 6 days: fine
+        make_scan(e.fx.code(2), "venue-1", scanned_at_ms=now_ms - 8 * day),  # 8 days: refused
+        make_scan(e.fx.code(3), "venue-1", scanned_at_ms=now_ms // 1000),  # epoch seconds
+        make_scan(e.fx.code(4), "venue-1", scanned_at_ms=now_ms + 3_600_000),  # an hour ahead
+    ]
+    status, body = await e.client.post_scans(scans)
+    assert status == 202, body
+    results = body["results"]
+    assert [r["status"] for r in results] == ["stored", "rejected", "rejected", "rejected"]
+    assert [r.get("reason") for r in results[1:]] == [
+        "scanned_at_too_old",
+        "scanned_at_not_milliseconds",
+        "scanned_at_in_future",
+    ]
+    assert (
+        "offline window" in results[1]["error"]
+        and " is 1 d 0 h 0 min before the oldest accepted" in results[1]["error"]
+    )
+    assert f"{now_ms // 1000} read as epoch seconds is " in results[2]["error"]
+    # an hour ahead, less the 5 minutes of skew (and the few ms between the two clocks' readings)
+    assert re.search(r"is 5[45] min [0-9.]+ s after the latest accepted time", results[3]["error"]), results[3]
+    await e.drained()
+    assert await e.query("SELECT toString(scan_id) FROM scans") == [(scans[0]["scan_id"],)]
+
+
+async def test_the_offline_window_is_the_operators(engine: Any) -> None:
+    e = await engine(offline_window_days=2)
+    now_ms, day = int(time.time() * 1000), 86_400_000
+    status, body = await e.client.post_scans(
+        [make_scan(e.fx.code(5), "v", scanned_at_ms=now_ms - 3 * day), make_scan(e.fx.code(6), "v")]
+    )
+    assert status == 202 and [r["status"] for r in body["results"]] == ["rejected", "stored"]
+    assert body["results"][0]["reason"] == "scanned_at_too_old" and "1 d 0 h 0 min" in body["results"][0]["error"]
+
+
+def test_the_offline_window_never_exceeds_the_retention(tmp_path: Any) -> None:
+    import pytest
+
+    from engine.config import Config
+    from engine.errors import ConfigError
+
+    assert Config(data_dir=tmp_path).validate().offline_days == 7
+    assert Config(data_dir=tmp_path, retention_days=3).validate().offline_days == 3  # the default follows
+    assert Config(data_dir=tmp_path, offline_window_days=14).validate().offline_days == 14
+    with pytest.raises(ConfigError, match=r"offline_window_days must be 0\.\.retention_days"):
+        Config(data_dir=tmp_path, retention_days=5, offline_window_days=6).validate()

@@ -32,13 +32,11 @@ from engine.errors import PayloadError
 from engine.ingest.items import (
     DIRECTIONS,
     E_DIRECTION,
-    E_IN_FUTURE,
     E_NOT_OBJECT,
     E_QR_LONG,
     E_QR_TYPE,
     E_SCAN_ID,
     E_SCAN_ID_MISSING,
-    E_TOO_OLD,
     E_UNICODE,
     E_VENUE,
     MAX_QR_CHARS,
@@ -48,6 +46,7 @@ from engine.ingest.items import (
     echo_scan_id,
     rejected_json,
     scan_time_ms,
+    window_rejection,
 )
 from engine.store.columns import Strings
 
@@ -186,13 +185,12 @@ def _take_item(out: _Columns, i: int, item: Any, oldest_ms: int, newest_ms: int)
     direction = DIRECTIONS.get(raw_direction) if isinstance(raw_direction, str) else None
     if direction is None:
         return E_DIRECTION
-    scanned = scan_time_ms(item.get("scanned_at"))
+    raw_scanned = item.get("scanned_at")
+    scanned = scan_time_ms(raw_scanned)
     if isinstance(scanned, Rejection):
         return scanned
-    if scanned < oldest_ms:
-        return E_TOO_OLD
-    if scanned > newest_ms:
-        return E_IN_FUTURE
+    if not oldest_ms <= scanned <= newest_ms:
+        return window_rejection(scanned, oldest_ms, newest_ms, from_text=isinstance(raw_scanned, str))
     try:
         code = qr.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes

@@ -75,8 +75,14 @@ E_TIME_NO_ZONE = Rejection(
     "scanned_at",
     "scanned_at has no time zone; add Z or an offset such as +07:00 (a zone-less time is ambiguous and is refused)",
 )
+E_TIME_UNIT = Rejection(
+    "scanned_at_not_milliseconds",
+    "scanned_at",
+    "scanned_at is outside the accepted window but would be inside it read in another unit; "
+    "it must be epoch milliseconds",
+)
 E_TOO_OLD = Rejection(
-    "scanned_at_too_old", "scanned_at", "scanned_at is older than the accepted window (now - retention period)"
+    "scanned_at_too_old", "scanned_at", "scanned_at is older than the accepted window (now - offline window)"
 )
 E_IN_FUTURE = Rejection(
     "scanned_at_in_future", "scanned_at", "scanned_at is later than the accepted window (now + clock skew)"
@@ -94,6 +100,7 @@ REJECTIONS: tuple[Rejection, ...] = (
     E_DIRECTION,
     E_TIME,
     E_TIME_NO_ZONE,
+    E_TIME_UNIT,
     E_TOO_OLD,
     E_IN_FUTURE,
     E_UNICODE,
@@ -118,6 +125,57 @@ def scan_time_ms(value: Any) -> int | Rejection:
         except ValueError:  # the right shape, an impossible date (month 13, Feb 30)
             return E_TIME
     return E_TIME
+
+
+def window_rejection(scanned: int, oldest_ms: int, newest_ms: int, *, from_text: bool = False) -> Rejection:
+    """Why ``scanned`` (epoch ms, outside ``[oldest_ms, newest_ms]``) is refused: which bound, by how much.
+
+        The bounds are the offline window (how long a scanner may hold scans before uploading them) and now plus the
+        clock skew. A value that lands inside the window once read as epoch seconds (or microseconds) gets its own
+        code: it is a common client mistake (``Date.now() / 1000``, ``time.time_ns() // 1000``), and "too old by
+        20,000 days" would not tell the vendor what to fix. The units are a thousand-fold apart and the window is
+    at most the retention (days), so no value fits two of them. An RFC 3339 text (``from_text``) has no unit
+    to mistake. Shared by both item checks (a Python int, any size), so
+        the compiled one answers word for word like the reference.
+    """
+    if scanned > 0 and not from_text:
+        for as_ms, unit in (
+            (scanned * 1000, "seconds"),
+            (scanned // 1000, "microseconds"),
+            (scanned // 1_000_000, "nanoseconds"),
+        ):
+            if oldest_ms <= as_ms <= newest_ms:
+                return E_TIME_UNIT.detailed(f"{scanned} read as epoch {unit} is {_iso(as_ms)}")
+    if scanned < oldest_ms:
+        return E_TOO_OLD.detailed(
+            f"{_iso(scanned)} is {_span(oldest_ms - scanned)} before the oldest accepted time {_iso(oldest_ms)}"
+        )
+    return E_IN_FUTURE.detailed(
+        f"{_iso(scanned)} is {_span(scanned - newest_ms)} after the latest accepted time {_iso(newest_ms)}"
+    )
+
+
+def _iso(ms: int) -> str:
+    """Epoch ms as RFC 3339 UTC with milliseconds, or the number itself where no calendar date exists."""
+    try:
+        return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except OverflowError:
+        return f"epoch ms {ms}"
+
+
+def _span(ms: int) -> str:
+    """A positive duration for people: days, hours, minutes and seconds, the largest two or three units."""
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest // 1000}.{rest % 1000:03d} s"
+    if days:
+        return f"{days} d {hours} h {minutes} min"
+    if hours:
+        return f"{hours} h {minutes} min {rest // 1000} s"
+    if minutes:
+        return f"{minutes} min {seconds}"
+    return seconds
 
 
 def echo_scan_id(item: Any) -> str | None:

@@ -1,8 +1,8 @@
 """The WAL record of one verified batch: every column the store needs, binary and column-wise.
 
-Layout (version 2)::
+Layout (version 3)::
 
-    b"VQR2" | u32 header length | header (JSON) | the column buffers, back to back
+    b"VQR3" | u32 header length | header (JSON) | the column buffers, back to back
 
 The header holds the row count, the small dictionaries (device ids; key ids with their issuers) and the byte
 length of every buffer, in :data:`_BUFFERS` order; each buffer is a numpy array's raw little-endian bytes or
@@ -11,8 +11,12 @@ size: the v1 record (JSON of per-row lists) cost a Python loop per row to write 
 about half its size and a few array operations per batch. Names, birth dates and addresses never reach it:
 the QR id is cut out of the code, the document number only survives as the keyed person hash.
 
-Version 1 records (JSON, written by earlier engines) are still read, so a WAL left by an older engine drains
-after an upgrade.
+Version 3 (issue 12) has version 2's layout and says in its header which identity its scans were accepted
+under: ``"scan_key": ["device_id", "scan_id"]``. An engine from before that change keyed scans by scan id alone
+(its recent-id map and the store's sorting key); it refuses a version 3 record ("not a batch record this engine
+understands") instead of replaying it under the old identity after a downgrade. Going up needs nothing: every
+record of every version carries each row's device, so version 2 and version 1 records (JSON, the oldest
+engines) are still read, and the scans in them are stored and remembered by (device, scan id) like new ones.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from engine.errors import WALError
 from engine.store.columns import Rows, Strings, dictionary_codes
 from engine.verify.contract import BatchResult, CodeBatch
 
-MAGIC = b"VQR2"
+MAGIC = b"VQR3"
+#: version 2: the same layout, written before scans were identified by (device, scan id); still read
+MAGIC_V2 = b"VQR2"
+#: the identity every scan in a version 3 record was accepted under (recent-id map, store sorting key)
+SCAN_KEY = ["device_id", "scan_id"]
 _HEADER_LEN = struct.Struct("<I")
 # (field, dtype); "s" marks a packed string column (offsets buffer, then data buffer), "b16" 16 bytes a row
 _BUFFERS: tuple[tuple[str, str], ...] = (
@@ -108,7 +116,7 @@ def batch_rows(
 
 
 def encode(rows: Rows) -> bytes:
-    """One WAL record (version 2) holding ``rows``."""
+    """One WAL record (version 3) holding ``rows``."""
     buffers: list[bytes] = []
     for name, kind in _BUFFERS:
         value = getattr(rows, name)
@@ -121,6 +129,7 @@ def encode(rows: Rows) -> bytes:
     header = orjson.dumps(
         {
             "n": len(rows),
+            "scan_key": SCAN_KEY,
             "devices": rows.devices,
             "key_ids": rows.key_ids,
             "issuers": rows.issuers,
@@ -131,15 +140,18 @@ def encode(rows: Rows) -> bytes:
 
 
 def decode(payload: bytes) -> Rows:
-    """Rows of one WAL record, version 2 or 1; :class:`WALError` for anything else."""
-    if payload[:4] != MAGIC:
+    """Rows of one WAL record, version 3, 2 or 1; :class:`WALError` for anything else."""
+    magic = payload[:4]
+    if magic not in (MAGIC, MAGIC_V2):
         if payload[:1] == b"{":
             return _decode_v1(payload)
-        raise WALError(f"WAL record starts with {payload[:4]!r}: not a batch record this engine understands")
+        raise WALError(f"WAL record starts with {magic!r}: not a batch record this engine understands")
     try:
         (hlen,) = _HEADER_LEN.unpack_from(payload, 4)
         header = orjson.loads(payload[8 : 8 + hlen])
         n, sizes = int(header["n"]), header["sizes"]
+        if magic == MAGIC and header["scan_key"] != SCAN_KEY:
+            raise WALError(f"WAL record v3 keys its scans by {header['scan_key']!r}, this engine by {SCAN_KEY!r}")
         pos = 8 + hlen
         chunks = []
         for size in sizes:

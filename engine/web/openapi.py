@@ -226,7 +226,7 @@ def _device_headers() -> list[Schema]:
 
 # -- the device API's own schemas (used by engine.web.scans) -------------------------------------------------------
 def scan_item_schema(cfg: Config) -> Schema:
-    window = f"[now - {cfg.retention_days} days, now + {cfg.skew_s} s]"
+    window = f"[now - {cfg.offline_days} days (the offline window), now + {cfg.skew_s} s]"
     return {
         "type": "object",
         "required": ["scan_id", "qr", "venue_id", "direction", "scanned_at"],
@@ -240,7 +240,9 @@ def scan_item_schema(cfg: Config) -> Schema:
             "venue_id": {"type": "string", "pattern": VENUE_PATTERN},
             "direction": {"type": "string", "enum": list(DIRECTIONS)},
             "scanned_at": {
-                "description": f"device clock; accepted within {window}; a zone-less text time is refused",
+                "description": f"device clock; accepted within {window}; a zone-less text time is refused; "
+                "an integer that fits the window only as epoch seconds, microseconds or nanoseconds is refused "
+                "as `scanned_at_not_milliseconds`",
                 "oneOf": [
                     {"type": "integer", "description": "Unix epoch milliseconds"},
                     {"type": "string", "pattern": SCANNED_AT_PATTERN, "description": "RFC 3339 with a zone"},

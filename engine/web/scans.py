@@ -74,7 +74,7 @@ async def post_scans(request: web.Request) -> web.Response:
         header_device_id=device.device_id,
         max_items=cfg.max_scans_per_request,
         now_ms=now_ms,
-        oldest_ms=now_ms - cfg.retention_days * DAY_MS,
+        oldest_ms=now_ms - cfg.offline_days * DAY_MS,
         skew_ms=cfg.skew_s * 1000,
     )
     metrics = request.app[METRICS]
