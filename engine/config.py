@@ -72,6 +72,11 @@ class Config:
     )
     verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = cores - 1 (at least 1)"})
     cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
+    # off by default so that an upgrade keeps every registered (hence unbound) scanner working; a deployment
+    # turns it on once device-list shows no active device unbound (docs/device-api.md, "Venue binding")
+    require_venue_binding: bool = field(
+        default=False, metadata={"help": "refuse (403) scans from devices not bound to any venue"}
+    )
     skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})
     # ClickHouse pays a fixed CPU cost per insert whatever its size: one insert every 3 s of up to 200k rows (the
     # design point's 50k scans/s) costs the store less per scan than one a second (README, "Measured")

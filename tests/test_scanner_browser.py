@@ -101,6 +101,10 @@ async def test_enrolment_code_registers_a_device_once(engine: Any) -> None:
         assert status == 202 and answer["results"][0]["verdict"] == "ok", answer
         stored = {d.device_id: d for d in await engine.rt.in_store_thread(engine.rt.store.devices)}
         assert stored[body["device_id"]].public_key == bytes(key.verify_key) and not stored[body["device_id"]].revoked
+        # bound to the code's venues (issue 12): a scan for any other venue is refused with its reason
+        assert stored[body["device_id"]].venues == ("venue-7", "venue-8")
+        status, answer = await client.post_scans([make_scan(engine.fx.code(3), "venue-9")])
+        assert status == 202 and answer["results"][0]["reason"] == "venue_not_bound", answer
 
         # a lost answer can be asked for again with the same key; any other second use is refused
         status, again = await _post(http, engine.url + "/v1/enroll", _enrol_body(code, key))

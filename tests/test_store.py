@@ -418,7 +418,7 @@ def test_rows_stored_before_0008_stay_readable_and_keep_their_dedup(store_dsn: S
     s = store_dsn.connect()
     try:
         for name, statements in render_migrations(s.database, s.retention_days, None):
-            if name == "0008_scan_identity":
+            if name == "0008_scan_identity_device_venues":
                 continue
             for stmt in statements:
                 s.command(stmt)
@@ -431,7 +431,17 @@ def test_rows_stored_before_0008_stay_readable_and_keep_their_dedup(store_dsn: S
                 f"now64(3), now64(3), '{Verdict(0).label}', '{Reason.NONE.label}', '{CodeKind.SIGNED.label}', "
                 f"unhex('{old['person_key'][i].hex()}'), 'QIDOLD{i}', 'AAAAAAAAAAA', 'pc-covid', now(), now())"
             )
-        assert s.migrate() == ["0008_scan_identity"]
+        s.command(
+            f"INSERT INTO {s.database}.devices (device_id, public_key, label, revoked, registered_at, updated_at) "
+            "VALUES ('kiosk-old', 'k', 'registered before 0008', 0, now64(3), now64(3))"
+        )
+        assert s.migrate() == ["0008_scan_identity_device_venues"]
+        (device,) = s.devices()  # a device registered before binding existed reads as unbound
+        assert (device.device_id, device.label, device.venues) == ("kiosk-old", "registered before 0008", ())
+        assert s.upsert_device("kiosk-old", b"k", label=device.label) == ()  # an update keeps it unbound
+        assert s.upsert_device("kiosk-old", b"k", venues=["v-1"]) == ("v-1",)
+        assert s.upsert_device("kiosk-old", b"k", revoked=True) == ("v-1",)  # a revoke keeps the venues
+        assert [(d.venues, d.revoked) for d in s.devices()] == [(("v-1",), True)]
         rows = s.query("SELECT toString(scan_id), device_id, scan_device, qr_id FROM scans FINAL ORDER BY qr_id")
         assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
             (str(old["scan_id"][i]), "scanner-1", "", f"QIDOLD{i}") for i in range(4)

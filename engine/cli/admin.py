@@ -18,6 +18,7 @@ import orjson
 from engine.cli.remote import EngineUnreachable, call_engine, with_store
 from engine.codes.keys import write_key_file
 from engine.codes.payload import b64url_encode
+from engine.codes.venues import check_venue_list
 from engine.config import CLIENT_SETTINGS, Config
 from engine.errors import EngineError, NotFoundError
 
@@ -40,17 +41,53 @@ def _device_register(args: argparse.Namespace) -> int:
     if not args.device_id or not args.out:
         raise EngineError("device-register needs --device-id and --out (or --enroll --venue V for a browser scanner)")
     cfg = _config(args)
+    venues = check_venue_list(args.venue or [])  # before the key file exists: a typo leaves nothing behind
     key = write_key_file(args.out, args.device_id)
-    body = {"device_id": args.device_id, "public_key": b64url_encode(key.public_key), "label": args.label}
+    body: dict[str, Any] = {
+        "device_id": args.device_id,
+        "public_key": b64url_encode(key.public_key),
+        "label": args.label,
+    }
+    if venues:
+        body["venues"] = list(venues)
     try:
         doc = call_engine(cfg, "POST", "/v1/admin/devices", body)
     except EngineUnreachable:
         from engine.devices.auth import Device, DeviceRegistry
 
-        DeviceRegistry().put(Device(args.device_id, key.public_key, False, args.label))  # same validation
-        with_store(cfg, lambda s: s.upsert_device(args.device_id, key.public_key, revoked=False, label=args.label))
-        doc = {"device_id": args.device_id, "registered": "directly in the store (no engine running)"}
+        DeviceRegistry().put(Device(args.device_id, key.public_key, False, args.label, venues))  # same validation
+        bound = with_store(
+            cfg,
+            lambda s: s.upsert_device(
+                args.device_id, key.public_key, revoked=False, label=args.label, venues=venues or None
+            ),
+        )
+        doc = {"device_id": args.device_id, "venues": list(bound), "bound": bool(bound)}
+        doc["registered"] = "directly in the store (no engine running)"
     doc["key_file"] = str(args.out)
+    _print(doc, args.json)
+    return 0
+
+
+def _device_bind(args: argparse.Namespace) -> int:
+    """Bind a registered device to venues without re-keying it: how existing (unbound) devices are moved over."""
+    if bool(args.venue) == args.unbind:
+        raise EngineError("device-bind needs --venue V (repeatable) or --unbind")
+    venues = check_venue_list(args.venue or [])
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "POST", f"/v1/admin/devices/{args.device_id}/venues", {"venues": list(venues)})
+    except EngineUnreachable:
+
+        def bind(store: Any) -> dict[str, Any]:
+            match = [d for d in store.devices() if d.device_id == args.device_id]
+            if not match:
+                raise NotFoundError(f"no registered device {args.device_id!r}")
+            d = match[0]
+            store.upsert_device(d.device_id, d.public_key, revoked=d.revoked, label=d.label, venues=venues)
+            return {"device_id": d.device_id, "venues": list(venues), "bound": bool(venues)}
+
+        doc = with_store(cfg, bind)
     _print(doc, args.json)
     return 0
 
@@ -91,7 +128,7 @@ def _device_revoke(args: argparse.Namespace) -> int:
             match = [d for d in store.devices() if d.device_id == args.device_id]
             if not match:
                 raise NotFoundError(f"no registered device {args.device_id!r}")
-            store.upsert_device(args.device_id, match[0].public_key, revoked=True, label=match[0].label)
+            store.upsert_device(args.device_id, match[0].public_key, revoked=True, label=match[0].label)  # venues kept
             return {"device_id": args.device_id, "revoked": True}
 
         doc = with_store(cfg, revoke)
@@ -104,6 +141,7 @@ def _device_list(args: argparse.Namespace) -> int:
     try:
         doc = call_engine(cfg, "GET", "/v1/admin/devices")
     except EngineUnreachable:
+        devices = with_store(cfg, lambda s: s.devices())
         doc = {
             "devices": [
                 {
@@ -111,15 +149,25 @@ def _device_list(args: argparse.Namespace) -> int:
                     "public_key": b64url_encode(d.public_key),
                     "revoked": d.revoked,
                     "label": d.label,
+                    "venues": list(d.venues),
+                    "bound": bool(d.venues),
                 }
-                for d in with_store(cfg, lambda s: s.devices())
-            ]
+                for d in devices
+            ],
+            "unbound": sum(not d.venues and not d.revoked for d in devices),
         }
     if args.json:
         _print(doc, True)
     else:
         for d in doc["devices"]:
-            print(f"{d['device_id']:32} {'REVOKED' if d['revoked'] else 'active ':8} {d['label']}")
+            venues = ",".join(d["venues"]) if d["venues"] else "UNBOUND (any venue)"
+            print(f"{d['device_id']:32} {'REVOKED' if d['revoked'] else 'active ':8} {venues:32} {d['label']}")
+        if doc["unbound"]:
+            print(
+                f"{doc['unbound']} active device(s) bound to no venue: bind each with "
+                "device-bind --device-id ID --venue V",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -197,12 +245,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="private key file to create (0600; not with --enroll)")
     p.add_argument("--label", default="", help="free text shown by device-list, e.g. the venue (default: none)")
     p.add_argument("--enroll", action="store_true", help="issue a one-time enrolment code for the /scanner page")
-    p.add_argument("--venue", action="append", help="with --enroll: venue id the scanner serves (repeatable)")
+    p.add_argument(
+        "--venue",
+        action="append",
+        help="venue id the device may post scans for (repeatable; without it the device is bound to no venue)",
+    )
     p.add_argument("--ttl", default="15m", help="with --enroll: how long the code is valid (60s..24h; default 15m)")
     p.add_argument("--png", type=Path, help="with --enroll: also write the code as a QR image (.png or .svg)")
     p = add("device-revoke", _device_revoke, "revoke a scanner device (effective immediately)")
     p.add_argument("--device-id", required=True)
-    add("device-list", _device_list, "list registered scanner devices")
+    p = add("device-bind", _device_bind, "bind a registered device to venues, keeping its key (or --unbind)")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--venue", action="append", help="venue id it may post scans for (repeatable)")
+    p.add_argument("--unbind", action="store_true", help="bind it to no venue (any venue, unless binding is required)")
+    add("device-list", _device_list, "list registered scanner devices, their venues, and which are unbound")
     add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
     add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
     add("wal", _wal, "write-ahead-log state", (*CLIENT_SETTINGS, "wal_dir"))

@@ -7,7 +7,13 @@ every scan and in device registrations, so it is kept short and to characters th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from engine.errors import PayloadError
+
 MAX_VENUE_CHARS = 64
+#: venues one device (or one enrolment code) may serve: a kiosk at one door, a relay for a market's stalls
+MAX_VENUES = 32
 #: the venue alphabet, spelled once: the checks' character set and the OpenAPI pattern are both made from it
 VENUE_CLASS = "A-Za-z0-9_.:-"
 
@@ -34,3 +40,23 @@ VENUE_RULE = f"1..{MAX_VENUE_CHARS} characters of A-Z a-z 0-9 _ . : -"
 def is_venue_id(value: object) -> bool:
     """True for a string that is a valid venue id."""
     return isinstance(value, str) and 1 <= len(value) <= MAX_VENUE_CHARS and all(c in VENUE_CHARS for c in value)
+
+
+def check_venue_list(venues: object, *, what: str = "device") -> tuple[str, ...]:
+    """0..MAX_VENUES valid venue ids as a tuple (a single string counts as one); duplicates dropped, order kept.
+
+    :class:`PayloadError` names the first bad id, so an operator's typo is refused with what to fix.
+    """
+    if isinstance(venues, str):
+        venues = [venues]
+    if not isinstance(venues, Sequence):
+        raise PayloadError(f'"venues" must be a list of venue ids, not {type(venues).__name__}')
+    if len(venues) > MAX_VENUES:
+        raise PayloadError(f"at most {MAX_VENUES} venues per {what}, not {len(venues)}")
+    out: list[str] = []
+    for v in venues:
+        if not is_venue_id(v):
+            raise PayloadError(f"venue id {v!r} must be {VENUE_RULE}")
+        if v not in out:
+            out.append(v)
+    return tuple(out)

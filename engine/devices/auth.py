@@ -67,6 +67,7 @@ from nacl.signing import VerifyKey
 
 from engine.codes.payload import b64url_decode_canonical
 from engine.codes.trust import check_public_key
+from engine.codes.venues import check_venue_list
 from engine.errors import (
     AuthError,
     ForbiddenError,
@@ -97,12 +98,18 @@ def signed_message(method: str, path_qs: str, device_id: str, timestamp: str, no
 
 @dataclass(frozen=True)
 class Device:
-    """A registered scanner as the store keeps it: id, Ed25519 public key, revocation flag, operator label."""
+    """A registered scanner as the store keeps it: id, Ed25519 public key, revocation flag, operator label, and
+    the venues it may post scans for (``()``: unbound, any venue, as every device was before issue 12)."""
 
     device_id: str
     public_key: bytes
     revoked: bool = False
     label: str = ""
+    venues: tuple[str, ...] = ()
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.venues)
 
 
 class _Entry:
@@ -123,6 +130,8 @@ def _validated(device: Device) -> VerifyKey:
         raise PayloadError("device_id must be 1..64 characters of A-Z a-z 0-9 _ . : -")
     if len(device.label) > MAX_LABEL_CHARS or not device.label.isprintable():
         raise PayloadError(f"label must be at most {MAX_LABEL_CHARS} printable characters")
+    if check_venue_list(device.venues) != device.venues:
+        raise PayloadError("venues must be distinct venue ids")
     try:
         check_public_key(bytes(device.public_key), f"device {device.device_id} public key")
     except TrustListError as exc:
@@ -213,7 +222,12 @@ class DeviceRegistry:
         if old is not None:  # keep the bucket: re-registering must not reset a device's rate limit
             entry.tokens, entry.refilled, entry.last_seen = old.tokens, old.refilled, old.last_seen
         self._entries[device.device_id] = entry
-        log.info("device %s registered (label %r)", device.device_id, device.label)
+        log.info(
+            "device %s registered (label %r, %s)",
+            device.device_id,
+            device.label,
+            f"venues {', '.join(device.venues)}" if device.venues else "unbound: any venue",
+        )
         if self._on_change is not None:
             self._on_change(device)
 

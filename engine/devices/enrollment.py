@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.codes.venues import MAX_VENUE_CHARS, VENUE_RULE
+from engine.codes.venues import MAX_VENUES as MAX_VENUES  # re-exported: the web page's limit
+from engine.codes.venues import check_venue_list
 from engine.errors import EngineError, ForbiddenError, PayloadError
 from engine.store.store import Store
 
@@ -52,9 +53,7 @@ ENROL_DOMAIN = b"VNQR-ENROL-CODE-V1\x00"
 PROOF_DOMAIN = b"VNQR-ENROL-PROOF-V1\x00"
 DEFAULT_TTL_S = 15 * 60
 MIN_TTL_S, MAX_TTL_S = 60, 24 * 3600
-MAX_VENUES = 32
 MAX_LABEL_CHARS = 200
-VENUE_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}")
 _TTL_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
@@ -132,15 +131,7 @@ def check_venues(venues: object) -> list[str]:
         venues = [venues]
     if not isinstance(venues, list | tuple) or not venues:
         raise PayloadError('need "venues": a list of 1 or more venue ids')
-    if len(venues) > MAX_VENUES:
-        raise PayloadError(f"at most {MAX_VENUES} venues per enrolment, not {len(venues)}")
-    out: list[str] = []
-    for v in venues:
-        if not isinstance(v, str) or not VENUE_RE.fullmatch(v):
-            raise PayloadError(f"venue id {v!r} must be {VENUE_RULE}")
-        if v not in out:
-            out.append(v)
-    return out
+    return list(check_venue_list(venues, what="enrolment"))
 
 
 def device_id_for(venue: str) -> str:

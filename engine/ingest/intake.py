@@ -39,6 +39,7 @@ from engine.ingest.items import (
     E_SCAN_ID_MISSING,
     E_UNICODE,
     E_VENUE,
+    E_VENUE_NOT_BOUND,
     MAX_QR_CHARS,
     MAX_VENUE_CHARS,
     VENUE_CHARS,
@@ -112,6 +113,26 @@ class Intake:
             directions=self.directions[pos],
             scanned_ms=self.scanned_ms[pos],
         )
+
+    def for_venues(self, device_venues: tuple[str, ...]) -> Intake:
+        """Only the items for one of ``device_venues`` (a bound device's); the others become ``venue_not_bound``
+        rejections. Checked here, after the item check, so that both item checks stay the same code path and the
+        binding needs no parity of its own; a request whose venues are all allowed (the normal case) is returned
+        as is."""
+        allowed = frozenset(device_venues)
+        venues = [self.venue(k) for k in range(len(self))]
+        keep = [k for k, v in enumerate(venues) if v in allowed]
+        if len(keep) == len(self):
+            return self
+        shown = ", ".join(device_venues[:5]) + (f" and {len(device_venues) - 5} more" if len(device_venues) > 5 else "")
+        out = self.take(keep)
+        refused = [
+            (int(self.index[k]), E_VENUE_NOT_BOUND.detailed(f"{venues[k]!r} is not one of {shown}"), self.scan_texts[k])
+            for k in range(len(self))
+            if venues[k] not in allowed
+        ]
+        out.rejected = sorted([*self.rejected, *refused], key=lambda r: r[0])
+        return out
 
 
 def _uuid_bytes(value: Any) -> bytes | None:

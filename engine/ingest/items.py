@@ -87,6 +87,11 @@ E_TOO_OLD = Rejection(
 E_IN_FUTURE = Rejection(
     "scanned_at_in_future", "scanned_at", "scanned_at is later than the accepted window (now + clock skew)"
 )
+E_VENUE_NOT_BOUND = Rejection(
+    "venue_not_bound",
+    "venue_id",
+    "venue_id is not a venue this device is registered for; keep the scan and ask the operator to bind the device",
+)
 
 #: Every item rejection, in the order they are checked: the one table the docs and the OpenAPI enum are made from.
 #: New checks (offline window, venue binding, ...) add their row here and nowhere else.
@@ -104,6 +109,7 @@ REJECTIONS: tuple[Rejection, ...] = (
     E_TOO_OLD,
     E_IN_FUTURE,
     E_UNICODE,
+    E_VENUE_NOT_BOUND,  # after every item check: against the authenticated device's venues (Intake.for_venues)
 )
 REJECTION_CODES: tuple[str, ...] = tuple(r.code for r in REJECTIONS)
 if len(set(REJECTION_CODES)) != len(REJECTION_CODES):  # a duplicate would make two rejections one to a device

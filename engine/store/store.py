@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 600
 _URL_IN_ERROR = re.compile(r"with url: \S+")
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)")
-_DEVICE_TYPES = ["String", "String", "String", "UInt8", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')"]
+_DEVICE_COLUMNS = ["device_id", "public_key", "label", "revoked", "registered_at", "updated_at", "venues"]
+_DEVICE_TYPES = [
+    "String", "String", "String", "UInt8", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "Array(String)",
+]  # fmt: skip
 
 # Inserts are synchronous on purpose. ClickHouse 26.x servers default to ``async_insert = 1`` (the server here
 # reports it unchanged from its default): the insert would then go through the server's async queue, merged with
@@ -75,6 +78,7 @@ class DeviceRecord:
     label: str
     registered_at: datetime
     updated_at: datetime
+    venues: tuple[str, ...] = ()  # the venues it may post for; () = unbound (migration 0008)
 
 
 def _redact(dsn: str) -> str:
@@ -442,11 +446,21 @@ class Store:
             )
         return n
 
-    def upsert_device(self, device_id: str, public_key: bytes, *, revoked: bool = False, label: str = "") -> None:
+    def upsert_device(
+        self,
+        device_id: str,
+        public_key: bytes,
+        *,
+        revoked: bool = False,
+        label: str = "",
+        venues: Sequence[str] | None = None,
+    ) -> tuple[str, ...]:
         """Write a device's new state; its first ``registered_at`` is kept, ``updated_at`` always moves forward.
 
         The forward move (at least 1 ms past the previous version) matters: ReplacingMergeTree keeps the row with
         the highest ``updated_at``, and a revoke that landed in the same millisecond as a register must win.
+        ``venues`` None keeps the venues the device is bound to (a revoke or a re-key never unbinds it silently);
+        a sequence replaces them (empty: unbound). Returns the venues written.
         """
         key = bytes(public_key)
         now_ms = int(time.time() * 1000)
@@ -456,26 +470,31 @@ class Store:
                 lambda: (
                     self._client.query(
                         f"SELECT toUnixTimestamp64Milli(min(registered_at)), toUnixTimestamp64Milli(max(updated_at)), "
-                        f"count() FROM {self.database}.devices WHERE device_id = {{d:String}}",
+                        f"count(), argMax(venues, updated_at) FROM {self.database}.devices "
+                        "WHERE device_id = {d:String}",
                         parameters={"d": device_id},
                     ).result_rows
                 ),
             )
             registered, updated = now_ms, now_ms
+            bound: tuple[str, ...] = () if venues is None else tuple(venues)
             if prev and prev[0][2]:
                 registered, updated = int(prev[0][0]), max(now_ms, int(prev[0][1]) + 1)
+                if venues is None:
+                    bound = tuple(prev[0][3])
             self._run(
                 f"upsert of device {device_id}",
                 lambda: self._client.insert(
                     "devices",
-                    [[device_id], [key], [label], [1 if revoked else 0], [registered], [updated]],
-                    column_names=["device_id", "public_key", "label", "revoked", "registered_at", "updated_at"],
+                    [[device_id], [key], [label], [1 if revoked else 0], [registered], [updated], [list(bound)]],
+                    column_names=_DEVICE_COLUMNS,
                     database=self.database,
                     column_type_names=_DEVICE_TYPES,
                     column_oriented=True,
                     settings=_SYNC_INSERT,  # a revocation is a part before this returns, not a queued row
                 ),
             )
+        return bound
 
     def insert_rows(
         self, table: str, column_names: Sequence[str], column_types: Sequence[str], columns: Sequence[Sequence[Any]]
@@ -500,11 +519,11 @@ class Store:
         """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
         rows = self.query(
             "SELECT device_id, hex(argMax(public_key, updated_at)), argMax(revoked, updated_at), "
-            "argMax(label, updated_at), min(registered_at), max(updated_at) "
+            "argMax(label, updated_at), min(registered_at), max(updated_at), argMax(venues, updated_at) "
             f"FROM {self.database}.devices GROUP BY device_id ORDER BY device_id"
         )
         # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not
-        return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5]) for r in rows]
+        return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5], tuple(r[6])) for r in rows]
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""

@@ -18,9 +18,10 @@ import orjson
 from aiohttp import web
 
 from engine.codes.payload import b64url_decode_canonical, b64url_encode
+from engine.codes.venues import MAX_VENUES, VENUE_PATTERN, check_venue_list
 from engine.codes.verdicts import REASONS, VERDICTS
 from engine.devices.auth import DEVICE_ID_RE, MAX_LABEL_CHARS, Device
-from engine.errors import AuthError, EngineError, ForbiddenError, PayloadError
+from engine.errors import AuthError, EngineError, ForbiddenError, NotFoundError, PayloadError
 from engine.store import listing
 from engine.store.listing import DEFAULT_LIMIT, MAX_ID_CHARS, MAX_LIMIT, ScanFilter
 from engine.web.body import read_body
@@ -57,25 +58,51 @@ async def _json_body(request: web.Request) -> dict[str, object]:
 
 
 def _device_json(d: Device) -> dict[str, object]:
-    return {"device_id": d.device_id, "public_key": b64url_encode(d.public_key), "revoked": d.revoked, "label": d.label}
+    return {
+        "device_id": d.device_id,
+        "public_key": b64url_encode(d.public_key),
+        "revoked": d.revoked,
+        "label": d.label,
+        "venues": list(d.venues),
+        "bound": d.bound,
+    }
 
 
 DEVICE = {
     "type": "object",
-    "required": ["device_id", "public_key", "revoked", "label"],
+    "required": ["device_id", "public_key", "revoked", "label", "venues", "bound"],
     "properties": {
         "device_id": {"type": "string"},
         "public_key": {"type": "string", "description": "32-byte Ed25519 public key, unpadded base64url"},
         "revoked": {"type": "boolean"},
         "label": {"type": "string"},
+        "venues": {"type": "array", "items": {"type": "string"}, "description": "venues it may post scans for"},
+        "bound": {
+            "type": "boolean",
+            "description": "false: bound to no venue (registered before venue binding, or without --venue): it may "
+            "post for any venue, or is refused with --require-venue-binding",
+        },
     },
 }
 DEVICE_ID = {"type": "string", "pattern": anchored(DEVICE_ID_RE.pattern)}
+VENUES = {
+    "type": "array",
+    "maxItems": MAX_VENUES,
+    "items": {"type": "string", "pattern": VENUE_PATTERN},
+    "description": "the venues the device may post scans for; a scan for another venue is rejected as "
+    "`venue_not_bound`. Empty: bound to no venue",
+}
+
+
+def _venues_of(doc: dict[str, object]) -> tuple[str, ...] | None:
+    """The request's ``venues`` (validated), or None when it names none."""
+    return None if "venues" not in doc else check_venue_list(doc["venues"])
 
 
 @documented(
-    summary="Register (or re-key) a scanner device",
+    summary="Register (or re-key) a scanner device, optionally bound to venues",
     audience="operator",
+    description="Without `venues`, a new device is bound to no venue and a re-registered one keeps its venues.",
     request_body={
         "required": True,
         "content": {
@@ -87,6 +114,7 @@ DEVICE_ID = {"type": "string", "pattern": anchored(DEVICE_ID_RE.pattern)}
                         "device_id": DEVICE_ID,
                         "public_key": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
                         "label": {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                        "venues": VENUES,
                     },
                 }
             }
@@ -103,10 +131,50 @@ async def register_device(request: web.Request) -> web.Response:
     public_key = b64url_decode_canonical(pk_text.encode(), 32)
     if public_key is None:
         raise PayloadError("public_key must be 32 bytes of canonical base64url")
-    device = Device(device_id, public_key, False, label)
+    venues = _venues_of(doc)
+    if venues is None:  # a re-key keeps the binding it had
+        known = rt.devices.get(device_id)
+        venues = known.venues if known is not None else ()
+    device = Device(device_id, public_key, False, label, venues)
     rt.devices.put(device)  # validates id and key before anything is persisted
-    await rt.in_store_thread(lambda: rt.store.upsert_device(device_id, public_key, revoked=False, label=label))
+    await rt.in_store_thread(
+        lambda: rt.store.upsert_device(device_id, public_key, revoked=False, label=label, venues=venues)
+    )
     return web.json_response(_device_json(device), status=201)
+
+
+@documented(
+    summary="Bind a registered device to venues (or unbind it with an empty list); its key stays",
+    audience="operator",
+    description="How devices registered before venue binding are moved over: effective for the device's very "
+    "next request.",
+    path_parameters={"device_id": DEVICE_ID},
+    request_body={
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["venues"], "properties": {"venues": VENUES}}}
+        },
+    },
+    responses={200: json_body("bound", DEVICE), 404: error("No such device")},
+)
+async def bind_device(request: web.Request) -> web.Response:
+    rt = require_admin(request)
+    doc = await _json_body(request)
+    venues = _venues_of(doc)
+    if venues is None:
+        raise PayloadError('need "venues": a list of venue ids (empty to unbind)')
+    device_id = request.match_info["device_id"]
+    known = rt.devices.get(device_id)
+    if known is None:
+        raise NotFoundError(f"no registered device {device_id!r}")
+    device = replace(known, venues=venues)
+    rt.devices.put(device)
+    await rt.in_store_thread(
+        lambda: rt.store.upsert_device(
+            device_id, device.public_key, revoked=device.revoked, label=device.label, venues=venues
+        )
+    )
+    return web.json_response(_device_json(device))
 
 
 @documented(
@@ -120,23 +188,35 @@ async def revoke_device(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     device = rt.devices.revoke(device_id)  # effective for the very next request
     await rt.in_store_thread(
-        lambda: rt.store.upsert_device(device.device_id, device.public_key, revoked=True, label=device.label)
+        lambda: rt.store.upsert_device(
+            device.device_id, device.public_key, revoked=True, label=device.label, venues=device.venues
+        )
     )
     return web.json_response(_device_json(device))
 
 
 @documented(
-    summary="List registered scanner devices",
+    summary="List registered scanner devices (bound venues; `bound: false` for devices bound to none)",
     audience="operator",
     responses={
         200: json_body(
-            "every device", {"type": "object", "properties": {"devices": {"type": "array", "items": DEVICE}}}
+            "every device",
+            {
+                "type": "object",
+                "properties": {
+                    "devices": {"type": "array", "items": DEVICE},
+                    "unbound": {"type": "integer", "description": "active devices bound to no venue"},
+                },
+            },
         )
     },
 )
 async def list_devices(request: web.Request) -> web.Response:
     rt = require_admin(request)
-    return web.json_response({"devices": [_device_json(d) for d in rt.devices.all()]})
+    devices = rt.devices.all()
+    return web.json_response(
+        {"devices": [_device_json(d) for d in devices], "unbound": sum(not d.bound and not d.revoked for d in devices)}
+    )
 
 
 @documented(
@@ -272,6 +352,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/admin/devices", register_device)
     app.router.add_get("/v1/admin/devices", list_devices)
     app.router.add_post("/v1/admin/devices/{device_id}/revoke", revoke_device)
+    app.router.add_post("/v1/admin/devices/{device_id}/venues", bind_device)
     app.router.add_post("/v1/admin/trust/reload", reload_trust)
     app.router.add_get("/v1/admin/stats", stats)
     app.router.add_get("/v1/admin/wal", wal_state)

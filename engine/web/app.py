@@ -122,11 +122,19 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
     records = await asyncio.to_thread(store.devices)
     devices = DeviceRegistry(
-        (Device(r.device_id, r.public_key, r.revoked, r.label) for r in records),
+        (Device(r.device_id, r.public_key, r.revoked, r.label, r.venues) for r in records),
         skew_s=cfg.skew_s,
         rate=cfg.device_rate,
         burst=cfg.device_burst,
     )
+    unbound = [r.device_id for r in records if not r.revoked and not r.venues]
+    if unbound:  # every device registered before venue binding existed, until the operator binds it
+        log.warning(
+            "%d active device(s) are bound to no venue and %s (e.g. %s); bind them with device-bind",
+            len(unbound),
+            "are refused (--require-venue-binding)" if cfg.require_venue_binding else "may post for any venue",
+            ", ".join(unbound[:3]),
+        )
     drain = Drain(
         wal,
         store,

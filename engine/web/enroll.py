@@ -172,9 +172,11 @@ async def enroll(request: web.Request) -> web.Response:
     existing = rt.devices.get(e.device_id)
     if not first and existing is not None and existing.revoked:
         raise ForbiddenError(f"device {e.device_id!r} was revoked; ask the operator for a new enrolment code")
-    device = Device(e.device_id, public_key, False, e.label)
+    device = Device(e.device_id, public_key, False, e.label, tuple(e.venues))  # bound to the code's venues
     rt.devices.put(device)  # exactly what POST /v1/admin/devices does
-    await rt.in_store_thread(lambda: rt.store.upsert_device(e.device_id, public_key, revoked=False, label=e.label))
+    await rt.in_store_thread(
+        lambda: rt.store.upsert_device(e.device_id, public_key, revoked=False, label=e.label, venues=e.venues)
+    )
     log.info("device %s enrolled for venues %s%s", e.device_id, list(e.venues), "" if first else " (retry)")
     return web.json_response(
         {**e.to_json(), "public_key": b64url_encode(public_key), "registered": True}, status=201 if first else 200

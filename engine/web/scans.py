@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.errors import NotFoundError, OverloadedError, PayloadError
+from engine.errors import ForbiddenError, NotFoundError, OverloadedError, PayloadError
 from engine.ingest.batcher import SubmitResult
 from engine.ingest.intake import parse_body, render_answer
 from engine.web.body import read_body
@@ -43,13 +43,15 @@ ACCEPTED = {
     summary="Submit a batch of scans from one device",
     audience="device",
     description="Answered once every accepted scan is durable (WAL fsync). One result per item, in request order; "
-    "a rejected item does not refuse the request (docs/item-rejections.md).",
+    "a rejected item does not refuse the request (docs/item-rejections.md). A device bound to venues "
+    "(device-register --venue, device-bind) has every item for another venue rejected as `venue_not_bound`; "
+    "an unbound device posts for any venue unless the engine runs with --require-venue-binding (then 403).",
     request_body=scans_request_body,
     responses={
         202: json_body("Every accepted scan is durable; a verdict per scan, rejected items with reasons", ACCEPTED),
         400: error("Malformed envelope: not JSON, no scans list, too many items, device_id not the signer"),
         401: error("Missing, invalid, stale or replayed request signature; with mTLS on, no device certificate"),
-        403: error("Unknown or revoked device"),
+        403: error("Unknown or revoked device; or, with --require-venue-binding, a device bound to no venue"),
         408: error("Request body not received in time"),
         413: error("Body too large"),
         429: error("Device rate limit; see Retry-After"),
@@ -77,6 +79,13 @@ async def post_scans(request: web.Request) -> web.Response:
         oldest_ms=now_ms - cfg.offline_days * DAY_MS,
         skew_ms=cfg.skew_s * 1000,
     )
+    if device.venues:
+        intake = intake.for_venues(device.venues)
+    elif cfg.require_venue_binding:
+        raise ForbiddenError(
+            f"device {device.device_id!r} is not bound to any venue and this engine requires binding; keep the "
+            "scans and ask the operator to bind it (device-bind)"
+        )
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
     for _index, rejection, _echo in intake.rejected:

@@ -26,3 +26,10 @@ TO {db}.{local:scans_by_person}
 AS SELECT person_key, scanned_at, scan_id, venue_id, direction, device_id, verdict, code_kind, qr_id, key_id,
     scan_device
 FROM {db}.{local:scans};
+
+-- Devices bound to venues (issue 12): the venue ids a device may post scans for. Empty means unbound: every row
+-- written before this migration reads [] here, so existing devices keep working as before (any venue), are listed
+-- as unbound by device-list, and are refused only once the operator sets --require-venue-binding
+-- (docs/device-api.md, "Venue binding"). A deployment-wide table: on a sharded cluster the column is added to
+-- devices_local and to the Distributed devices table alike (engine/store/schema.py).
+ALTER TABLE {db}.devices{on_cluster} ADD COLUMN IF NOT EXISTS venues Array(String);
