@@ -192,7 +192,10 @@ def test_verify_reports_times_and_person_key_with_a_secret(
     lines = dict(line.split(None, 1) for line in out.splitlines())
     assert lines["iat"] == "2026-05-01T00:00:00Z" and lines["exp"] == "2027-05-01T00:00:00Z"
     assert lines["kid"] == key_id_text(read_key_file(key).public_key) and lines["issuer"] == "pc-test"
-    assert lines["person_key"] == hmac.new(b"k" * 32, b"pk1:******012345", hashlib.sha256).digest()[:16].hex()
+    issuer = hashlib.sha256(b"pc-test").digest()[:16]
+    label = b"id1:iss:" + issuer + lines["qr_id"].encode()
+    assert lines["person_key"] == hmac.new(b"k" * 32, label, hashlib.sha256).digest()[:16].hex()
+    assert "link_key" not in lines  # the number is masked: it links nothing
 
     rc, out, _ = run(capsys, "verify", "--text", code, "--trust-list", trust, "--now", NOW)
     assert rc == 0 and "person_key" not in out  # ephemeral secret: nothing meaningful to show

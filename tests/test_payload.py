@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from engine.codes.payload import DOMAIN, SIG_CHARS, Person, mint, parse
+from engine.codes.payload import DOMAIN, SIG_CHARS, Person, b64url_decode_canonical, mint, parse
 from engine.codes.trust import TrustList
 from engine.codes.verdicts import CodeKind, Reason, Verdict
 from engine.verify import make_verifier
-from engine.verify.contract import CodeBatch, Verifier, person_key
+from engine.verify.contract import CodeBatch, Verifier, identity_key, issuer_tag, person_key
 from engine.verify.reference import PyVerifier
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
@@ -77,6 +77,7 @@ def test_every_vector_one_at_a_time(
         assert (table.kid_text(int(r.key_index[0])) if r.key_index[0] >= 0 else "") == v["kid"], v["name"]
         assert (int(r.iat[0]), int(r.exp[0])) == (v["iat"], v["exp"]), v["name"]
         assert bytes(r.person_key[0]).hex() == v["person_key"], v["name"]
+        assert bytes(r.link_key[0]).hex() == v["link_key"], v["name"]
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
@@ -104,23 +105,38 @@ def test_all_vectors_in_one_batch_twice(
 
 
 # -- person key ------------------------------------------------------------------------------------------
-def test_person_key_is_truncated_hmac_of_the_document_number(code_vectors: dict[str, Any]) -> None:
+def test_identities_are_the_labels_of_docs_payload_section_5(code_vectors: dict[str, Any]) -> None:
+    """Each identity recomputed from its written definition, so the rule is the document's, not the code's."""
     secret = bytes.fromhex(code_vectors["person_secret_hex"])
     by_name = {v["name"]: v for v in code_vectors["vectors"]}
 
-    def expected(doc: bytes) -> str:
-        return hmac.new(secret, b"pk1:" + doc, hashlib.sha256).digest()[:16].hex()
+    def mac(label: bytes) -> str:
+        return hmac.new(secret, label, hashlib.sha256).digest()[:16].hex()
 
-    assert person_key(secret, b"******012345").hex() == expected(b"******012345")
-    assert by_name["ok"]["person_key"] == expected(b"******012345")
-    assert by_name["unsigned_legacy_empty_ext"]["person_key"] == expected(b"******012345")
-    assert by_name["ok_unmasked_doc_masked_birth_date_type_1"]["person_key"] == expected(b"079090012345")
-    assert by_name["id_card_7_fields"]["person_key"] == expected(b"079090012345")
-    # An unmasked personal code and a CCCD of the same person link; the masked code does not.
-    assert by_name["id_card_7_fields"]["person_key"] != by_name["ok"]["person_key"]
+    def issuer(name: str) -> bytes:
+        return hashlib.sha256(name.encode()).digest()[:16]
+
+    assert person_key(secret, b"******012345").hex() == mac(b"pk1:******012345")
+    # signed, key listed: issuer + QID, whatever number is printed (masked or whole)
+    assert by_name["ok"]["person_key"] == mac(b"id1:iss:" + issuer("platform-active") + b"PCC7F3A9D2E1B4")
+    assert by_name["ok_unmasked_doc_masked_birth_date_type_1"]["person_key"] == mac(
+        b"id1:iss:" + issuer("platform-active") + b"Q-binh_2026"
+    )
+    assert by_name["ok_second_issuer"]["person_key"] == mac(b"id1:iss:" + issuer("platform-second") + b"PCC7F3A9D2E1B4")
+    # signed, key unknown: the kid it claims + QID
+    kid = b64url_decode_canonical(by_name["unknown_key"]["code"].split(".")[1].encode(), 8)
+    assert kid is not None
+    assert by_name["unknown_key"]["person_key"] == mac(b"id1:kid:" + kid + b"PCC7F3A9D2E1B4")
+    # unsigned: the number as printed and the QID
+    assert by_name["unsigned_legacy_empty_ext"]["person_key"] == mac(b"id1:uns:******012345|PCC7F3A9D2E1B4")
+    # CCCD: the document number, as before issue 12 (old CCCD rows keep their identities)
+    assert by_name["id_card_7_fields"]["person_key"] == mac(b"pk1:079090012345")
+    # the link of a genuine code printing its number whole is that document's identity
+    assert by_name["ok_unmasked_doc_masked_birth_date_type_1"]["link_key"] == mac(b"pk1:079090012345")
+    assert by_name["ok"]["link_key"] == "00" * 16  # masked: never links
     for v in code_vectors["vectors"]:
         if v["verdict"] == "malformed":
-            assert v["person_key"] == "00" * 16 and v["qr_id"] == "", v["name"]
+            assert v["person_key"] == v["link_key"] == "00" * 16 and v["qr_id"] == "", v["name"]
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
@@ -133,7 +149,8 @@ def test_person_key_depends_on_the_secret(
         for s in (b"a" * 32, b"b" * 32)
     ]
     assert keys[0] != keys[1]
-    assert keys[0] == person_key(b"a" * 32, person.doc_number.encode())
+    issuer = issuer_tag(trust_list.table().issuers[0])
+    assert keys[0] == identity_key(b"a" * 32, b"id1:iss:" + issuer + person.qr_id.encode())
 
 
 # -- verified-code cache never changes a verdict ---------------------------------------------------------

@@ -90,6 +90,49 @@ def test_vectors_match_their_expectations(factory: Factory) -> None:
         kid = table.kid_text(int(result.key_index[i])) if result.key_index[i] >= 0 else ""
         assert (qid, kid, int(result.iat[i]), int(result.exp[i])) == (v["qr_id"], v["kid"], v["iat"], v["exp"])
         assert bytes(result.person_key[i]).hex() == v["person_key"], v["name"]
+        assert bytes(result.link_key[i]).hex() == v["link_key"], v["name"]
+
+
+@pytest.mark.parametrize("factory", IMPLS)
+def test_identity_rules_hold_in_both(factory: Factory) -> None:
+    """docs/payload.md section 5 as the vectors state it: the relations computed from this verifier's output."""
+    result = run(factory, CODES)
+    names = [v["name"] for v in VECTORS["vectors"]]
+    keys = {n: (bytes(result.person_key[i]).hex(), bytes(result.link_key[i]).hex()) for i, n in enumerate(names)}
+    zero = "0" * 32
+    for a, b, rule, field in VECTORS["identity_relations"]:
+        col = 0 if field == "person_key" else 1
+        if rule == "same":
+            assert keys[a][col] == keys[b][col], (a, b)
+        elif rule == "differ":
+            assert keys[a][col] != keys[b][col], (a, b)
+        else:
+            assert keys[a][1] != zero and keys[a][1] == keys[b][0], (a, b)
+    for name in VECTORS["no_link"]:
+        assert keys[name][1] == zero, name
+    # only genuine codes printing a complete number link; malformed codes name nobody
+    for v in VECTORS["vectors"]:
+        if keys[v["name"]][1] != zero:
+            assert v["verdict"] in ("ok", "expired") and "*" not in v["code"].split("|")[0], v["name"]
+        if v["verdict"] == "malformed":
+            assert keys[v["name"]] == (zero, zero), v["name"]
+
+
+@pytest.mark.parametrize("factory", IMPLS)
+def test_identity_follows_issuer_across_key_rotation(factory: Factory) -> None:
+    """Two keys of one issuer vouch for one identity per QID; a same-named key of another issuer does not."""
+    old, new, other = (SigningKey(hashlib.sha256(label).digest()) for label in (b"rot-old", b"rot-new", b"rot-x"))
+
+    def entry(key: SigningKey, issuer: str) -> TrustedKey:
+        pub = bytes(key.verify_key)
+        return TrustedKey(hashlib.sha256(pub).digest()[:8], issuer, pub, NOW - 400 * DAY, NOW + 400 * DAY, False)
+
+    trust = TrustList.build([entry(old, "platform"), entry(new, "platform"), entry(other, "platform-2")], [])
+    person = Person("******777001", "NGUYEN VAN AN", "1990-01-01", "QIDALICE01")
+    codes = [mint(person, k, iat=NOW - DAY, exp=NOW + DAY).encode() for k in (old, new, other)]
+    r = run(factory, codes, trust=trust.table())
+    assert list(r.verdict) == [Verdict.OK] * 3
+    assert bytes(r.person_key[0]) == bytes(r.person_key[1]) != bytes(r.person_key[2])
 
 
 @needs_c

@@ -195,7 +195,9 @@ def verify_one(code: bytes, trust: TrustList, secret: bytes, now: int) -> dict[s
             table = trust.table()
             out["kid"], out["issuer"] = table.kid_text(idx), table.issuers[idx]
         out["iat"], out["exp"] = iso_utc(int(r.iat[0])), iso_utc(int(r.exp[0]))
-    out["person_key"] = bytes(r.person_key[0]).hex()
+    out["person_key"] = bytes(r.person_key[0]).hex()  # the tracing identity (docs/payload.md section 5)
+    if r.link_key[0].any():  # a genuine code printing its number whole: the document it links to
+        out["link_key"] = bytes(r.link_key[0]).hex()
     return out
 
 
@@ -218,7 +220,9 @@ def _verify(args: argparse.Namespace) -> int:
         text.encode("utf-8"), trust, _read_secret(args.secret_file), parse_time(args.now, int(time.time()))
     )
     if args.secret_file is None:
-        del result["person_key"]  # keyed by a throw-away secret: meaningless outside this run
+        # keyed by a throw-away secret: meaningless outside this run
+        result.pop("person_key", None)
+        result.pop("link_key", None)
     if args.json:
         print(orjson.dumps(result).decode())
     else:

@@ -2,7 +2,9 @@
 
 ``verify_batch(batch, now)`` takes codes packed into one buffer (:class:`CodeBatch`) and returns, for every code,
 a verdict, a reason, the code kind, the trust-table index of the signing key, ``iat``/``exp``, the span of the QR
-id inside the batch buffer and the 16-byte person key (:class:`BatchResult`, numpy columns). The compiled
+id inside the batch buffer, the 16-byte person key (the tracing identity of docs/payload.md section 5) and the
+16-byte link key (the complete document number a genuine code vouches for, or zeros) (:class:`BatchResult`,
+numpy columns). The compiled
 ``engine._verify.CVerifier`` imports these types from here, so there is one definition of the result.
 """
 
@@ -20,6 +22,12 @@ from engine.codes.trust import TrustTable
 
 PERSON_KEY_BYTES = 16
 PERSON_KEY_PREFIX = b"pk1:"
+#: Identity labels (docs/payload.md section 5): the HMAC input of a person key starts with one of these, so
+#: identities of different kinds can never be equal (a CCCD's is ``PERSON_KEY_PREFIX`` + its ID number).
+IDENTITY_ISSUER = b"id1:iss:"  # signed code, key in the trust list: issuer tag (16 bytes) + QID
+IDENTITY_CLAIMED_KEY = b"id1:kid:"  # signed code, key not in the trust list: claimed kid (8 bytes) + QID
+IDENTITY_UNSIGNED = b"id1:uns:"  # unsigned personal code: document number as printed + "|" + QID
+ISSUER_TAG_BYTES = 16
 #: A verified-code set entry's tag: BLAKE2b-128 keyed with the deployment's set key, over the exact code bytes
 #: (the 64-byte signature included, so the tag of a forged code is unrelated to the genuine one's).
 TAG_BYTES = 16
@@ -57,7 +65,11 @@ class BatchResult:
     exp: np.ndarray
     qid_start: np.ndarray
     qid_end: np.ndarray
+    #: the tracing identity (docs/payload.md section 5); zeros for malformed codes
     person_key: np.ndarray
+    #: ``person_key(secret, document number)`` when a genuine code (verdict ok, or expired without key_window)
+    #: prints its document number complete: the link between its identity and that document's; zeros otherwise
+    link_key: np.ndarray
     cache_hit: np.ndarray
     #: the code's verified-code set tag (codes that reached the signature step; zeros for the others)
     set_tag: np.ndarray
@@ -76,6 +88,7 @@ class BatchResult:
             qid_start=np.zeros(n, np.int32),
             qid_end=np.zeros(n, np.int32),
             person_key=np.zeros((n, PERSON_KEY_BYTES), np.uint8),
+            link_key=np.zeros((n, PERSON_KEY_BYTES), np.uint8),
             cache_hit=np.zeros(n, np.bool_),
             set_tag=np.zeros((n, TAG_BYTES), np.uint8),
             newly_verified=np.zeros(n, np.bool_),
@@ -89,8 +102,30 @@ class BatchResult:
 
 
 def person_key(secret: bytes, doc_number: bytes) -> bytes:
-    """Keyed hash of the document number: links one person's scans without storing who they are."""
-    return hmac.new(secret, PERSON_KEY_PREFIX + doc_number, hashlib.sha256).digest()[:PERSON_KEY_BYTES]
+    """Keyed hash of a document number: a CCCD's identity, and the link key of a genuine code printing it whole.
+
+    Never the identity of a personal code: its number is usually masked (``******777001``), and a masked
+    number is shared by about a hundred strangers (docs/payload.md section 5).
+    """
+    return identity_key(secret, PERSON_KEY_PREFIX + doc_number)
+
+
+def identity_key(secret: bytes, label: bytes) -> bytes:
+    """The first 16 bytes of HMAC-SHA256(secret, label): every identity and link, keyed by the deployment."""
+    return hmac.new(secret, label, hashlib.sha256).digest()[:PERSON_KEY_BYTES]
+
+
+def issuer_tag(issuer: str) -> bytes:
+    """A fixed-size stand-in for an issuer's name inside an identity label (SHA-256, first 16 bytes).
+
+    Fixed size keeps the label unambiguous whatever the name holds, and lets the compiled path copy it.
+    """
+    return hashlib.sha256(issuer.encode("utf-8")).digest()[:ISSUER_TAG_BYTES]
+
+
+def complete(doc_number: bytes) -> bool:
+    """A document number with no mask character: the only kind that may link codes."""
+    return b"*" not in doc_number
 
 
 def set_key(secret: bytes) -> bytes:

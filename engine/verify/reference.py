@@ -18,7 +18,20 @@ from nacl.signing import VerifyKey
 from engine.codes.payload import KID_BYTES, parse
 from engine.codes.trust import TrustTable
 from engine.codes.verdicts import CodeKind, Reason, Verdict
-from engine.verify.contract import BatchResult, CodeBatch, code_tag, person_key, row_mac, set_key
+from engine.verify.contract import (
+    IDENTITY_CLAIMED_KEY,
+    IDENTITY_ISSUER,
+    IDENTITY_UNSIGNED,
+    BatchResult,
+    CodeBatch,
+    code_tag,
+    complete,
+    identity_key,
+    issuer_tag,
+    person_key,
+    row_mac,
+    set_key,
+)
 
 
 class PyVerifier:
@@ -55,6 +68,7 @@ class PyVerifier:
         self._index = {kid: i for i, kid in enumerate(kids)}
         self._verify_keys = [VerifyKey(trust.public_keys[i * 32 : (i + 1) * 32]) for i in range(n)]
         self._revoked_qids = frozenset(trust.revoked_qids)
+        self._issuer_tags = [issuer_tag(name) for name in trust.issuers]
 
     @property
     def cache_hits(self) -> int:
@@ -118,18 +132,33 @@ class PyVerifier:
         if not p.ok:
             out.verdict[i], out.reason[i] = Verdict.MALFORMED, p.reason
             return
-        out.person_key[i] = np.frombuffer(person_key(self._secret, p.doc_number), np.uint8)
         if p.qid_end > p.qid_start:
             out.qid_start[i], out.qid_end[i] = start + p.qid_start, start + p.qid_end
+        qid = code[p.qid_start : p.qid_end]
         if p.kind is CodeKind.UNSIGNED:
+            self._identity(out, i, IDENTITY_UNSIGNED + p.doc_number + b"|" + qid)
             out.verdict[i] = Verdict.UNSIGNED_CODE
             return
         if p.kind is CodeKind.ID_CARD:
+            out.person_key[i] = np.frombuffer(person_key(self._secret, p.doc_number), np.uint8)
             out.verdict[i] = Verdict.ID_CARD
             return
         out.iat[i], out.exp[i] = p.iat, p.exp
         verdict, reason = self._judge_signed(code, p, out, i, now)
         out.verdict[i], out.reason[i] = verdict, reason
+        # What the issuer vouches for is (issuer, QID); a key we do not know vouches for nothing, so its codes
+        # get an identity of their own under the kid they claim, which no genuine code can share.
+        idx = int(out.key_index[i])
+        if idx >= 0:
+            self._identity(out, i, IDENTITY_ISSUER + self._issuer_tags[idx] + qid)
+        else:
+            self._identity(out, i, IDENTITY_CLAIMED_KEY + p.kid + qid)
+        genuine = verdict is Verdict.OK or (verdict is Verdict.EXPIRED and reason is Reason.NONE)
+        if genuine and complete(p.doc_number):
+            out.link_key[i] = np.frombuffer(person_key(self._secret, p.doc_number), np.uint8)
+
+    def _identity(self, out: BatchResult, i: int, label: bytes) -> None:
+        out.person_key[i] = np.frombuffer(identity_key(self._secret, label), np.uint8)
 
     def _judge_signed(self, code: bytes, p: Any, out: BatchResult, i: int, now: int) -> tuple[Verdict, Reason]:
         idx = self._index.get(p.kid, -1)

@@ -9,7 +9,10 @@ the script fail instead of silently committing whatever the code happens to do.
 Loading the file (for any implementation): ``doc = json.loads(path.read_text())``;
 ``TrustList.from_json(json.dumps(doc["trust_list"]).encode())``; ``bytes.fromhex(doc["person_secret_hex"])``;
 each vector's ``code`` is text, to be verified as its UTF-8 bytes at time ``doc["now"]`` with ``doc["skew"]``.
-Verdict/reason/kind are labels (``Verdict[label.upper()]``); ``person_key`` is hex (32 zeros when none).
+Verdict/reason/kind are labels (``Verdict[label.upper()]``); ``person_key`` (the tracing identity) and
+``link_key`` (the document a genuine code links it to) are hex, 32 zeros when none. ``identity_relations``
+lists pairs of vectors whose identities or links must be equal or must differ (docs/payload.md section 5): the
+rules themselves, checked against the reference here and against both verifiers by the tests.
 
 Run: ``python tests/vectors/make_vectors.py`` (``--check`` exits 1 if the committed file differs).
 """
@@ -82,6 +85,10 @@ AN = Person("******012345", "NGUYEN VAN AN", "1990-01-**", "PCC7F3A9D2E1B4")
 LINH = Person("******678901", LONGEST_NAME, "2001-11-23", "PCCLONGNAME0042")
 BINH = Person("079090012345", "TRAN THI BINH", "1985-**-**", "Q-binh_2026", id_type="1")
 REVOKED_PERSON = Person("******555555", "LE VAN CUONG", "1970-05-05", REVOKED_QID)
+# Issue 12: a stranger whose code prints the same masked number as AN's, and a hand-made unsigned code that
+# names AN's QR id with a third person's number.
+AN_LOOKALIKE = Person("******012345", "PHAM THI MAI", "1992-**-**", "PCCOTHERPERSON7")
+AN_HANDMADE = f"******444004|X|2000-01-01|0|{AN.qr_id}|"
 
 
 def signed(person: Person, key: SigningKey = ACTIVE, *, iat: int = NOW - DAY, exp: int = NOW + 364 * DAY) -> str:
@@ -113,6 +120,7 @@ def vector_inputs() -> list[tuple[str, str, Verdict, Reason, CodeKind]]:
     S, U, C, X = CodeKind.SIGNED, CodeKind.UNSIGNED, CodeKind.ID_CARD, CodeKind.UNKNOWN
     V, R, M = Verdict, Reason, Verdict.MALFORMED
     name_start = ok_an.index("NGUYEN VAN AN")
+    binh_name = signed(BINH).index("TRAN THI BINH")
     sig_start = len(ok_an) - 86
     ok_exp_tampered = ok_an.replace(f".{NOW + 364 * DAY}.", f".{NOW + 3640 * DAY}.")
     cards = "079090012345|123456789|Nguyễn Văn An|01011990|Nam|Số 1 Lê Lợi, Phường Bến Nghé, Quận 1, TP.HCM|15062021"
@@ -272,6 +280,32 @@ def vector_inputs() -> list[tuple[str, str, Verdict, Reason, CodeKind]]:
             R.ADDRESS,
             C,
         ),
+        # -- identity (docs/payload.md section 5; IDENTITY_RELATIONS says what must equal what)
+        ("identity_same_masked_number_other_person", signed(AN_LOOKALIKE), V.OK, R.NONE, S),
+        ("identity_same_person_reissued", signed(AN, iat=NOW - 2 * DAY, exp=NOW + 100 * DAY), V.OK, R.NONE, S),
+        ("identity_unsigned_names_signed_qid", AN_HANDMADE, V.UNSIGNED_CODE, R.NONE, U),
+        ("identity_unsigned_masked_number", f"{AN_LOOKALIKE.fields()}|", V.UNSIGNED_CODE, R.NONE, U),
+        ("identity_unsigned_complete_number", f"{BINH.fields()}|", V.UNSIGNED_CODE, R.NONE, U),
+        (
+            "identity_card_of_complete_number",
+            f"{BINH.doc_number}||TRAN THI BINH|01011985|Nu|Ha Noi|01012020",
+            V.ID_CARD,
+            R.NONE,
+            C,
+        ),
+        ("link_expired_complete_number", signed(BINH, iat=NOW - 366 * DAY, exp=NOW - 1), V.EXPIRED, R.NONE, S),
+        ("link_none_bad_signature", replace_at(signed(BINH), binh_name, "M"), V.BAD_SIGNATURE, R.NONE, S),
+        ("link_none_unknown_key", signed(BINH, STRANGER), V.UNKNOWN_KEY, R.NONE, S),
+        ("link_none_revoked_key", signed(BINH, REVOKED), V.REVOKED_KEY, R.NONE, S),
+        ("link_none_key_window", signed(BINH, RETIRED, iat=NOW - 5 * DAY), V.EXPIRED, R.KEY_WINDOW, S),
+        (
+            "link_none_not_yet_valid",
+            signed(BINH, iat=NOW + SKEW + 1, exp=NOW + 365 * DAY),
+            V.NOT_YET_VALID,
+            R.NONE,
+            S,
+        ),
+        ("link_other_issuer_same_number", signed(BINH, SECOND), V.OK, R.NONE, S),
         (
             "malformed_issue_date_month_13",
             "001203004567|NGUYEN THI HOA|29022000|Nu|Ha Noi|01132022",
@@ -280,6 +314,62 @@ def vector_inputs() -> list[tuple[str, str, Verdict, Reason, CodeKind]]:
             C,
         ),
     ]
+
+
+# (vector, vector, rule, key): the identity rules of docs/payload.md section 5 as cases. "same"/"differ" compare
+# that key of both; "link=person" means the first's link_key is the second's person_key (and not zeros).
+IDENTITY_RELATIONS: list[tuple[str, str, str, str]] = [
+    # one person's code, re-issued by the same issuer: one identity
+    ("ok", "identity_same_person_reissued", "same", "person_key"),
+    # same masked number, another person: never the same identity (issue 12, defect 1)
+    ("ok", "identity_same_masked_number_other_person", "differ", "person_key"),
+    # the same QID signed by another issuer, or claimed under an unknown key: not what this issuer vouched for
+    ("ok", "ok_second_issuer", "differ", "person_key"),
+    ("ok", "unknown_key", "differ", "person_key"),
+    # a forged copy claims the genuine identity (its verdict keeps it out of trusted traces) but links nothing
+    ("ok", "bad_signature_name_byte_flipped", "same", "person_key"),
+    # an unsigned code naming a signed code's QID is an identity of its own (issue 12, defect 2)
+    ("ok", "identity_unsigned_names_signed_qid", "differ", "person_key"),
+    ("ok", "unsigned_legacy_empty_ext", "differ", "person_key"),
+    ("unsigned_legacy_empty_ext", "identity_unsigned_names_signed_qid", "differ", "person_key"),
+    ("unsigned_legacy_empty_ext", "identity_unsigned_masked_number", "differ", "person_key"),
+    # a complete number printed in an unsigned code is not the document's identity
+    ("identity_unsigned_complete_number", "identity_card_of_complete_number", "differ", "person_key"),
+    ("ok_unmasked_doc_masked_birth_date_type_1", "identity_card_of_complete_number", "differ", "person_key"),
+    # a genuine code printing the number whole links to that document's identity (the CCCD's), also when expired
+    ("ok_unmasked_doc_masked_birth_date_type_1", "identity_card_of_complete_number", "link=person", "link_key"),
+    ("link_expired_complete_number", "identity_card_of_complete_number", "link=person", "link_key"),
+    ("link_other_issuer_same_number", "identity_card_of_complete_number", "link=person", "link_key"),
+    ("ok_unmasked_doc_masked_birth_date_type_1", "link_other_issuer_same_number", "differ", "person_key"),
+]
+#: vectors that must carry no link: masked numbers, and codes not proven genuine and issued in their key's window
+NO_LINK = [
+    "ok",
+    "identity_same_masked_number_other_person",
+    "identity_unsigned_complete_number",
+    "identity_card_of_complete_number",
+    "link_none_bad_signature",
+    "link_none_unknown_key",
+    "link_none_revoked_key",
+    "link_none_key_window",
+    "link_none_not_yet_valid",
+]
+
+
+def check_relations(vectors: list[dict[str, Any]]) -> list[str]:
+    """The identity relations that ``vectors`` break (empty: all hold)."""
+    by = {v["name"]: v for v in vectors}
+    zero = "0" * 32
+    bad = []
+    for a, b, rule, field in IDENTITY_RELATIONS:
+        if rule == "same" and by[a][field] != by[b][field]:
+            bad.append(f"{a} and {b} must share {field}")
+        elif rule == "differ" and by[a][field] == by[b][field]:
+            bad.append(f"{a} and {b} must not share {field}")
+        elif rule == "link=person" and (by[a]["link_key"] == zero or by[a]["link_key"] != by[b]["person_key"]):
+            bad.append(f"{a} must link to {b}'s identity")
+    bad += [f"{name} must carry no link" for name in NO_LINK if by[name]["link_key"] != zero]
+    return bad
 
 
 def build() -> bytes:
@@ -313,10 +403,14 @@ def build() -> bytes:
                 "iat": int(result.iat[i]),
                 "exp": int(result.exp[i]),
                 "person_key": bytes(result.person_key[i]).hex(),
+                "link_key": bytes(result.link_key[i]).hex(),
             }
         )
     if problems:
         raise SystemExit("reference verifier disagrees with the written expectations:\n  " + "\n  ".join(problems))
+    problems += check_relations(vectors)
+    if problems:
+        raise SystemExit("the reference verifier breaks the identity rules:\n  " + "\n  ".join(problems))
     missing = set(Reason) - {Reason[v["reason"].upper()] for v in vectors}
     if missing:
         raise SystemExit(f"no vector for reasons: {sorted(r.label for r in missing)}")
@@ -327,6 +421,8 @@ def build() -> bytes:
         "trust_list": orjson.loads(trust.to_json()),
         "person_secret_hex": PERSON_SECRET.hex(),
         "vectors": vectors,
+        "identity_relations": [list(r) for r in IDENTITY_RELATIONS],
+        "no_link": NO_LINK,
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
