@@ -6,7 +6,8 @@
 -- makes a forged code pass. (tag, mac) is the key, so a forged row beside a genuine one with the same tag never
 -- collapses the genuine one away in a merge. added_at is set by the server and drives the other nodes' polls;
 -- day partitions keep a poll on today's parts. Rows go at the code's exp. Deployment-wide: on a sharded cluster
--- the rows live on the registry shard and every node reads the same table, like devices.
+-- the rows live on the registry shard and every node reads the same table, like devices. Parts are fsync'd like
+-- every table the engine writes: one small insert per scans insert.
 CREATE TABLE IF NOT EXISTS {db}.verified_codes{on_cluster}
 (
     tag FixedString(16),
@@ -20,4 +21,5 @@ CREATE TABLE IF NOT EXISTS {db}.verified_codes{on_cluster}
 ENGINE = {replacing:verified_codes:added_at:all}
 PARTITION BY toYYYYMMDD(added_at)
 ORDER BY (tag, mac)
-TTL toDateTime(least(greatest(exp, 0), 4294967295));
+TTL toDateTime(least(greatest(exp, 0), 4294967295))
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
