@@ -297,6 +297,19 @@ cdef class CVerifier:
         """Bytes the set's table takes (virtual: its pages become resident as entries land in them)."""
         return (self._set.mask + 1) * sizeof(SetSlot) if self._cache_on else 0
 
+    def set_table(self) -> bytes:
+        """Every slot as 16 tag bytes + 4 exp bytes, little-endian (zeros when empty): the parity tests hold this
+        to ``engine.verify.verified_set.VerifiedSet.table`` byte for byte."""
+        cdef uint64_t i, n = (self._set.mask + 1) if self._cache_on else 0
+        out = bytearray(20 * n)
+        cdef unsigned char[::1] o = out
+        with self._lock:
+            for i in range(n):
+                memcpy(&o[20 * i], &self._set.slots[i].t0, 8)
+                memcpy(&o[20 * i + 8], &self._set.slots[i].t1, 8)
+                memcpy(&o[20 * i + 16], &self._set.slots[i].exp, 4)
+        return bytes(out)
+
     def load_set(self, tags: bytes, kids: bytes, exps, macs: bytes, now: int) -> tuple:
         """Add published entries; each row's MAC is checked first (see engine.verify.contract.row_mac)."""
         e = np.ascontiguousarray(exps, dtype=np.int64)

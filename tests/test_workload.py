@@ -26,7 +26,7 @@ from bench.synth import DAY_MS, HOUR_MS
 from engine.codes.payload import mint
 from engine.codes.trust import TrustList
 from engine.codes.verdicts import VERDICTS
-from engine.verify.contract import CodeBatch
+from engine.verify.contract import CodeBatch, code_tag, set_key
 from engine.verify.reference import PyVerifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,10 @@ def test_model_bounded_set_is_the_reference_verifiers_set(city: City, code_cache
     for lo in range(0, len(stream), 500):
         batch = CodeBatch.from_codes([book.code(int(i)).encode() for i in stream[lo : lo + 500]])
         flags.append(verifier.verify_batch(batch, now).cache_hit)
-    assert np.array_equal(np.concatenate(flags), bounded_set_hits(stream, 300))
+    key = set_key(b"s" * 32)
+    assert np.array_equal(
+        np.concatenate(flags), bounded_set_hits(stream, 300, lambda i: code_tag(key, book.code(i).encode()), 500)
+    )
     assert not np.array_equal(np.concatenate(flags), lru_hits(stream, 300)), "the set is not an LRU"
 
 
