@@ -217,6 +217,34 @@ def test_e2e_city_run_states_the_hit_rate_it_produced(e2e_city: tuple[Any, dict[
 
 
 @pytest.mark.slow
+def test_e2e_city_with_the_deployment_set_misses_only_first_sights(tmp_path: Path, code_cache: Path) -> None:
+    """``--deployment-set``: no replay; the store holds an entry for everyone scanned on day 1, the engine
+    warm-loads them, so on day 2 the only misses are the people first seen on day 2 (once each)."""
+    out = tmp_path / "e2e.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "bench/e2e_bench.py", "--workload", "city", "--people", "2000", "--days", "2"),
+            *("--no-naive", "--code-cache", str(code_cache), "--json", str(out), "--cache-size", "10000"),
+            "--deployment-set",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (r,) = orjson.loads(out.read_bytes())["results"]
+    c = r["city"]
+    city = City(CityParams(**c["params"]))
+    before = set(city.person[city.window(1)].tolist())
+    window = city.person[city.window(2)].tolist()
+    assert c["warm_scans"] == 0 and c["deployment_set_rows"] == len(before)
+    assert r["scans"] == len(window) and r["cache_lookups"] == len(window)
+    first_sights = len(set(window) - before)
+    assert r["hit_rate"] == pytest.approx(1 - first_sights / len(window), abs=5e-5)  # rounded to 4 places
+
+
+@pytest.mark.slow
 def test_capacity_plans_from_an_e2e_json(e2e_city: tuple[Any, dict[str, Any], Path]) -> None:
     _, doc, path = e2e_city
     plan = build_plan(parser().parse_args(["--from-json", str(path), "--hit-rate", "0.9", "--bytes-per-row", "90"]))
