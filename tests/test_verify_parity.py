@@ -428,6 +428,25 @@ def test_a_full_set_evicts_the_same_entries_in_both(size: int) -> None:
 
 
 @needs_c
+def test_a_large_load_checks_macs_on_every_core_and_builds_the_same_table() -> None:
+    """From 65,536 rows the compiled load checks the MACs in parallel: the same rows refused (1 % corrupted,
+    spread over every thread's share), the same table as the reference's serial load, evictions included."""
+    rng = np.random.default_rng(65_536)
+    n = 70_000
+    tags, kids, exps, macs = _rows(rng, n, NOW + rng.integers(1, 4 * DAY, n))
+    bad = rng.choice(n, n // 100, replace=False)
+    corrupted = bytearray(macs)
+    for i in bad.tolist():
+        corrupted[16 * i] ^= 1
+    ref, got = (f(TRUST.table(), SECRET, cache_size=50_000, threads=2) for f in (PyVerifier, _verify.CVerifier))
+    assert ref.load_set(tags, kids, exps, bytes(corrupted), NOW) == got.load_set(
+        tags, kids, exps, bytes(corrupted), NOW
+    )
+    assert got.set_refused == len(bad) and got.set_size == 50_000 and got.set_evictions > 0
+    assert ref.set_table() == got.set_table() and ref.set_evictions == got.set_evictions
+
+
+@needs_c
 def test_batches_over_a_full_set_agree_on_every_hit_and_the_table() -> None:
     """Real codes verified into a set already full of other entries, batches with repeats inside them (a repeat
     of a miss is a hit only when that miss's entry went in): every column, hits included, and the table agree."""
