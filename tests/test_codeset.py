@@ -180,6 +180,21 @@ def test_polls_pick_up_only_new_rows_after_the_warm_load(store: Store, trust: Tr
     assert later in np.frombuffer(second.tags, "V16").tobytes()
 
 
+def test_a_warm_load_reads_only_the_newest_rows_the_set_can_hold(store: Store, trust: TrustList) -> None:
+    """A node whose set (cache_size) is smaller than the deployment's reads the most recently added rows, up to
+    its bound, rather than every row only to evict most of them; polls are not bounded (they are small)."""
+    key, kid = set_key(SECRET), trust.keys[0].kid
+    exps = np.full(15, int(time.time()) + 3600, np.int64)
+    old, new = os.urandom(16 * 15), os.urandom(16 * 5)
+    store.insert_verified_codes(old, kid * 15, exps, row_macs(key, old, kid * 15, exps), "earlier")
+    time.sleep(0.02)  # added_at is in milliseconds
+    store.insert_verified_codes(new, kid * 5, exps[:5], row_macs(key, new, kid * 5, exps[:5]), "later")
+    rows = SharedCodeSet(store, Metrics(), SECRET, "small", max_entries=5).read(since_last=False)
+    assert sorted(np.frombuffer(rows.tags, "V16").tolist()) == sorted(np.frombuffer(new, "V16").tolist())
+    assert row_macs(key, rows.tags, rows.kids, rows.exps) == rows.macs
+    assert len(SharedCodeSet(store, Metrics(), SECRET, "big", max_entries=50).read(since_last=False)) == 20
+
+
 def test_row_macs_match_the_contract_one_row_at_a_time() -> None:
     key = set_key(SECRET)
     tags, kids = os.urandom(16 * 4), os.urandom(8 * 4)

@@ -6,7 +6,8 @@ and every node sees the same population. So each node
 * **publishes** the entries its verifier added (``BatchResult.newly_verified``: tag, the issuer's kid, exp) into
   ``verified_codes`` (migration 0011), each row with a MAC under the deployment secret, batched with the drain's
   scan inserts (one small insert after each scans insert, on the store thread; never on the ack path);
-* **warm-loads** the set from the store at start, before it serves;
+* **warm-loads** the set from the store at start, before it serves (the newest ``cache_size`` rows when the
+  deployment holds more than the node's set can);
 * **polls** for the other nodes' additions every ``set_poll_s`` seconds, reading rows the store added since the
   last poll (with an overlap, because a row's ``added_at`` is taken when its insert starts, not when it shows).
 
@@ -76,8 +77,9 @@ def usable_rows(rows: SetRows, trust: TrustTable) -> SetRows:
 class SharedCodeSet:
     """One node's side of the deployment-wide set: what it verified goes out, what others verified comes in."""
 
-    def __init__(self, store: Store, metrics: Metrics, secret: bytes, node: str) -> None:
+    def __init__(self, store: Store, metrics: Metrics, secret: bytes, node: str, max_entries: int = 0) -> None:
         self._store = store
+        self._max_entries = max_entries  # the set's bound: a warm load reads at most this many (0: no bound)
         self._metrics = metrics
         self._key = set_key(secret)
         self._node = node
@@ -138,7 +140,8 @@ class SharedCodeSet:
         since = None
         if since_last and self._newest_ms is not None:
             since = self._newest_ms - POLL_OVERLAP_MS
-        rows = self._store.verified_codes(now=int(time.time()), since_ms=since)
+        newest = self._max_entries if self._max_entries > 0 and not since_last else None
+        rows = self._store.verified_codes(now=int(time.time()), since_ms=since, newest=newest)
         if len(rows):
             self._newest_ms = max(self._newest_ms or 0, rows.newest_ms)
         elif self._newest_ms is None:

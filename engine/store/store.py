@@ -543,8 +543,10 @@ class Store:
             )
         return n
 
-    def verified_codes(self, *, now: int, since_ms: int | None = None) -> SetRows:
-        """Unexpired ``verified_codes`` rows (added at or after ``since_ms`` if given), as packed columns.
+    def verified_codes(self, *, now: int, since_ms: int | None = None, newest: int | None = None) -> SetRows:
+        """Unexpired ``verified_codes`` rows (added at or after ``since_ms`` if given), as packed columns; with
+        ``newest``, at most that many, the most recently added (a node whose set is smaller than the deployment's
+        reads only what it can hold, not every row to drop most of them).
 
         Read as Arrow and handed over as the columns' buffers: a warm load of millions of rows makes no Python
         object per row. The MACs are not checked here: the verifier checks each row's before using it."""
@@ -553,10 +555,14 @@ class Store:
         if since_ms is not None:
             where += " AND added_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
             params["since"] = since_ms
-        sql = (
-            "SELECT tag, kid, exp, mac, toUnixTimestamp64Milli(added_at) AS added "
-            f"FROM {self.database}.verified_codes WHERE {where}"
-        )
+        source = f"FROM {self.database}.verified_codes WHERE {where}"
+        sql = f"SELECT tag, kid, exp, mac, toUnixTimestamp64Milli(added_at) AS added {source}"
+        if newest is not None:
+            # the sort only when it is needed: counting reads one column, sorting all of them
+            (total,) = self.query(f"SELECT count() {source}", params)[0]
+            if total > newest:
+                sql += " ORDER BY added_at DESC LIMIT {newest:UInt64}"
+                params["newest"] = newest
         with self._lock:
             table = self._run("read of verified codes", lambda: self._client.query_arrow(sql, parameters=params))
         table = table.combine_chunks()

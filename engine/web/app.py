@@ -137,7 +137,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         burst=cfg.device_burst,
     )
     node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
-    codeset = SharedCodeSet(store, metrics, secret, node) if cfg.set_poll_s > 0 else None
+    codeset = SharedCodeSet(store, metrics, secret, node, cfg.cache_size) if cfg.set_poll_s > 0 else None
     metrics.codeset_max.set(cfg.cache_size)
     metrics.set_codeset_source(lambda: (verifier.set_size, cfg.cache_size, verifier.set_evictions))
     drain = Drain(
