@@ -64,7 +64,10 @@ class Config:
     wal_fsync: bool = field(default=True, metadata={"help": "fsync the WAL (off only for benchmarks)"})
     retention_days: int = field(default=28, metadata={"help": "days scans are kept (TTL)"})
     verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = cores - 1 (at least 1)"})
-    cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
+    cache_size: int = field(
+        default=262_144,
+        metadata={"help": "verified-code set entries (~40 bytes each): size it for the deployment's population"},
+    )
     set_poll_s: float = field(
         default=2.0,
         metadata={
