@@ -71,7 +71,8 @@ class Config:
     set_poll_s: float = field(
         default=2.0,
         metadata={
-            "help": "share the verified-code set through the store, polling others' additions every N s (0 = off)"
+            "help": "share the verified-code set through the store, polling others' additions every N s (0 = off; "
+            "an embedded store, written by this process only, is published to and warm-loaded but not polled)"
         },
     )
     skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})

@@ -266,3 +266,36 @@ async def test_a_second_node_picks_up_the_first_nodes_codes_within_seconds(
     assert status == 202 and {r["verdict"] for r in body["results"]} == {"ok"}
     assert verifier_b.cache_hits - hits == 8  # no signature verified on node b
     assert _metric(await _metrics(b), "engine_codeset_loaded_total") >= 8
+
+
+async def test_an_engine_refuses_a_row_written_without_the_secret_and_verifies_the_code(
+    engine: Any, clickhouse_server: Any, clickhouse_database: str
+) -> None:
+    """The attack end to end, on a real ClickHouse server: someone with write access to the store inserts a set
+    row for a forged code straight into ``verified_codes`` (even with the forged code's exact tag, which itself
+    needs the secret). The running engine's poll reads it, refuses it (counted), and the forged code posted
+    afterwards is verified and rejected. The control: the same row under the deployment's MAC makes the engine
+    skip the signature, so the check is what stands between the row and a forged ``ok``."""
+    e = await engine(dsn=clickhouse_server.dsn, database=clickhouse_database, set_poll_s=0.1)
+    key = set_key((e.fx.data_dir / "person_key.secret").read_bytes())
+    bad = forged(e.fx.code(7).encode())
+    tag, kid, exp = code_tag(key, bad), e.fx.trust.keys[0].kid, int(time.time()) + 86_400
+    writer = Store.connect(clickhouse_server.dsn, database=clickhouse_database)
+    try:
+        writer.insert_verified_codes(tag, kid, np.array([exp]), os.urandom(16), "intruder")
+        t0 = time.monotonic()
+        while _metric(await _metrics(e), "engine_codeset_refused_total") < 1:
+            assert time.monotonic() - t0 < 10, "the engine's poll never read the intruder's row"
+            await asyncio.sleep(0.05)
+        status, body = await e.client.post_scans([make_scan(bad.decode(), "venue-1")])
+        assert status == 202 and body["results"][0]["verdict"] == "bad_signature"
+        assert e.rt.batcher.verifier.set_size == 0
+
+        writer.insert_verified_codes(tag, kid, np.array([exp]), row_mac(key, tag, kid, exp), "a node with the secret")
+        while e.rt.batcher.verifier.set_size < 1:
+            assert time.monotonic() - t0 < 20, "the engine's poll never loaded the authentic row"
+            await asyncio.sleep(0.05)
+        status, body = await e.client.post_scans([make_scan(bad.decode(), "venue-1")])
+        assert status == 202 and body["results"][0]["verdict"] == "ok"  # what the MAC check alone prevents
+    finally:
+        writer.close()

@@ -184,7 +184,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     drain.start()
     batcher.start()
     poll = None
-    if codeset is not None:
+    if codeset is not None and not store.is_embedded:  # an embedded store has one writer: this process
         poll = asyncio.create_task(
             codeset.keep_polling(runtime.in_store_thread, batcher.load_shared, cfg.set_poll_s), name="codeset-poll"
         )
