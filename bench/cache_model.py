@@ -6,10 +6,10 @@ genuine and signed, so every scan is a cache lookup, as the engine counts them) 
 * **LRU of N entries**: the engine's verified-code cache before the verified-code set (an ``OrderedDict``, a
   hit moves the code to the back, a miss is verified and appended, the front is evicted past N), kept as the
   baseline the issue compares against;
-* **the bounded verified-code set of N entries** (:func:`bounded_set_hits`): exactly the reference verifier's
-  set today (``engine.verify.reference.PyVerifier``: tags in insertion order, the oldest evicted when full, no
-  reordering on a hit); the compiled set evicts the entry in the new tag's home slot instead, which is the same
-  in the unbounded case and close to it otherwise; the engine's own hit rate is what ``e2e_bench.py`` reports;
+* **the bounded verified-code set of N entries** (:func:`bounded_set_hits`): exactly both verifiers' set
+  (``engine.verify.verified_set.VerifiedSet``: a full set evicts the entry in the new tag's home slot, no
+  reordering on a hit; lookups of a batch see the set as it began), given the codes' tags; the engine's own hit
+  rate is what ``e2e_bench.py`` reports;
 * **every code remembered once verified** (a set whose entries expire at the code's ``exp``): the
   deployment-wide verified-code set of issue 16, seen from one node whose population is the whole city;
 
@@ -31,6 +31,7 @@ import argparse
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ if __package__ in (None, ""):
 
 from bench.population import City, CityParams
 from bench.synth import HOUR_MS
+from engine.verify.verified_set import VerifiedSet
 
 SET = 0  # a "size" of 0 in ``model``: the unbounded set
 
@@ -65,21 +67,28 @@ def lru_hits(stream: np.ndarray, size: int) -> np.ndarray:
     return hits
 
 
-def bounded_set_hits(stream: np.ndarray, size: int) -> np.ndarray:
-    """For each lookup, whether a set of at most ``size`` entries evicting its oldest held it (PyVerifier's set)."""
+def bounded_set_hits(stream: np.ndarray, size: int, tag: Callable[[int], bytes], batch: int = 1) -> np.ndarray:
+    """For each lookup, whether the verifiers' set of at most ``size`` entries held it, fed ``batch`` lookups at a
+    time as a verifier is (``tag(code)``: the code's set tag, which decides its slot; nothing expires)."""
     hits = np.zeros(len(stream), np.bool_)
     if size <= 0:
         return hits
-    held: dict[int, None] = {}
-    out = bytearray(len(stream))
-    for j, code in enumerate(stream.tolist()):
-        if code in held:
-            out[j] = 1
-        else:
-            if len(held) >= size:
-                del held[next(iter(held))]
-            held[code] = None
-    hits[:] = np.frombuffer(bytes(out), np.uint8).astype(np.bool_)
+    held, never = VerifiedSet(size), 2**62
+    codes = stream.tolist()
+    for lo in range(0, len(codes), batch):
+        new: dict[bytes, int] = {}  # this batch's misses: tag -> first lookup
+        repeats: list[tuple[int, bytes]] = []
+        for j in range(lo, min(lo + batch, len(codes))):
+            t = tag(codes[j])
+            if t in held:
+                hits[j] = True
+            elif t in new:
+                repeats.append((j, t))
+            else:
+                new[t] = j
+        inserted = {t for t in new if held.insert(t, never, 0)}
+        for j, t in repeats:
+            hits[j] = t in inserted
     return hits
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import orjson
 from nacl.signing import SigningKey
 
@@ -69,9 +70,11 @@ from bench.population import City, CityParams, CodeBook  # noqa: E402
 from engine.cli.info import collect  # noqa: E402
 from engine.codes.payload import Person, b64url_encode, mint  # noqa: E402
 from engine.devices.client import sign_request  # noqa: E402
+from engine.ingest.codeset import row_macs  # noqa: E402
+from engine.store.store import Store  # noqa: E402
 from engine.testing.engines import free_port, make_fixture  # noqa: E402
 from engine.verify import make_verifier  # noqa: E402
-from engine.verify.contract import CodeBatch  # noqa: E402
+from engine.verify.contract import CodeBatch, code_tag, set_key  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 YEAR = 365 * 86_400
@@ -439,8 +442,40 @@ def city_of(args: argparse.Namespace) -> tuple[City, CodeBook]:
     return _CITIES[key]
 
 
+def publish_history(data_dir: Path, city: City, book: CodeBook, before_ms: int) -> int:
+    """Fill the node's store with the deployment's verified-code set as other nodes would have published it: one
+    row per person scanned before ``before_ms`` (tag, the bench issuer's kid, the code's exp, the row MAC under
+    the data directory's secret, written here first). Returns the rows written."""
+    secret = os.urandom(32)
+    path = data_dir / "person_key.secret"
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    people = np.unique(city.person[: int(np.searchsorted(city.t_ms, before_ms))])
+    key, kid = set_key(secret), city_load.bench_trusted_key().kid
+    tags = b"".join(code_tag(key, book.code(int(i)).encode()) for i in people.tolist())
+    exps = np.full(len(people), book.exp, np.int64)
+    kids = kid * len(people)
+    store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}")
+    try:
+        store.migrate()
+        for lo in range(0, len(people), 1_000_000):
+            hi = min(lo + 1_000_000, len(people))
+            t, k = tags[16 * lo : 16 * hi], kids[8 * lo : 8 * hi]
+            store.insert_verified_codes(t, k, exps[lo:hi], row_macs(key, t, k, exps[lo:hi]), "earlier-nodes")
+    finally:
+        store.close()
+    for d in [data_dir / "store", *(data_dir / "store").rglob("*")]:  # the engine refuses a store others can read
+        if d.is_dir():
+            d.chmod(0o700)
+    return len(people)
+
+
 def run_city(args: argparse.Namespace) -> Result:
-    """One engine driven by the city: warm-up replay of everything before the window, then the measured window."""
+    """One engine driven by the city: warm-up replay of everything before the window, then the measured window.
+
+    With ``--deployment-set`` there is no replay: the node joins a deployment whose other nodes verified every
+    code scanned before the window (their entries are in the store's ``verified_codes``), warm-loads that set at
+    start, and the window is measured from there."""
     city, book = city_of(args)
     day = args.day or city.params.days
     h0, h1 = args.hours
@@ -448,6 +483,8 @@ def run_city(args: argparse.Namespace) -> Result:
         fx = make_fixture(Path(tmp))
         city_load.with_bench_issuer(fx.trust).save(Path(tmp) / "trust.json")
         city_load.seed_devices(Path(tmp), city.params)
+        window_ms = city.start_ms + (day - 1) * 86_400_000 + int(h0 * 3_600_000)
+        published = publish_history(Path(tmp), city, book, window_ms) if args.deployment_set else 0
         port, ops_port = free_port(), free_port()
         url, ops_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}"
         env = {
@@ -472,8 +509,8 @@ def run_city(args: argparse.Namespace) -> Result:
         try:
             wait_healthy(url, proc)
             # the node's history: every earlier day whole, then the window's day up to the window
-            warm: list[Any] = [city.requests(book, d, **shape) for d in range(1, day)]
-            if h0 > 0:
+            warm: list[Any] = [] if args.deployment_set else [city.requests(book, d, **shape) for d in range(1, day)]
+            if h0 > 0 and not args.deployment_set:
                 warm.append(city.requests(book, day, (0.0, h0), **shape))
             warmed = 0
             for reqs in warm:
@@ -523,6 +560,7 @@ def run_city(args: argparse.Namespace) -> Result:
             "day": day,
             "hours": [h0, h1],
             "warm_scans": warmed,
+            "deployment_set_rows": published,
             "hold_s": args.hold_s,
             "speedup": args.speedup,
             "cache_size": args.cache_size,
@@ -600,6 +638,12 @@ def parser() -> argparse.ArgumentParser:
     )
     city.add_argument("--speedup", type=float, default=0.0, help="simulated ÷ wall time; 0: as fast as possible")
     city.add_argument("--city-seed", type=int, default=1)
+    city.add_argument(
+        "--deployment-set",
+        action="store_true",
+        help="no replay: the store holds the set entries other nodes published for everyone scanned before the "
+        "window, warm-loaded at start (set --cache-size to the population)",
+    )
     city.add_argument("--code-cache", type=Path, default=None, help="where minted code books are cached")
     ap.add_argument(
         "--rounds",

@@ -71,11 +71,21 @@ class Config:
         metadata={"help": "oldest scanned_at accepted, days before now; 0 = 7 (or retention_days if shorter)"},
     )
     verify_threads: int = field(default=0, metadata={"help": "verifier threads; 0 = cores - 1 (at least 1)"})
-    cache_size: int = field(default=262_144, metadata={"help": "verified-code cache entries"})
     # off by default so that an upgrade keeps every registered (hence unbound) scanner working; a deployment
     # turns it on once device-list shows no active device unbound (docs/device-api.md, "Venue binding")
     require_venue_binding: bool = field(
         default=False, metadata={"help": "refuse (403) scans from devices not bound to any venue"}
+    )
+    cache_size: int = field(
+        default=262_144,
+        metadata={"help": "verified-code set entries (~40 bytes each): size it for the deployment's population"},
+    )
+    set_poll_s: float = field(
+        default=2.0,
+        metadata={
+            "help": "share the verified-code set through the store, polling others' additions every N s (0 = off; "
+            "an embedded store, written by this process only, is published to and warm-loaded but not polled)"
+        },
     )
     skew_s: int = field(default=300, metadata={"help": "allowed clock skew (s) for codes and device requests"})
     # ClickHouse pays a fixed CPU cost per insert whatever its size: one insert every 3 s of up to 200k rows (the
@@ -240,6 +250,7 @@ class Config:
             (0 <= self.insert_interval_ms <= 60_000, "insert_interval_ms must be 0..60000"),
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
             (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
+            (0 <= self.set_poll_s <= 3600, "set_poll_s must be 0..3600"),
             (1 <= self.workers <= 64, "workers must be 1..64"),
             (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
             (

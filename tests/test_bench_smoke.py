@@ -175,3 +175,13 @@ def test_e2e_bench_runs_the_server_store_beside_the_embedded_one_with_workers(tm
         assert r["statuses"] == {"202": r["requests"]} and r["cpu_us_per_scan"] > 0, r
         assert (r["store_server_cpu_us_per_scan"] is not None) == (r["store"] == "server"), r
     assert "ClickHouse server" in done.stdout
+
+
+@pytest.mark.slow
+def test_codeset_bench_quick_loads_every_row() -> None:
+    """bench/codeset_bench.py end to end on 20,000 rows: published, warm-loaded, none refused, memory reported."""
+    done = subprocess.run(
+        [sys.executable, "bench/codeset_bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "added 20,000, refused 0, set size 20,000" in done.stdout and "B/entry" in done.stdout

@@ -208,8 +208,13 @@ def test_cache_size_zero_and_eviction(trust_list: TrustList, issuer_key: Signing
     assert off.cache_hits == 0 and off.cache_lookups == 6
     small = PyVerifier(trust_list.table(), b"s" * 32, cache_size=2)
     r = small.verify_batch(CodeBatch.from_codes([*codes, codes[0], codes[2]]), now)
-    assert list(r.cache_hit) == [False, False, False, False, True]  # codes[0] was evicted, codes[2] kept
     assert all(Verdict(v) is Verdict.OK for v in r.verdict)
+    # a full set makes way for a third code (or leaves it out): one eviction either way, never a third entry
+    assert (small.set_size, small.set_evictions) == (2, 1) and not r.cache_hit[:3].any()
+    # the batch's lookups saw the set as it began; a repeat is a hit exactly when its first copy's entry went in
+    assert (r.cache_hit[3], r.cache_hit[4]) == (r.newly_verified[0], r.newly_verified[2])
+    again = small.verify_batch(CodeBatch.from_codes(codes), now)
+    assert int(again.cache_hit.sum()) == 2  # the two codes the set holds, and only those
 
 
 # -- parsing and minting ---------------------------------------------------------------------------------

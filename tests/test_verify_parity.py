@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 from engine.codes.payload import Person, key_id, mint
 from engine.codes.trust import TrustedKey, TrustList, TrustTable
 from engine.codes.verdicts import CodeKind, Reason, Verdict
-from engine.verify.contract import BatchResult, CodeBatch
+from engine.verify.contract import BatchResult, CodeBatch, row_mac, set_key
 from engine.verify.reference import PyVerifier
 
 try:
@@ -390,8 +390,84 @@ def test_tiny_cache_evicts_without_changing_verdicts(cache_size: int) -> None:
     ref = run(PyVerifier, codes, cache_size=cache_size)
     v = _verify.CVerifier(TRUST.table(), SECRET, skew=SKEW, cache_size=cache_size)
     got = v.verify_batch(CodeBatch.from_codes(codes), NOW)
-    assert_same(ref, got, codes, cache_hit=cache_size == 0)
+    assert_same(ref, got, codes)  # hits too: both evict by one rule (engine/verify/verified_set.py)
     assert v.cache_lookups == len(codes) and v.cache_hits <= v.cache_lookups
+
+
+# -- one eviction rule: a full set holds the same entries in both -----------------------------------------------
+def _rows(rng: np.random.Generator, n: int, exps: np.ndarray) -> tuple[bytes, bytes, np.ndarray, bytes]:
+    """``n`` set rows with random tags under the vectors' secret, MACs as a node publishing them computes."""
+    key, kid = set_key(SECRET), TRUST.keys[0].kid
+    tags = rng.bytes(16 * n)
+    macs = b"".join(row_mac(key, tags[16 * i : 16 * i + 16], kid, int(exps[i])) for i in range(n))
+    return tags, kid * n, exps, macs
+
+
+@needs_c
+@pytest.mark.parametrize("size", [1, 7, 100, 1000])
+def test_a_full_set_evicts_the_same_entries_in_both(size: int) -> None:
+    """Loads far past the bound, with entries expiring between loads: after every load both tables are equal
+    slot for slot (which entries went, which stayed, where), and so are count and evictions. Before the rule was
+    shared the reference dropped its oldest entry and the compiled one its home slot's, so the tables parted at
+    the first eviction."""
+    rng = np.random.default_rng(size)
+    ref, got = (
+        PyVerifier(TRUST.table(), SECRET, cache_size=size),
+        _verify.CVerifier(TRUST.table(), SECRET, cache_size=size),
+    )
+    now = NOW
+    for _ in range(12):
+        n = max(2, size // 2 + 3)
+        exps = now + rng.integers(1, 4 * DAY, n)  # some expire before the next load, whose now is a day later
+        rows = _rows(rng, n, exps)
+        assert ref.load_set(*rows, now) == got.load_set(*rows, now)
+        assert ref.set_table() == got.set_table()
+        assert (ref.set_size, ref.set_evictions) == (got.set_size, got.set_evictions)
+        now += DAY
+    assert ref.set_size == size and ref.set_evictions > 0  # the rule was exercised: full, evicting
+
+
+@needs_c
+def test_a_large_load_checks_macs_on_every_core_and_builds_the_same_table() -> None:
+    """From 65,536 rows the compiled load checks the MACs in parallel: the same rows refused (1 % corrupted,
+    spread over every thread's share), the same table as the reference's serial load, evictions included."""
+    rng = np.random.default_rng(65_536)
+    n = 70_000
+    tags, kids, exps, macs = _rows(rng, n, NOW + rng.integers(1, 4 * DAY, n))
+    bad = rng.choice(n, n // 100, replace=False)
+    corrupted = bytearray(macs)
+    for i in bad.tolist():
+        corrupted[16 * i] ^= 1
+    ref, got = (f(TRUST.table(), SECRET, cache_size=50_000, threads=2) for f in (PyVerifier, _verify.CVerifier))
+    assert ref.load_set(tags, kids, exps, bytes(corrupted), NOW) == got.load_set(
+        tags, kids, exps, bytes(corrupted), NOW
+    )
+    assert got.set_refused == len(bad) and got.set_size == 50_000 and got.set_evictions > 0
+    assert ref.set_table() == got.set_table() and ref.set_evictions == got.set_evictions
+
+
+@needs_c
+def test_batches_over_a_full_set_agree_on_every_hit_and_the_table() -> None:
+    """Real codes verified into a set already full of other entries, batches with repeats inside them (a repeat
+    of a miss is a hit only when that miss's entry went in): every column, hits included, and the table agree."""
+    size = 48
+    rng = np.random.default_rng(7)
+    ref, got = (f(TRUST.table(), SECRET, skew=SKEW, cache_size=size) for f in (PyVerifier, _verify.CVerifier))
+    rows = _rows(rng, 3 * size, np.full(3 * size, NOW + DAY, np.int64))
+    assert ref.load_set(*rows, NOW) == got.load_set(*rows, NOW)
+    codes = _signed_codes(90)
+    for k in range(6):
+        batch = [codes[(k * 17 + j * j) % 90] for j in range(40)] + codes[k * 5 : k * 5 + 10]
+        a = ref.verify_batch(CodeBatch.from_codes(batch), NOW)
+        b = got.verify_batch(CodeBatch.from_codes(batch), NOW)
+        assert_same(a, b, batch)
+        assert ref.set_table() == got.set_table()
+        assert (ref.cache_hits, ref.cache_lookups, ref.set_evictions) == (
+            got.cache_hits,
+            got.cache_lookups,
+            got.set_evictions,
+        )
+    assert ref.set_size == size and ref.cache_hits > 0 and ref.set_evictions > 3 * size - size
 
 
 @needs_c

@@ -26,7 +26,7 @@ from bench.synth import DAY_MS, HOUR_MS
 from engine.codes.payload import mint
 from engine.codes.trust import TrustList
 from engine.codes.verdicts import VERDICTS
-from engine.verify.contract import CodeBatch
+from engine.verify.contract import CodeBatch, code_tag, set_key
 from engine.verify.reference import PyVerifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,10 @@ def test_model_bounded_set_is_the_reference_verifiers_set(city: City, code_cache
     for lo in range(0, len(stream), 500):
         batch = CodeBatch.from_codes([book.code(int(i)).encode() for i in stream[lo : lo + 500]])
         flags.append(verifier.verify_batch(batch, now).cache_hit)
-    assert np.array_equal(np.concatenate(flags), bounded_set_hits(stream, 300))
+    key = set_key(b"s" * 32)
+    assert np.array_equal(
+        np.concatenate(flags), bounded_set_hits(stream, 300, lambda i: code_tag(key, book.code(i).encode()), 500)
+    )
     assert not np.array_equal(np.concatenate(flags), lru_hits(stream, 300)), "the set is not an LRU"
 
 
@@ -211,6 +214,34 @@ def test_e2e_city_run_states_the_hit_rate_it_produced(e2e_city: tuple[Any, dict[
     assert r["cache_lookups"] == r["scans"], "every genuine signed code is one cache lookup"
     assert 0.3 < r["hit_rate"] < 1.0, "day 2 of a small city: most people were seen on day 1"
     assert "city" in done.stdout and f"{r['hit_rate']:.1%}" in done.stdout
+
+
+@pytest.mark.slow
+def test_e2e_city_with_the_deployment_set_misses_only_first_sights(tmp_path: Path, code_cache: Path) -> None:
+    """``--deployment-set``: no replay; the store holds an entry for everyone scanned on day 1, the engine
+    warm-loads them, so on day 2 the only misses are the people first seen on day 2 (once each)."""
+    out = tmp_path / "e2e.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "bench/e2e_bench.py", "--workload", "city", "--people", "2000", "--days", "2"),
+            *("--no-naive", "--code-cache", str(code_cache), "--json", str(out), "--cache-size", "10000"),
+            "--deployment-set",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (r,) = orjson.loads(out.read_bytes())["results"]
+    c = r["city"]
+    city = City(CityParams(**c["params"]))
+    before = set(city.person[city.window(1)].tolist())
+    window = city.person[city.window(2)].tolist()
+    assert c["warm_scans"] == 0 and c["deployment_set_rows"] == len(before)
+    assert r["scans"] == len(window) and r["cache_lookups"] == len(window)
+    first_sights = len(set(window) - before)
+    assert r["hit_rate"] == pytest.approx(1 - first_sights / len(window), abs=5e-5)  # rounded to 4 places
 
 
 @pytest.mark.slow

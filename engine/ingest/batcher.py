@@ -31,6 +31,7 @@ from engine.codes.trust import TrustTable
 from engine.codes.verdicts import VERDICTS
 from engine.errors import EngineError, OverloadedError, WALError
 from engine.ingest import record
+from engine.ingest.codeset import SharedCodeSet
 from engine.ingest.commit import GroupCommit, Verified
 from engine.ingest.intake import Intake
 from engine.ingest.recent import Earlier, RecentScans, Submission, Verdicted, scan_keys
@@ -38,6 +39,7 @@ from engine.ingest.record import batch_rows
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.metrics import Metrics
 from engine.store.columns import Strings, concat_offsets, dictionary_codes
+from engine.store.store import SetRows
 from engine.threads import single_thread_pool
 from engine.verify.contract import BatchResult, CodeBatch, Verifier
 
@@ -94,8 +96,10 @@ class Batcher:
         wal_budget_bytes: int,
         recent_ids: int,
         on_durable: Callable[[], None] = lambda: None,
+        codeset: SharedCodeSet | None = None,
     ) -> None:
         self._verifier = verifier
+        self._codeset = codeset
         self._trust = trust
         self._wal = wal
         self._metrics = metrics
@@ -149,6 +153,14 @@ class Batcher:
             self._trust = trust
 
         await asyncio.get_running_loop().run_in_executor(self._verify_pool, swap)
+
+    async def load_shared(self, rows: SetRows) -> None:
+        """Add the deployment's new set entries between two batches (on the verify thread, like ``set_trust``)."""
+        if self._codeset is not None:
+            codeset = self._codeset
+            await asyncio.get_running_loop().run_in_executor(
+                self._verify_pool, lambda: codeset.load(self._verifier, self._trust, rows)
+            )
 
     @property
     def queued_scans(self) -> int:
@@ -256,6 +268,8 @@ class Batcher:
         t0 = time.perf_counter()
         result, rec = encode_batch(subs, self._trust, self._verifier, int(time.time()))
         self._metrics.verify_seconds.observe(time.perf_counter() - t0)
+        if self._codeset is not None:
+            self._codeset.collect(result, self._trust)
         return Verified(subs, result, rec)
 
     # -- stage 2: group commit (engine.ingest.commit) ------------------------------------------------------

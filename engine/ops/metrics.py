@@ -62,6 +62,37 @@ class Metrics:
         self._cache = _CacheCounters()
         r.register(self._cache)
         self.cache_hit_ratio = Gauge("engine_cache_hit_ratio", "Cache hits / lookups since start", registry=r)
+        self.codeset_size = Gauge(
+            "engine_codeset_entries",
+            "Entries in the verified-code set (codes whose signature is not re-checked)",
+            registry=r,
+        )
+        self.codeset_max = Gauge("engine_codeset_max_entries", "The verified-code set's bound (cache_size)", registry=r)
+        self.codeset_warm_load_seconds = Gauge(
+            "engine_codeset_warm_load_seconds", "Time to load the deployment's verified-code set at start", registry=r
+        )
+        self.codeset_published = Counter(
+            "engine_codeset_published", "Verified-code set entries this node published to the store", registry=r
+        )
+        self.codeset_publish_lag = Histogram(
+            "engine_codeset_publish_lag_seconds",
+            "Age of the oldest entry of a publish when it reached the store (verify to insert)",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
+        self.codeset_publish_dropped = Counter(
+            "engine_codeset_publish_dropped",
+            "Unpublished set entries dropped while the store refused them (other nodes verify those codes again)",
+            registry=r,
+        )
+        self.codeset_loaded = Counter(
+            "engine_codeset_loaded", "Set entries loaded from the store (warm load and polls)", registry=r
+        )
+        self.codeset_refused = Counter(
+            "engine_codeset_refused",
+            "verified_codes rows refused because their MAC is not the deployment secret's (counted per read)",
+            registry=r,
+        )
         self.store_up = Gauge("engine_store_up", "1 if the last store operation succeeded", registry=r)
         self.active_devices = Gauge("engine_active_devices", "Devices that sent a request in the last 60 s", registry=r)
         self.auth_failures = Counter(
@@ -89,6 +120,10 @@ class Metrics:
         """Where ``engine_cache_hits_total`` / ``engine_cache_lookups_total`` are read from at scrape time."""
         self._cache.source = source
 
+    def set_codeset_source(self, source: Callable[[], tuple[int, int, int]]) -> None:
+        """Where the set's size, bound and ``engine_codeset_evictions_total`` are read from at scrape time."""
+        self._cache.codeset = source
+
     def cache_counts(self) -> tuple[int, int]:
         """(hits, lookups) of the verified-code cache since the engine started."""
         return self._cache.source()
@@ -112,8 +147,14 @@ class _CacheCounters(Collector):
 
     def __init__(self) -> None:
         self.source: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.codeset: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
 
     def collect(self) -> Iterator[Metric]:
         hits, lookups = self.source()
         yield CounterMetricFamily("engine_cache_hits", "Verified-code cache hits", value=hits)
         yield CounterMetricFamily("engine_cache_lookups", "Verified-code cache lookups", value=lookups)
+        yield CounterMetricFamily(
+            "engine_codeset_evictions",
+            "Entries the full verified-code set evicted or left out (their codes are verified again)",
+            value=self.codeset()[2],
+        )

@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from engine.errors import StoreError
@@ -66,6 +67,21 @@ _DEVICE_TYPES = [
 _SYNC_INSERT: dict[str, Any] = {"async_insert": 0}
 
 ScanColumns = Mapping[str, "np.ndarray[Any, Any] | Sequence[Any]"]
+
+
+@dataclass(frozen=True)
+class SetRows:
+    """Rows of ``verified_codes`` as packed columns (16-byte tags, 8-byte kids, 16-byte MACs): what
+    ``Verifier.load_set`` takes, with no Python object per row; ``newest_ms`` is the latest ``added_at`` read."""
+
+    tags: bytes
+    kids: bytes
+    exps: np.ndarray
+    macs: bytes
+    newest_ms: int
+
+    def __len__(self) -> int:
+        return len(self.exps)
 
 
 @dataclass(frozen=True)
@@ -514,6 +530,79 @@ class Store:
                 ),
             )
 
+    def insert_verified_codes(self, tags: bytes, kids: bytes, exps: np.ndarray, macs: bytes, node: str) -> int:
+        """Publish verified-code set entries (packed like :class:`SetRows`); return the rows sent.
+
+        Arrow columns straight from the packed buffers; ``added_at`` is left to the server, so every node's poll
+        reads one clock (the store's), not the publishers'."""
+        n = len(exps)
+        if n == 0:
+            return 0
+        if len(tags) != 16 * n or len(kids) != 8 * n or len(macs) != 16 * n:
+            raise StoreError("verified codes: tags, kids and macs must hold 16, 8 and 16 bytes per entry")
+
+        def fixed(buf: bytes, width: int) -> pa.Array:
+            return pa.Array.from_buffers(pa.binary(width), n, [None, pa.py_buffer(buf)])
+
+        table = pa.table(
+            {
+                "tag": fixed(tags, 16),
+                "kid": fixed(kids, 8),
+                "exp": pa.array(np.ascontiguousarray(exps, np.int64)),
+                "mac": fixed(macs, 16),
+                "node": pa.array([node] * n, pa.string()),
+            }
+        )
+        with self._lock:
+            self._run(
+                f"publish of {n} verified codes",
+                lambda: self._client.insert_arrow(
+                    "verified_codes", table, database=self.database, settings=_SYNC_INSERT
+                ),
+            )
+        return n
+
+    def verified_codes(self, *, now: int, since_ms: int | None = None, newest: int | None = None) -> SetRows:
+        """Unexpired ``verified_codes`` rows (added at or after ``since_ms`` if given), as packed columns; with
+        ``newest``, at most that many, the most recently added (a node whose set is smaller than the deployment's
+        reads only what it can hold, not every row to drop most of them).
+
+        Read as Arrow and handed over as the columns' buffers: a warm load of millions of rows makes no Python
+        object per row. The MACs are not checked here: the verifier checks each row's before using it."""
+        where = "exp > {now:Int64}"
+        params: dict[str, Any] = {"now": now}
+        if since_ms is not None:
+            where += " AND added_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+            params["since"] = since_ms
+        source = f"FROM {self.database}.verified_codes WHERE {where}"
+        sql = f"SELECT tag, kid, exp, mac, toUnixTimestamp64Milli(added_at) AS added {source}"
+        if newest is not None:
+            # the sort only when it is needed: counting reads one column, sorting all of them
+            (total,) = self.query(f"SELECT count() {source}", params)[0]
+            if total > newest:
+                sql += " ORDER BY added_at DESC LIMIT {newest:UInt64}"
+                params["newest"] = newest
+        with self._lock:
+            table = self._run("read of verified codes", lambda: self._client.query_arrow(sql, parameters=params))
+        table = table.combine_chunks()
+        n = table.num_rows
+
+        def packed(name: str, width: int) -> bytes:
+            if n == 0:
+                return b""
+            col = table.column(name).chunks[0]
+            start = col.offset * width
+            return col.buffers()[1].to_pybytes()[start : start + n * width]
+
+        added = table.column("added").to_numpy() if n else np.zeros(0, np.int64)
+        return SetRows(
+            tags=packed("tag", 16),
+            kids=packed("kid", 8),
+            exps=table.column("exp").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64),
+            macs=packed("mac", 16),
+            newest_ms=int(added.max()) if n else (since_ms or 0),
+        )
+
     # -- reads ---------------------------------------------------------------------------------------------
     def devices(self) -> list[DeviceRecord]:
         """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
@@ -611,4 +700,4 @@ class Store:
             raise StoreError(f"{what} failed on {self.dsn}: {_short(exc)}") from exc
 
 
-__all__ = ["SCAN_COLUMNS", "DeviceRecord", "Store"]
+__all__ = ["SCAN_COLUMNS", "DeviceRecord", "SetRows", "Store"]

@@ -2,9 +2,13 @@
 
 It is the definition of correct the tests hold the compiled ``engine._verify.CVerifier`` to, and the fallback
 when the extension is not built. Simple on purpose: one code at a time, the checks in the order of
-docs/payload.md section 4, and the verified-code set (section 6) as a bounded dict of tags: a code whose exact
-bytes verified once (here, or on any node of the deployment, loaded with :meth:`PyVerifier.load_set`) skips
-only the signature; key and code revocation, the key window and expiry are checked on every scan.
+docs/payload.md section 4, and the verified-code set (section 6): a code whose exact bytes verified once (here,
+or on any node of the deployment, loaded with :meth:`PyVerifier.load_set`) skips only the signature; key and
+code revocation, the key window and expiry are checked on every scan. The set is
+:class:`engine.verify.verified_set.VerifiedSet`, the compiled table's twin slot for slot, and a batch uses it as
+the compiled path does: every lookup sees the set as it was when the batch began, the batch's new entries go in
+afterwards in batch order, and a repeat within the batch of a code it missed is a hit exactly when that code's
+entry went in. So both verifiers agree on every hit, every eviction and the whole table, not only on verdicts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from engine.verify.contract import (
     row_mac,
     set_key,
 )
+from engine.verify.verified_set import VerifiedSet
 
 
 class PyVerifier:
@@ -49,11 +54,12 @@ class PyVerifier:
         skew: int = 300,
     ) -> None:
         self._secret = person_secret
-        self._cache_size = cache_size
         self._set_key = set_key(person_secret)
-        # tag -> exp: insertion-ordered, so eviction when full drops the oldest entry
-        self._set: dict[bytes, int] = {}
-        self._evictions = 0
+        self._set = VerifiedSet(cache_size)
+        # one batch's misses with a good signature, in order: (code index, tag, exp); its repeats of misses
+        self._new: list[tuple[int, bytes, int]] = []
+        self._missed: dict[bytes, bool] = {}  # tag of a miss in this batch -> its signature's result
+        self._repeats: list[tuple[int, bytes]] = []
         self._refused = 0
         self._hits = 0
         self._lookups = 0
@@ -80,11 +86,11 @@ class PyVerifier:
 
     @property
     def set_size(self) -> int:
-        return len(self._set)
+        return self._set.count
 
     @property
     def set_evictions(self) -> int:
-        return self._evictions
+        return self._set.evictions
 
     @property
     def set_refused(self) -> int:
@@ -99,30 +105,33 @@ class PyVerifier:
             tag = tags[16 * i : 16 * i + 16]
             if row_mac(self._set_key, tag, kids[8 * i : 8 * i + 8], exp) != macs[16 * i : 16 * i + 16]:
                 refused += 1
-            elif exp > now and self._remember(tag, exp):
+            elif exp > now and self._set.insert(tag, exp, now):
                 added += 1
         self._refused += refused
         return added, refused
 
-    def _remember(self, tag: bytes, exp: int) -> bool:
-        """Add one entry; True if it was not there. Full: the oldest entry is evicted (and counted)."""
-        if self._cache_size <= 0:
-            return False
-        if tag in self._set:
-            self._set[tag] = max(self._set[tag], exp)
-            return False
-        if len(self._set) >= self._cache_size:
-            del self._set[next(iter(self._set))]
-            self._evictions += 1
-        self._set[tag] = exp
-        return True
+    def set_table(self) -> bytes:
+        """The set's slots, byte for byte as ``CVerifier.set_table`` gives the compiled ones (for the tests)."""
+        return self._set.table()
 
     def verify_batch(self, batch: CodeBatch, now: int) -> BatchResult:
         n = len(batch)
         out = BatchResult.empty(n)
         offsets = batch.offsets.tolist()
+        self._new, self._missed, self._repeats = [], {}, []
         for i in range(n):
             self._verify_one(batch.buf, offsets[i], offsets[i + 1], now, out, i)
+        inserted: set[bytes] = set()
+        for i, tag, exp in self._new:
+            # expired codes too: a replayed genuine-but-expired code must not cost a verify every time (their
+            # slots are the first reused); the publisher skips them
+            if self._set.insert(tag, exp, now):
+                out.newly_verified[i] = True
+                inserted.add(tag)
+        for i, tag in self._repeats:
+            if tag in inserted:
+                out.cache_hit[i] = True
+                self._hits += 1
         return out
 
     def _verify_one(self, buf: bytes, start: int, end: int, now: int, out: BatchResult, i: int) -> None:
@@ -190,12 +199,16 @@ class PyVerifier:
             self._hits += 1
             out.cache_hit[i] = True
             return True
+        if tag in self._missed:  # a repeat of this batch's miss: its verdict, a hit if that entry goes in
+            self._repeats.append((i, tag))
+            return self._missed[tag]
         try:
             self._verify_keys[idx].verify(p.message(code), p.signature)
+            ok = True
         except BadSignatureError:
-            return False
-        # Expired codes too: a replayed genuine-but-expired code must not cost a verify every time (their slots
-        # are the first reused); the publisher skips them.
-        if self._remember(tag, p.exp):
-            out.newly_verified[i] = True
-        return True
+            ok = False
+        if self._set.enabled:
+            self._missed[tag] = ok
+            if ok:
+                self._new.append((i, tag, p.exp))
+        return ok

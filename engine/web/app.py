@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
 from engine.ingest import record
 from engine.ingest.batcher import Batcher
+from engine.ingest.codeset import SharedCodeSet
+from engine.ingest.codeset import stop as stop_polling
 from engine.ingest.drain import Drain
 from engine.ingest.recent import scan_key
 from engine.ingest.wal import WriteAheadLog
@@ -80,6 +83,13 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
     return data
 
 
+def deployment_secret(config: Config) -> bytes:
+    """The secret every node of the deployment shares: person keys and the verified-code set's tags and row MACs
+    are derived from it. The one place it is read, so that where it comes from can change without the verifier,
+    the set or the store knowing: today the per-data-directory secret file."""
+    return read_or_create_secret(config.secret_path)
+
+
 def load_or_create_trust(path: Path) -> TrustList:
     if path.exists():
         return TrustList.load(path)
@@ -116,7 +126,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, metrics = app[CONFIG], app[METRICS]
     store, wal = app[STORE], app[WAL]
     trust = load_or_create_trust(cfg.trust_list_path)
-    secret = read_or_create_secret(cfg.secret_path)
+    secret = deployment_secret(cfg)
     admin_token = _admin_token(cfg.data_dir / "admin.token")
     table = trust.table()  # one snapshot shared by the verifier and the batcher's record encoder
     verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
@@ -135,12 +145,17 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             "are refused (--require-venue-binding)" if cfg.require_venue_binding else "may post for any venue",
             ", ".join(unbound[:3]),
         )
+    node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
+    codeset = SharedCodeSet(store, metrics, secret, node, cfg.cache_size) if cfg.set_poll_s > 0 else None
+    metrics.codeset_max.set(cfg.cache_size)
+    metrics.set_codeset_source(lambda: (verifier.set_size, cfg.cache_size, verifier.set_evictions))
     drain = Drain(
         wal,
         store,
         metrics,
         max_bytes=cfg.insert_batch_rows * WAL_BYTES_PER_ROW,
         interval_s=cfg.insert_interval_ms / 1000,
+        after_insert=codeset.publish if codeset is not None else lambda: None,
     )
     batcher = Batcher(
         verifier=verifier,
@@ -153,13 +168,21 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         wal_budget_bytes=cfg.wal_budget_mb << 20,
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
+        codeset=codeset,
     )
     for orphan in cfg.orphan_wal_paths():
         await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
     batcher.remember(*await asyncio.to_thread(recent_scan_verdicts, store, cfg.recent_ids))
     batcher.remember(*await asyncio.to_thread(backlog_scan_verdicts, wal, cfg.recent_ids))
 
+    if codeset is not None:
+        added, refused, seconds = await codeset.warm_load(verifier, table)
+        log.info(
+            "verified-code set: %d entries loaded from the store in %.2fs (%d rows refused)", added, seconds, refused
+        )
+
     def refresh() -> None:
+        metrics.codeset_size.set(verifier.set_size)
         metrics.wal_backlog_bytes.set(wal.backlog_bytes)
         metrics.wal_backlog_records.set(wal.backlog_records)
         metrics.active_devices.set(devices.active_devices())
@@ -169,6 +192,11 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME] = runtime
     drain.start()
     batcher.start()
+    poll = None
+    if codeset is not None and not store.is_embedded:  # an embedded store has one writer: this process
+        poll = asyncio.create_task(
+            codeset.keep_polling(runtime.in_store_thread, batcher.load_shared, cfg.set_poll_s), name="codeset-poll"
+        )
     log.info(
         "engine ready on %s:%d (verifier %s, %d threads, store %s)",
         cfg.host,
@@ -178,6 +206,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         "embedded" if store.is_embedded else "server",
     )
     yield
+    await stop_polling(poll)
     await batcher.close(cfg.shutdown_timeout_s)
     await drain.close(cfg.shutdown_timeout_s)
 
