@@ -208,16 +208,19 @@ def _wait_drained(nodes: list[EngineProcess], timeout: float = 120.0) -> list[di
         time.sleep(0.2)
 
 
-def _stored(dep: Deployment) -> dict[str, list[str]]:
-    """scan id -> the verdict of every row stored under it, read through Distributed (raw rows, no FINAL)."""
+def _stored(dep: Deployment) -> dict[tuple[str, str], list[str]]:
+    """(device, scan id) -> the verdict of every row stored under it, read through Distributed (raw rows, no
+    FINAL): a scan's identity is the pair, as the checker keys it."""
     store = dep.store()
     try:
-        rows = store.query("SELECT toString(scan_id), toString(verdict), count() FROM scans GROUP BY 1, 2")
+        rows = store.query(
+            "SELECT device_id, toString(scan_id), toString(verdict), count() FROM scans GROUP BY 1, 2, 3"
+        )
     finally:
         store.close()
-    out: dict[str, list[str]] = {}
-    for sid, verdict, n in rows:
-        out.setdefault(str(sid), []).extend([str(verdict)] * int(n))
+    out: dict[tuple[str, str], list[str]] = {}
+    for device, sid, verdict, n in rows:
+        out.setdefault((str(device), str(sid)), []).extend([str(verdict)] * int(n))
     return out
 
 
