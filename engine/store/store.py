@@ -527,6 +527,7 @@ class Store:
                     database=self.database,
                     column_type_names=list(column_types),
                     column_oriented=True,
+                    settings=_SYNC_INSERT,  # a registry row (credential, fingerprint) is a part once this returns
                 ),
             )
 

@@ -26,7 +26,11 @@ from typing import TypeVar
 from aiohttp import web
 
 from engine.codes.trust import TrustList
+from engine.codes.trust_root import read_root_key
 from engine.config import Config
+from engine.deployment.registries import RegistryRefresher
+from engine.deployment.secret import check_fingerprint, read_secret
+from engine.deployment.trust import TrustFeed
 from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
@@ -86,8 +90,18 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
 def deployment_secret(config: Config) -> bytes:
     """The secret every node of the deployment shares: person keys and the verified-code set's tags and row MACs
     are derived from it. The one place it is read, so that where it comes from can change without the verifier,
-    the set or the store knowing: today the per-data-directory secret file."""
-    return read_or_create_secret(config.secret_path)
+    the set or the store knowing: ``--secret-file``, else the data directory's (engine.deployment.secret)."""
+    return read_secret(config)
+
+
+def load_trust(cfg: Config, store: Store, metrics: Metrics, node: str) -> tuple[TrustList, TrustFeed | None]:
+    """The trust list to start with: with ``--trust-root-key`` the newest signed version (store, file, this node's
+    copy; engine.deployment.trust), else the plain file as a single node always read it."""
+    if not cfg.signed_trust:
+        return load_or_create_trust(cfg.trust_list_path), None
+    path = cfg.trust_list_path
+    feed = TrustFeed(store, read_root_key(cfg.trust_root_key), metrics, cfg.data_dir, path, node)
+    return feed.load_at_start().trust, feed
 
 
 def load_or_create_trust(path: Path) -> TrustList:
@@ -125,8 +139,11 @@ async def _wal_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, metrics = app[CONFIG], app[METRICS]
     store, wal = app[STORE], app[WAL]
-    trust = load_or_create_trust(cfg.trust_list_path)
+    node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
     secret = deployment_secret(cfg)
+    source = str(cfg.secret_path) if cfg.secret_configured else f"{cfg.secret_path}, this data directory's own"
+    await asyncio.to_thread(check_fingerprint, store, secret, node, source)
+    trust, trust_feed = await asyncio.to_thread(load_trust, cfg, store, metrics, node)
     admin_token = _admin_token(cfg.data_dir / "admin.token")
     table = trust.table()  # one snapshot shared by the verifier and the batcher's record encoder
     verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
@@ -145,7 +162,6 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             "are refused (--require-venue-binding)" if cfg.require_venue_binding else "may post for any venue",
             ", ".join(unbound[:3]),
         )
-    node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
     codeset = SharedCodeSet(store, metrics, secret, node, cfg.cache_size) if cfg.set_poll_s > 0 else None
     metrics.codeset_max.set(cfg.cache_size)
     metrics.set_codeset_source(lambda: (verifier.set_size, cfg.cache_size, verifier.set_evictions))
@@ -189,13 +205,29 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
     metrics.on_scrape(refresh)
     runtime = Runtime(cfg, metrics, store, wal, trust, devices, drain, batcher, admin_token, time.time())
+    runtime.trust_feed = trust_feed
     app[RUNTIME] = runtime
     drain.start()
     batcher.start()
     poll = None
+    polls: list[asyncio.Task[None]] = []
     if codeset is not None and not store.is_embedded:  # an embedded store has one writer: this process
         poll = asyncio.create_task(
             codeset.keep_polling(runtime.in_store_thread, batcher.load_shared, cfg.set_poll_s), name="codeset-poll"
+        )
+    if trust_feed is not None and not store.is_embedded:
+        polls.append(
+            asyncio.create_task(
+                trust_feed.keep_polling(runtime.in_store_thread, runtime.apply_signed_trust, cfg.trust_poll_s),
+                name="trust-poll",
+            )
+        )
+    if cfg.registry_poll_s > 0 and not store.is_embedded:
+        refresher = RegistryRefresher(store, devices, metrics)
+        polls.append(
+            asyncio.create_task(
+                refresher.keep_refreshing(runtime.in_store_thread, cfg.registry_poll_s), name="registry-poll"
+            )
         )
     log.info(
         "engine ready on %s:%d (verifier %s, %d threads, store %s)",
@@ -207,6 +239,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await stop_polling(poll)
+    for task in polls:
+        await stop_polling(task)
     await batcher.close(cfg.shutdown_timeout_s)
     await drain.close(cfg.shutdown_timeout_s)
 

@@ -1,0 +1,84 @@
+"""Registries read from the store while the engine runs, so a change through one node reaches every node.
+
+Devices, tracers and admin tokens live in the store (one registry per deployment). A node used to read devices
+once at start, so a device revoked through node A kept working on node B until B restarted. Now each node re-reads
+them every ``--registry-poll-s`` seconds (1 s by default: a revocation through any node is refused by every node
+within about two polls, well inside the 5 s the deployment promises) and swaps them in on the event loop. A change
+made through this node since the read began is never undone by it (``DeviceRegistry.refresh``).
+
+An embedded store has one writer, this process, so there is nothing to poll: its registries change only through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from engine.devices.auth import Device, DeviceRegistry
+from engine.errors import EngineError
+from engine.ops.metrics import Metrics
+from engine.store.store import Store
+
+log = logging.getLogger(__name__)
+#: ``Runtime.in_store_thread``: run a blocking store call on the store thread
+InStoreThread = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+class Refreshable(Protocol):
+    """A registry held in memory and re-read from the store: ``read`` on the store thread, ``apply`` on the loop."""
+
+    def read(self, store: Store) -> Any: ...
+
+    def apply(self, snapshot: Any) -> None: ...
+
+
+def stored_devices(store: Store) -> list[Device]:
+    return [Device(r.device_id, r.public_key, r.revoked, r.label, r.venues) for r in store.devices()]
+
+
+class RegistryRefresher:
+    """Keeps the devices (and any other :class:`Refreshable`) of this node equal to the store's."""
+
+    def __init__(
+        self, store: Store, devices: DeviceRegistry, metrics: Metrics, others: Sequence[Refreshable] = ()
+    ) -> None:
+        self._store = store
+        self._devices = devices
+        self._metrics = metrics
+        self._others = list(others)
+        self._last_ok = time.time()
+        self._failing = False
+        metrics.on_scrape(lambda: metrics.registry_refresh_age.set(max(0.0, time.time() - self._last_ok)))
+
+    def _read(self, generation: int) -> tuple[int, list[Device], list[Any]]:
+        return generation, stored_devices(self._store), [o.read(self._store) for o in self._others]
+
+    async def refresh_once(self, in_store_thread: InStoreThread) -> int:
+        """One read and swap; returns how many devices changed."""
+        generation = self._devices.generation
+        gen, devices, snapshots = await in_store_thread(lambda: self._read(generation))
+        changed = self._devices.refresh(devices, gen)
+        for other, snapshot in zip(self._others, snapshots, strict=True):
+            other.apply(snapshot)
+        self._last_ok = time.time()
+        if changed:
+            log.info("registry refreshed from the store: %d device(s) changed", changed)
+        return changed
+
+    async def keep_refreshing(self, in_store_thread: InStoreThread, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh_once(in_store_thread)
+                if self._failing:
+                    log.info("registry refresh from the store works again")
+                self._failing = False
+            except EngineError as exc:  # the store is down: keep what we have, say so once
+                if not self._failing:
+                    log.warning("registry refresh from the store failed, keeping the registries in memory: %s", exc)
+                self._failing = True
+            except Exception:
+                log.exception("registry refresh failed unexpectedly")
