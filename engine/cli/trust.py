@@ -39,7 +39,7 @@ def _publish(args: argparse.Namespace) -> int:
     from engine.codes.keys import read_key_file
     from engine.codes.trust import TrustList
     from engine.codes.trust_root import sign
-    from engine.deployment.trust import newest_version, publish
+    from engine.deployment.trust import publish
 
     cfg = Config.from_sources(args)
     signing = args.signing_key or os.environ.get("ENGINE_TRUST_SIGNING_KEY")
@@ -47,7 +47,7 @@ def _publish(args: argparse.Namespace) -> int:
         raise ConfigError("trust publish needs the root signing key: --signing-key FILE or ENGINE_TRUST_SIGNING_KEY")
     root = read_key_file(Path(signing))
     trust = TrustList.load(args.trust_list)  # every rule of a trust list is checked before anything is signed
-    version = args.version or with_store(cfg, newest_version) + 1
+    version = args.version or _store_version(cfg) + 1
     document = sign(trust, root.signing_key, version)
     if args.out:
         Path(args.out).write_bytes(document)
@@ -71,14 +71,27 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_version(cfg: Config) -> int:
+    """The store's newest version: asked of this host's engine (an embedded store is locked by it), else read."""
+    from engine.deployment.trust import newest_version
+
+    try:
+        return int(call_engine(cfg, "GET", "/v1/admin/trust").get("store_version", 0))
+    except EngineUnreachable:
+        return with_store(cfg, newest_version)
+
+
 def _status(args: argparse.Namespace) -> int:
     from engine.deployment.trust import newest_version
 
     cfg = Config.from_sources(args)
-    doc: dict[str, Any] = {"store_version": with_store(cfg, newest_version)}
-    cache = cfg.data_dir / "trust.signed.json"
-    if cache.exists():
-        doc["this_node_version"] = orjson.loads(cache.read_bytes()).get("version")
+    try:
+        doc: dict[str, Any] = call_engine(cfg, "GET", "/v1/admin/trust")
+    except EngineUnreachable:
+        doc = {"store_version": with_store(cfg, newest_version), "engine": "not running"}
+        cache = cfg.data_dir / "trust.signed.json"
+        if cache.exists():
+            doc["version"] = orjson.loads(cache.read_bytes()).get("version")
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -53,6 +53,10 @@ class RegistryRefresher:
         self._failing = False
         metrics.on_scrape(lambda: metrics.registry_refresh_age.set(max(0.0, time.time() - self._last_ok)))
 
+    def add(self, other: Refreshable) -> None:
+        """Refresh one more registry with the devices (read on the same store thread call)."""
+        self._others.append(other)
+
     def _read(self, generation: int) -> tuple[int, list[Device], list[Any]]:
         return generation, stored_devices(self._store), [o.read(self._store) for o in self._others]
 

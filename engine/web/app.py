@@ -46,7 +46,14 @@ from engine.ops.metrics import Metrics
 from engine.permissions import private_dir, require_private
 from engine.store.store import Store
 from engine.tracing.audit import AuditLog
-from engine.tracing.credentials import TRACERS_FILE, TracerRegistry
+from engine.tracing.credentials import (
+    TRACERS_FILE,
+    CredentialRegistry,
+    StoredCredentials,
+    Tracer,
+    TracerRegistry,
+    token_digest,
+)
 from engine.tracing.gate import TraceGate
 from engine.tracing.quotas import TracerQuotas
 from engine.tracing.stays import StaysJob, keep_paired
@@ -73,6 +80,9 @@ T = TypeVar("T")
 
 #: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
 WAL_BYTES_PER_ROW = 130
+
+#: a node's own admin token in the deployment registry is renewed at each start; this bounds a forgotten node's
+NODE_TOKEN_DAYS = 366
 
 #: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers (and their audit), the
 #: dashboard, and the browser scanner with its enrolment
@@ -222,13 +232,17 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
                 name="trust-poll",
             )
         )
-    if cfg.registry_poll_s > 0 and not store.is_embedded:
-        refresher = RegistryRefresher(store, devices, metrics)
-        polls.append(
-            asyncio.create_task(
-                refresher.keep_refreshing(runtime.in_store_thread, cfg.registry_poll_s), name="registry-poll"
+    if not store.is_embedded:  # a deployment's admin tokens, this node's own among them
+        runtime.admin_tokens = StoredCredentials(store, "admin", live=False)
+        await runtime.in_store_thread(register_node_token, runtime.admin_tokens, store, node, admin_token)
+        runtime.refresher = RegistryRefresher(store, devices, metrics, [runtime.admin_tokens])
+        if cfg.registry_poll_s > 0:
+            polls.append(
+                asyncio.create_task(
+                    runtime.refresher.keep_refreshing(runtime.in_store_thread, cfg.registry_poll_s),
+                    name="registry-poll",
+                )
             )
-        )
     log.info(
         "engine ready on %s:%d (verifier %s, %d threads, store %s)",
         cfg.host,
@@ -276,8 +290,14 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, rt = app[CONFIG], app[RUNTIME]
     log_ = await rt.in_store_thread(lambda: AuditLog(rt.store, cfg.data_dir, cfg.audit_chain_name).open())
     app[METRICS].audit_chain_ok.set(0 if log_.broken else 1)
+    tracers: CredentialRegistry = TracerRegistry.for_data_dir(cfg.data_dir)
+    if rt.refresher is not None:  # a server store: the deployment's tracers, this directory's file beside them
+        stored = StoredCredentials(rt.store, "tracer", live=False, fallback=tracers)
+        await rt.in_store_thread(lambda: stored.apply(stored.read(rt.store)))
+        rt.refresher.add(stored)
+        tracers = stored
     app[TRACE_GATE] = TraceGate(
-        TracerRegistry.for_data_dir(cfg.data_dir),
+        tracers,
         log_,
         quotas=TracerQuotas(cfg.tracer_person_per_hour, cfg.tracer_wide_per_hour),
         failures=app[AUTH_FAILURES],
@@ -335,6 +355,18 @@ async def _on_shutdown(app: web.Application) -> None:
     """Runs when the listener has closed, before in-flight handlers are awaited: refuse new work cleanly."""
     if RUNTIME in app:
         app[RUNTIME].shutting_down = True
+
+
+def register_node_token(tokens: StoredCredentials, store: Store, node: str, token: str) -> None:
+    """Put this node's own admin token (its data directory's, what its local CLI sends) in the deployment's
+    registry, so an operator holding any node's token is recognised by every node (store thread)."""
+    tokens.apply(tokens.read(store))
+    name = f"node {node}"
+    known = {t.name: t for t in tokens.tracers()}.get(name)
+    digest = token_digest(token)
+    if known is None or known.token_sha256 != digest or known.revoked:
+        now = int(time.time())
+        tokens.put(Tracer(name, digest, now, now + NODE_TOKEN_DAYS * 86_400))
 
 
 def _admin_token(path: Path) -> str:

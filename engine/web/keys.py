@@ -18,6 +18,7 @@ from aiohttp import web
 from engine.codes.trust import TrustList
 from engine.codes.trust_root import SignedTrustList
 from engine.config import Config
+from engine.deployment.registries import RegistryRefresher
 from engine.deployment.trust import TrustFeed
 from engine.devices.auth import DeviceRegistry
 from engine.ingest.batcher import Batcher
@@ -27,6 +28,7 @@ from engine.ops.authlog import AuthFailures
 from engine.ops.metrics import Metrics
 from engine.store.store import Store
 from engine.threads import keeping_name
+from engine.tracing.credentials import StoredCredentials
 from engine.tracing.gate import TraceGate
 from engine.web.tls import ServerTLS
 
@@ -51,6 +53,8 @@ class Runtime:
     shutting_down: bool = False
     ready_cause: str = "ok"  # the last /readyz cause, so a change is logged once
     trust_feed: TrustFeed | None = None  # with --trust-root-key: signed versions from the store
+    refresher: RegistryRefresher | None = None  # a server store: registries re-read every --registry-poll-s
+    admin_tokens: StoredCredentials | None = None  # a server store: the deployment's admin tokens
 
     async def in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on the one store thread (chdb is single-process, one call at a time)."""
