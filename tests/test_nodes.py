@@ -228,3 +228,23 @@ async def test_devices_tracers_and_admin_tokens_written_elsewhere_reach_a_runnin
         assert status == 200
     finally:
         other.close()
+
+
+def test_a_refresh_never_undoes_a_change_made_here_after_its_read_began() -> None:
+    """The race a poll has with an admin call on the same node: the snapshot was read before the revocation
+    through this node reached the store, and arrives after it. The revocation stands; the next snapshot (read
+    after it) decides. A partial snapshot (what changed lately) leaves every other device as it was."""
+    from engine.devices.auth import Device, DeviceRegistry
+
+    keys = [bytes(SigningKey.generate().verify_key) for _ in range(3)]
+    devices = [Device(f"d{i}", k) for i, k in enumerate(keys)]
+    registry = DeviceRegistry(devices)
+    generation = registry.generation  # the poll starts reading here
+    registry.revoke("d0")  # an admin call on this node, while the poll reads
+    assert registry.refresh(devices, generation) == 0  # the stale snapshot still says d0 is active
+    assert registry.get("d0").revoked
+    revoked_elsewhere = Device("d1", keys[1], revoked=True)
+    assert registry.refresh([revoked_elsewhere], registry.generation, complete=False) == 1
+    assert registry.get("d1").revoked and registry.get("d2") is not None and registry.get("d0").revoked
+    assert registry.refresh([Device("d0", keys[0], revoked=True), revoked_elsewhere], registry.generation) == 1
+    assert registry.get("d2") is None  # gone from a complete snapshot: dropped

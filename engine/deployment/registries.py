@@ -4,7 +4,10 @@ Devices, tracers and admin tokens live in the store (one registry per deployment
 once at start, so a device revoked through node A kept working on node B until B restarted. Now each node re-reads
 them every ``--registry-poll-s`` seconds (1 s by default: a revocation through any node is refused by every node
 within about two polls, well inside the 5 s the deployment promises) and swaps them in on the event loop. A change
-made through this node since the read began is never undone by it (``DeviceRegistry.refresh``).
+made through this node since the read began is never undone by it (``DeviceRegistry.refresh``). A refresh reads
+only the devices changed lately (``updated_at`` within ``CHANGE_OVERLAP_MS`` of the newest change seen, which
+covers writers whose clocks lag) and every device once a minute, so a fleet of 100 000 scanners costs the event
+loop what changed, not the fleet. Tracers and admin tokens are few and read whole.
 
 An embedded store has one writer, this process, so there is nothing to poll: its registries change only through it.
 """
@@ -35,8 +38,18 @@ class Refreshable(Protocol):
     def apply(self, snapshot: Any) -> None: ...
 
 
-def stored_devices(store: Store) -> list[Device]:
-    return [Device(r.device_id, r.public_key, r.revoked, r.label, r.venues) for r in store.devices()]
+#: A refresh re-reads devices updated this long before the newest change it saw: ``updated_at`` is the writing
+#: node's clock, which may lag the others' (device requests themselves allow ``--skew-s``, 300 s by default).
+CHANGE_OVERLAP_MS = 300_000
+#: Every this many seconds a refresh reads every device, whatever the overlap may have missed.
+FULL_REFRESH_S = 60.0
+
+
+def stored_devices(store: Store, changed_since_ms: int | None = None) -> tuple[list[Device], int]:
+    """Devices (all, or those changed since) and the newest ``updated_at`` among them, in ms (0: none)."""
+    records = store.devices(changed_since_ms=changed_since_ms)
+    newest = max((int(r.updated_at.timestamp() * 1000) for r in records), default=0)
+    return [Device(r.device_id, r.public_key, r.revoked, r.label, r.venues) for r in records], newest
 
 
 class RegistryRefresher:
@@ -51,20 +64,29 @@ class RegistryRefresher:
         self._others = list(others)
         self._last_ok = time.time()
         self._failing = False
+        self._newest_ms: int | None = None  # the newest device change read; None: read every device next
+        self._full_at = 0.0
         metrics.on_scrape(lambda: metrics.registry_refresh_age.set(max(0.0, time.time() - self._last_ok)))
 
     def add(self, other: Refreshable) -> None:
         """Refresh one more registry with the devices (read on the same store thread call)."""
         self._others.append(other)
 
-    def _read(self, generation: int) -> tuple[int, list[Device], list[Any]]:
-        return generation, stored_devices(self._store), [o.read(self._store) for o in self._others]
+    def _read(self, since_ms: int | None) -> tuple[list[Device], int, list[Any]]:
+        devices, newest = stored_devices(self._store, since_ms)
+        return devices, newest, [o.read(self._store) for o in self._others]
 
     async def refresh_once(self, in_store_thread: InStoreThread) -> int:
-        """One read and swap; returns how many devices changed."""
+        """One read and swap; returns how many devices changed. Reads the devices changed lately (every device
+        each ``FULL_REFRESH_S``): a refresh of a large fleet costs the event loop what changed, not the fleet."""
         generation = self._devices.generation
-        gen, devices, snapshots = await in_store_thread(lambda: self._read(generation))
-        changed = self._devices.refresh(devices, gen)
+        complete = self._newest_ms is None or time.monotonic() - self._full_at >= FULL_REFRESH_S
+        since = None if complete or self._newest_ms is None else self._newest_ms - CHANGE_OVERLAP_MS
+        devices, newest, snapshots = await in_store_thread(lambda: self._read(since))
+        changed = self._devices.refresh(devices, generation, complete=complete)
+        if complete:
+            self._full_at = time.monotonic()
+        self._newest_ms = max(self._newest_ms or 0, newest)
         for other, snapshot in zip(self._others, snapshots, strict=True):
             other.apply(snapshot)
         self._last_ok = time.time()

@@ -218,15 +218,16 @@ class DeviceRegistry:
             entries[device.device_id] = entry
         self._entries = entries
 
-    def refresh(self, devices: Iterable[Device], generation: int) -> int:
-        """Bring in the store's view of every device (another node registered, re-keyed or revoked one), read
-        when :attr:`generation` was ``generation``; returns how many devices changed.
+    def refresh(self, devices: Iterable[Device], generation: int, *, complete: bool = True) -> int:
+        """Bring in the store's view of devices (another node registered, re-keyed or revoked one), read when
+        :attr:`generation` was ``generation``; returns how many devices changed.
 
         A device changed here since then keeps its local state (the snapshot predates it); an unchanged record
         keeps its parsed key, bucket and last-seen time, so a refresh costs a comparison per device, not a key
-        parse. A device absent from the snapshot is dropped unless it was registered here since."""
+        parse. ``complete``: the snapshot is every device, and one absent from it is dropped unless it was
+        registered here since; else it holds only the devices that changed, and the others stay as they are."""
         now = self._clock()
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, _Entry] = {} if complete else dict(self._entries)
         changed = 0
         for device in devices:
             old = self._entries.get(device.device_id)
@@ -248,10 +249,11 @@ class DeviceRegistry:
                 log.warning("device %s revoked (through another node)", device.device_id)
             entries[device.device_id] = entry
             changed += 1
-        for device_id, old in self._entries.items():
-            if device_id not in entries and self._changed_at.get(device_id, -1) > generation:
-                entries[device_id] = old
-        changed += sum(1 for d in self._entries if d not in entries)
+        if complete:
+            for device_id, old in self._entries.items():
+                if device_id not in entries and self._changed_at.get(device_id, -1) > generation:
+                    entries[device_id] = old
+            changed += sum(1 for d in self._entries if d not in entries)
         self._entries = entries
         return changed
 
