@@ -248,3 +248,143 @@ def test_a_refresh_never_undoes_a_change_made_here_after_its_read_began() -> Non
     assert registry.get("d1").revoked and registry.get("d2") is not None and registry.get("d0").revoked
     assert registry.refresh([Device("d0", keys[0], revoked=True), revoked_elsewhere], registry.generation) == 1
     assert registry.get("d2") is None  # gone from a complete snapshot: dropped
+
+
+async def test_the_admin_api_publishes_a_signed_version_at_once_and_refuses_a_forged_or_older_one(
+    engine: Any, tmp_path: Path
+) -> None:
+    """The embedded store (one node, no poll): ``POST /v1/admin/trust/publish`` is how ``trust publish`` reaches it.
+    A document signed by another key is 422 and changes nothing; a genuine version 2 is in force for the very next
+    scan; publishing version 2 again, or version 1, is 422 (no rollback); a node without a root key answers 409."""
+    root, public_file = _root_files(tmp_path)
+    now = int(time.time())
+
+    def signed_v1(data_dir: Path) -> dict[str, Any]:
+        (data_dir / "trust.json").write_bytes(sign(TrustList.load(data_dir / "trust.json"), root.signing_key, 1))
+        return {}
+
+    e = await engine(prepare=signed_v1, trust_root_key=public_file)
+    admin = admin_headers(e.fx.data_dir)
+    issuer = SigningKey.generate()
+    grown = e.rt.trust.with_key(
+        TrustedKey(key_id(bytes(issuer.verify_key)), "new", bytes(issuer.verify_key), now - YEAR, now + YEAR)
+    )
+    code = mint(Person("******000010", "TRAN THI E", "1991-02-**", "VN0000000010"), issuer, iat=now - 60, exp=now + 600)
+    status, body = await e.client.request(
+        "POST", "/v1/admin/trust/publish", sign(grown, SigningKey.generate(), 2), headers_override=admin
+    )
+    assert status == 422 and "not signed by this deployment's root key" in body["message"], body
+    assert (await e.client.post_scans([make_scan(code, "v")]))[1]["results"][0]["verdict"] == "unknown_key"
+    status, body = await e.client.request(
+        "POST", "/v1/admin/trust/publish", sign(grown, root.signing_key, 2), headers_override=admin
+    )
+    assert status == 200 and body["version"] == 2, body
+    assert (await e.client.post_scans([make_scan(code, "v")]))[1]["results"][0]["verdict"] == "ok"
+    for version in (2, 1):
+        status, body = await e.client.request(
+            "POST", "/v1/admin/trust/publish", sign(grown, root.signing_key, version), headers_override=admin
+        )
+        assert status == 422, (version, body)
+    status, body = await e.client.request("GET", "/v1/admin/trust", headers_override=admin)
+    assert status == 200 and body["version"] == 2 and body["store_version"] == 2
+    assert (e.fx.data_dir / "trust.signed.json").exists()  # the node's high-water mark for its next start
+
+
+async def test_a_node_reading_a_plain_trust_list_refuses_a_published_version(engine: Any, tmp_path: Path) -> None:
+    root, _ = _root_files(tmp_path)
+    plain = await engine()
+    status, body = await plain.client.request(
+        "POST",
+        "/v1/admin/trust/publish",
+        sign(plain.rt.trust, root.signing_key, 1),
+        headers_override=admin_headers(plain.fx.data_dir),
+    )
+    assert status == 409 and "--trust-root-key" in body["message"]
+
+
+def test_a_secret_file_must_exist_and_be_private(tmp_path: Path) -> None:
+    """A node never makes up a deployment's secret: a missing ``--secret-file`` is an error, not a new secret."""
+    from engine.config import Config
+    from engine.deployment.secret import read_secret
+
+    path = tmp_path / "deployment.secret"
+    cfg = Config(data_dir=tmp_path / "data", secret_file=path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_secret(cfg)
+    assert not path.exists() and not (tmp_path / "data" / "person_key.secret").exists()
+    path.write_bytes(secrets.token_bytes(32))
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_secret(cfg)
+    path.chmod(0o600)
+    assert read_secret(cfg) == path.read_bytes()
+    path.write_bytes(b"short")
+    with pytest.raises(Exception, match="too short"):
+        read_secret(cfg)
+
+
+def _cli(*args: str | Path) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, timeout=120, env=clean
+    )
+
+
+def test_trust_cli_signs_publishes_and_refuses_an_old_version_with_no_engine_running(tmp_path: Path) -> None:
+    """``trust root-key``, ``trust publish`` (straight into the embedded store: no engine runs) and ``trust status``,
+    as an operator types them; a version not above the store's is refused with the version to use."""
+    from engine.testing.engines import make_fixture
+
+    fx = make_fixture(tmp_path / "data")
+    done = _cli("trust", "root-key", "--out", tmp_path / "root.key", "--public-out", tmp_path / "root.pub")
+    assert done.returncode == 0, done.stderr
+    where = ("--data-dir", fx.data_dir, "--trust-root-key", tmp_path / "root.pub")
+    publish_args = (
+        "trust",
+        "publish",
+        "--trust-list",
+        fx.data_dir / "trust.json",
+        "--signing-key",
+        tmp_path / "root.key",
+    )
+    done = _cli(*publish_args, *where)
+    assert done.returncode == 0, done.stderr
+    assert '"version": 1' in done.stdout and "directly in the store" in done.stdout
+    again = _cli(*publish_args, "--version", "1", *where)
+    assert again.returncode != 0 and "not above version 1" in again.stderr, again.stderr
+    status = _cli("trust", "status", *where)
+    assert status.returncode == 0 and '"store_version": 1' in status.stdout, status.stderr
+
+
+def test_tracers_and_admin_tokens_on_a_server_store_are_one_registry_for_every_data_directory(
+    tmp_path: Path, clickhouse_server: Any, clickhouse_database: str
+) -> None:
+    """``tracer-add`` on host A's data directory, ``tracer-list`` and ``tracer-revoke`` on host B's: one registry
+    (before branch nodes each data directory had its own tracers.json). ``admin-token-add`` needs a server."""
+    store_args = ("--dsn", clickhouse_server.dsn, "--database", clickhouse_database)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir(mode=0o700)
+    added = _cli("tracer-add", "epi-hn", "--data-dir", a, *store_args)
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    listed = _cli("tracer-list", "--json", "--data-dir", b, *store_args)
+    assert listed.returncode == 0 and '"epi-hn"' in listed.stdout, listed.stderr
+    store = Store.connect(clickhouse_server.dsn, database=clickhouse_database)
+    try:
+        assert StoredCredentials(store, "tracer").authenticate(token).name == "epi-hn"
+        assert _cli("tracer-revoke", "epi-hn", "--data-dir", b, *store_args).returncode == 0
+        with pytest.raises(Exception, match="revoked"):
+            StoredCredentials(store, "tracer").authenticate(token)
+        assert not (a / "tracers.json").exists() and not (b / "tracers.json").exists()
+        admin = _cli("admin-token-add", "ops-1", "--data-dir", a, *store_args)
+        assert admin.returncode == 0, admin.stderr
+        assert StoredCredentials(store, "admin").authenticate(admin.stdout.strip()).name == "ops-1"
+    finally:
+        store.close()
+    single = _cli("admin-token-add", "ops-2", "--data-dir", tmp_path / "single")
+    assert single.returncode != 0 and "deployment admin tokens need a ClickHouse server" in single.stderr
