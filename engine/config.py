@@ -26,7 +26,7 @@ DEFAULT_OFFLINE_WINDOW_DAYS = 7
 # tls_cert, dsn_password_file: how it reaches the engine over https and the store with its password
 CLIENT_SETTINGS = (
     "data_dir", "host", "port", "dsn", "database", "retention_days", "cluster", "replicated", "shard_dsns",
-    "tls_cert", "dsn_password_file",
+    "tls_cert", "dsn_password_file", "secret_file", "trust_root_key",
 )  # fmt: skip
 
 
@@ -53,6 +53,24 @@ class Config:
         metadata={"help": "with --cluster (not replicated): comma-separated http(s) DSN of every shard"},
     )
     trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
+    # -- one deployment of several nodes (docs/cluster.md, "Nodes that agree") -------------------------------
+    secret_file: Path = field(
+        default=Path(""),
+        metadata={"help": "the deployment's person-key secret (mode 0600), the same file on every node; default "
+                  "<data_dir>/person_key.secret, created at first start"},
+    )  # fmt: skip
+    trust_root_key: Path = field(
+        default=Path(""),
+        metadata={"help": "the deployment root key (public, base64url): only trust lists it signed are used, "
+                  "loaded from the store and polled (trust publish)"},
+    )  # fmt: skip
+    trust_poll_s: float = field(
+        default=2.0, metadata={"help": "with --trust-root-key: poll the store for a new trust list every N s"}
+    )
+    registry_poll_s: float = field(
+        default=1.0,
+        metadata={"help": "re-read devices, tracers and admin tokens from a server store every N s (0 = off)"},
+    )
     batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
     batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
     queue_scans: int = field(default=50_000, metadata={"help": "max scans queued before answering 503"})
@@ -211,7 +229,18 @@ class Config:
 
     @property
     def secret_path(self) -> Path:
-        return self.data_dir / "person_key.secret"
+        """The person-key secret: ``--secret-file`` (the deployment's) or ``<data_dir>/person_key.secret``."""
+        return self.secret_file if _is_set(self.secret_file) else self.data_dir / "person_key.secret"
+
+    @property
+    def secret_configured(self) -> bool:
+        """A secret file was given (it must exist: a node never makes up a deployment's secret)."""
+        return _is_set(self.secret_file)
+
+    @property
+    def signed_trust(self) -> bool:
+        """Trust lists come signed by the deployment root key (from the store, polled), not from a plain file."""
+        return _is_set(self.trust_root_key)
 
     @property
     def threads(self) -> int:
@@ -251,6 +280,8 @@ class Config:
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
             (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
             (0 <= self.set_poll_s <= 3600, "set_poll_s must be 0..3600"),
+            (0.05 <= self.trust_poll_s <= 3600, "trust_poll_s must be 0.05..3600"),
+            (0 <= self.registry_poll_s <= 60, "registry_poll_s must be 0..60 (revocations must reach every node)"),
             (1 <= self.workers <= 64, "workers must be 1..64"),
             (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
             (

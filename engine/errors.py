@@ -53,6 +53,14 @@ class NotFoundError(EngineError):
     code = "not_found"
 
 
+class ConflictError(EngineError):
+    """The request is well formed but this node is not set up for it (e.g. publishing a signed trust list to a
+    node that reads a plain file)."""
+
+    http_status = 409
+    code = "conflict"
+
+
 class PayloadError(EngineError):
     """A request envelope (not a single scan) is malformed: the whole request is refused."""
 

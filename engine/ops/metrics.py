@@ -112,6 +112,30 @@ class Metrics:
             "1 if the audit chain matched its anchor at start (else tracing is refused)",
             registry=r,
         )
+        # one deployment of several nodes (engine/deployment): which signed trust list this node runs, how old it
+        # is, what it refused, and how fresh its registries are
+        self.trust_list_version = Gauge(
+            "engine_trust_list_version",
+            "Version of the signed trust list in use (0: a plain, unsigned file)",
+            registry=r,
+        )
+        self.trust_list_age = Gauge(
+            "engine_trust_list_age_seconds", "Seconds since the trust list in use was published", registry=r
+        )
+        self.trust_list_store_version = Gauge(
+            "engine_trust_list_store_version", "Newest trust list version this node saw in the store", registry=r
+        )
+        self.trust_list_refused = Counter(
+            "engine_trust_list_refused",
+            "Signed trust lists refused, by reason (bad_signature, rollback, version_reused, unsigned, malformed)",
+            ["reason"],
+            registry=r,
+        )
+        self.registry_refresh_age = Gauge(
+            "engine_registry_refresh_age_seconds",
+            "Seconds since devices, tracers and admin tokens were last read from the store",
+            registry=r,
+        )
         for v in VERDICTS:
             self.scans_acked.labels(verdict=v)
         self._refreshers: list[Callable[[], None]] = []
