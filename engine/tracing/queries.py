@@ -15,12 +15,15 @@ inside the engine on its store thread.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from engine.codes.verdicts import TRUSTED, Verdict
 from engine.errors import PayloadError
 from engine.tracing.model import (
     DAY_MS,
+    LINK_QR,
+    LINK_QR_UNVERIFIED,
     MINUTE_MS,
     Contact,
     PersonTrace,
@@ -51,11 +54,11 @@ _UNVERIFIED_SQL = f"verdict != '{Verdict.MALFORMED.label}'"  # a malformed code 
 # Rows stay duplicated until merges. LIMIT 1 BY beat FINAL clearly on a store as a live engine leaves it and
 # lost only narrowly once merged (bench/trace_bench.py; README), so choosing by part count would win less than
 # asking for the count costs.
-_DEDUP = "LIMIT 1 BY scan_id"
+_DEDUP = "LIMIT 1 BY scan_id, device_id"  # a scan is (device, scan id): another device's id is another scan
 _FINAL = ""  # "FINAL" here and "" above is the alternative the benchmark measures
 _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
-    "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
+    "toUnixTimestamp64Milli(scanned_at), toString(verdict), device_id"
 )
 # Settings of every tracing read (bench/trace_bench.py): every granule these key ranges select holds matching
 # rows, so PREWHERE's two-pass read only adds work; and the expressions carry this trace's constants, so
@@ -68,9 +71,10 @@ _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 
 # functions cost more to plan on chdb (parse, analysis and pipeline of the nested query) than shipping the
 # rows and walking them (README, "Measured": tracing).
 _SCANS_AT_SQL = (
-    "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
-    "toString(verdict) FROM scans {final} {groups}WHERE ({ranges}) AND {verdicts} "
-    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} " + _READ_SETTINGS
+    "SELECT toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
+    "toUnixTimestamp64Milli(scanned_at), toString(verdict), device_id FROM scans {final} {groups}"
+    "WHERE ({ranges}) AND {verdicts} "
+    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id), device_id {dedup} " + _READ_SETTINGS
 )
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 # Only the (person, venue) groups with a scan past the pairing horizon at the windows' venues: a scan changes
@@ -118,11 +122,15 @@ class TraceQueries:
             if not qr_id or len(qr_id) > 64:
                 raise PayloadError("qr_id must be 1-64 characters")
             params["qr"] = qr_id
+            # person_by_qr keeps each pair's latest scan, so only the lower bound applies: a person scanned
+            # since the period ended is still found; who was not scanned since it began cannot be in it. A
+            # trusted trace follows only the links verified scans made (verified = 1, migration 0009); and
+            # whatever the link, only rows showing the QR id asked for are this person's (a person key of a
+            # row stored before issue 12 is a masked number's, shared by strangers: docs/payload.md, section 5).
+            verified = "" if opt.include_unverified else "AND verified = 1 "
             who = (
-                # person_by_qr keeps each pair's latest scan, so only the lower bound applies: a person scanned
-                # since the period ended is still found; who was not scanned since it began cannot be in it.
                 "person_key IN (SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} "
-                "AND scanned_at >= fromUnixTimestamp64Milli({lo:Int64}))"
+                f"{verified}AND scanned_at >= fromUnixTimestamp64Milli({{lo:Int64}})) AND qr_id = {{qr:String}}"
             )
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
@@ -136,11 +144,13 @@ class TraceQueries:
         # pair_stays drops duplicate scan ids itself, so this read needs no LIMIT BY
         sql = f"SELECT {_COLUMNS}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
         rows = self._query(sql, params)
-        index_scans = [Scan(*r[:7]) for r in rows]
+        index_scans = [Scan(*r[:8]) for r in rows]
         # no scans, no visits: nothing else is read, so the state is not needed
-        state: State = pairing_state(rows[0][7:]) if rows and self._use_stays else (None, 0)
+        state: State = pairing_state(rows[0][8:]) if rows and self._use_stays else (None, 0)
         keys = sorted({s.person_key for s in index_scans})
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
+        if qr_id is not None and visits:
+            visits = self._mark_links(visits, qr_id, opt)
         first = self._contacts_of(visits, opt, 1, state)
         contacts = rank(first.values())
         cut = None
@@ -164,6 +174,18 @@ class TraceQueries:
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _mark_links(self, visits: list[Stay], qr_id: str, opt: TraceOptions) -> list[Stay]:
+        """Say which link each visit of a trace by QR id came through: a verified scan's QR-id link, or (with
+        ``include_unverified`` only) a QR id that nothing but unverified scans claimed for that person key."""
+        if not opt.include_unverified:  # a trusted trace followed verified links only
+            return [replace(st, link=LINK_QR) for st in visits]
+        rows = self._query(
+            "SELECT DISTINCT hex(person_key) FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1",
+            {"qr": qr_id},
+        )
+        verified = {r[0] for r in rows}
+        return [replace(st, link=LINK_QR if st.person_key in verified else LINK_QR_UNVERIFIED) for st in visits]
+
     def _pair(self, scans: Iterable[Scan], opt: TraceOptions) -> list[Stay]:
         return pair_stays(scans, default_dwell_min=opt.default_dwell_min, max_stay_min=opt.max_stay_min)
 
