@@ -230,3 +230,39 @@ async def test_a_scan_id_pre_claimed_by_another_device_is_stored_and_traced(engi
         ]
     finally:
         await intruder.close()
+
+
+async def test_only_a_verified_code_printing_its_number_whole_links_a_cccd(engine: Any) -> None:
+    """Hung's signed code prints his number whole (``079090012345``): that verified scan links his QR id's identity
+    to his CCCD, so his trace shows the CCCD visit, marked (``id_card`` is unverified) and saying it came through
+    the ``document`` link; a trusted trace never shows it. An unsigned code printing Lan's number whole links
+    nothing (anyone can type one), nor does a masked number: their CCCD visits stay out of their traces."""
+    e = await engine()
+    hung = signed(e, "079090012345", "QIDHUNG001")
+    await post(e.client, visit(hung, "clinic", 0, 60))
+    cccd = "079090012345|123456789|Nguyen Van Hung|01011990|Nam|So 1 Le Loi, Quan 1, TP.HCM|15062021"
+    await post(
+        e.client, visit(cccd, "pharmacy", 100, 130) + visit(cccd.replace("Hung", "Lan"), "bank", 0, 30), "id_card"
+    )
+    lan_cccd = "079090067890|123456780|Tran Thi Lan|02021991|Nu|So 2 Le Loi, Quan 1, TP.HCM|15062021"
+    await post(e.client, visit("079090067890|TRAN THI LAN|1991-**-**|1|QIDLAN0001|", "cafe", 0, 60), "unsigned_code")
+    await post(e.client, visit(lan_cccd, "market", 100, 130), "id_card")
+    await e.drained()
+    auth = e.tracer()
+    trusted = await trace(e, auth, qr_id="QIDHUNG001")
+    assert venues(trusted) == ["clinic"]
+    marked = await trace(e, auth, unverified=True, qr_id="QIDHUNG001")
+    assert sorted((v["venue_id"], v["verdict"], v["link"]) for v in marked["visits"]) == [
+        ("bank", "id_card", "document"),  # the same card number, another name printed: the number is what links
+        ("clinic", "ok", "qr_id"),
+        ("pharmacy", "id_card", "document"),
+    ]
+    key = next(v["person_key"] for v in marked["visits"] if v["venue_id"] == "clinic")
+    by_key = await trace(e, auth, unverified=True, person_key=key)
+    assert sorted((v["venue_id"], v["link"]) for v in by_key["visits"]) == [
+        ("bank", "document"),
+        ("clinic", ""),
+        ("pharmacy", "document"),
+    ]
+    lan = await trace(e, auth, unverified=True, qr_id="QIDLAN0001")
+    assert [(v["venue_id"], v["link"]) for v in lan["visits"]] == [("cafe", "qr_id_unverified")]

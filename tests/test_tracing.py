@@ -487,3 +487,30 @@ def test_sql_pairing_matches_the_python_rule(
     ]
     assert len(want) > 50
     assert sorted(got, key=repr) == sorted(want, key=repr)
+
+
+def test_migration_0009_marks_old_qr_links_and_a_trusted_trace_follows_only_verified_ones(store: Store) -> None:
+    """QR-id pairs stored before migration 0009 carry no verdict (they read verified = 0); re-running 0009 (as
+    an upgrade does) writes again, as verified, exactly the pairs a verified scan in the store showed. A pair
+    only an unverified scan made, like one a hand-made code would leave, is never followed by a trusted trace:
+    here an old claim links QR-alice to bob's key, and bob's verified visits stay out of alice's trace."""
+    store.command("TRUNCATE TABLE person_by_qr")
+    store.command(
+        "INSERT INTO person_by_qr (qr_id, person_key, scanned_at) "
+        "SELECT qr_id, person_key, max(scanned_at) FROM scans WHERE qr_id != '' GROUP BY qr_id, person_key"
+    )
+    store.command(
+        "INSERT INTO person_by_qr (qr_id, person_key, scanned_at) VALUES "
+        "('QR-alice', toFixedString(unhex({bob:String}), 16), now64(3))",
+        {"bob": kh("bob")},
+    )
+    assert store.query("SELECT count() FROM person_by_qr WHERE verified = 1") == [(0,)]
+    store.command("ALTER TABLE schema_migrations DELETE WHERE name = '0009_verified_links' SETTINGS mutations_sync = 1")
+    assert "0009_verified_links" in store.migrate()
+    verified = store.query("SELECT qr_id, hex(person_key) FROM person_by_qr WHERE verified = 1 ORDER BY qr_id")
+    # every person with an ok scan, gina (unsigned only) not
+    assert [q for q, _ in verified] == [f"QR-{p}" for p in ("alice", "bob", "carol", "dave", "erin", "frank", "hank")]
+    assert ("QR-alice", kh("bob")) not in verified
+    trace = TraceQueries(store.query).person(qr_id="QR-alice")
+    assert {v.venue_id for v in trace.visits} == {"cafe", "gym", "library"}  # not bob's pool
+    assert {v.link for v in trace.visits} == {"qr_id"}

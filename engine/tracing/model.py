@@ -73,7 +73,8 @@ class Stay:
     device_ids: tuple[str, ...] = ()
     scan_ids: tuple[str, ...] = ()
     # How a trace reached this stay: "" for the person key asked for, "qr_id" through a QR-id link a verified
-    # scan created, "qr_id_unverified" through a QR id only unverified scans claimed (--include-unverified).
+    # scan created, "qr_id_unverified" through a QR id only unverified scans claimed (--include-unverified),
+    # "document" through the document number a verified code printed whole (a CCCD, another issuer's code).
     link: str = ""
 
     @property
@@ -85,6 +86,8 @@ TRUSTED_LABELS = frozenset(v.label for v in TRUSTED)
 #: Stay.link: reached through a QR-id link a verified scan created; or one only unverified scans claimed.
 LINK_QR = "qr_id"
 LINK_QR_UNVERIFIED = "qr_id_unverified"
+#: ... or through a document link: a verified code printing its document number whole (identity_links).
+LINK_DOCUMENT = "document"
 
 
 @dataclass

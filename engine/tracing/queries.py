@@ -22,6 +22,7 @@ from engine.codes.verdicts import TRUSTED, Verdict
 from engine.errors import PayloadError
 from engine.tracing.model import (
     DAY_MS,
+    LINK_DOCUMENT,
     LINK_QR,
     LINK_QR_UNVERIFIED,
     MINUTE_MS,
@@ -118,6 +119,7 @@ class TraceQueries:
         if person_key is not None and qr_id is None:
             params["pk"] = _person_key_hex(person_key)
             who = "person_key = toFixedString(unhex({pk:String}), 16)"
+            seed = "SELECT toFixedString(unhex({pk:String}), 16)"
         elif qr_id is not None and person_key is None:
             if not qr_id or len(qr_id) > 64:
                 raise PayloadError("qr_id must be 1-64 characters")
@@ -132,9 +134,14 @@ class TraceQueries:
                 "person_key IN (SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} "
                 f"{verified}AND scanned_at >= fromUnixTimestamp64Milli({{lo:Int64}})) AND qr_id = {{qr:String}}"
             )
+            seed = "SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1"
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
-        where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
+        # And the identities a verified code printing its number whole links to (identity_links, fed by verified
+        # scans only, Rule 2): from the person to the document, and from the document to its other identities.
+        hop = f"SELECT linked FROM identity_links WHERE key IN ({seed})"
+        linked = f"person_key IN ({hop} UNION ALL SELECT linked FROM identity_links WHERE key IN ({hop}))"
+        where = f"({who} OR {linked}) AND {_TIME % ('lo', 'hi')} AND {verdicts}"
         # The pairing state rides on this read as two scalar columns (evaluated once, before the rows are
         # read): a statement of its own cost as much as this whole read on chdb (bench/trace_profile.py).
         state_sql = ""
@@ -149,8 +156,8 @@ class TraceQueries:
         state: State = pairing_state(rows[0][8:]) if rows and self._use_stays else (None, 0)
         keys = sorted({s.person_key for s in index_scans})
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
-        if qr_id is not None and visits:
-            visits = self._mark_links(visits, qr_id, opt)
+        if visits:
+            visits = self._mark_links(visits, params.get("pk"), qr_id, opt)
         first = self._contacts_of(visits, opt, 1, state)
         contacts = rank(first.values())
         cut = None
@@ -174,17 +181,28 @@ class TraceQueries:
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
-    def _mark_links(self, visits: list[Stay], qr_id: str, opt: TraceOptions) -> list[Stay]:
-        """Say which link each visit of a trace by QR id came through: a verified scan's QR-id link, or (with
-        ``include_unverified`` only) a QR id that nothing but unverified scans claimed for that person key."""
-        if not opt.include_unverified:  # a trusted trace followed verified links only
-            return [replace(st, link=LINK_QR) for st in visits]
-        rows = self._query(
-            "SELECT DISTINCT hex(person_key) FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1",
-            {"qr": qr_id},
-        )
-        verified = {r[0] for r in rows}
-        return [replace(st, link=LINK_QR if st.person_key in verified else LINK_QR_UNVERIFIED) for st in visits]
+    def _mark_links(self, visits: list[Stay], pk: str | None, qr_id: str | None, opt: TraceOptions) -> list[Stay]:
+        """Say which link each visit came through: none (the person key asked for), a verified scan's QR-id link,
+        (with ``include_unverified`` only) a QR id that nothing but unverified scans claimed for that person
+        key, or a verified code's document link."""
+        if pk is not None:
+            if all(st.person_key == pk.upper() for st in visits):  # the usual case: no linked identity
+                return visits
+            return [st if st.person_key == pk.upper() else replace(st, link=LINK_DOCUMENT) for st in visits]
+        verified: set[str] | None = None
+        if opt.include_unverified:  # a trusted trace followed verified links only
+            rows = self._query(
+                "SELECT DISTINCT hex(person_key) FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1",
+                {"qr": qr_id},
+            )
+            verified = {r[0] for r in rows}
+
+        def link(st: Stay) -> str:
+            if st.qr_id != qr_id:
+                return LINK_DOCUMENT
+            return LINK_QR if verified is None or st.person_key in verified else LINK_QR_UNVERIFIED
+
+        return [replace(st, link=link(st)) for st in visits]
 
     def _pair(self, scans: Iterable[Scan], opt: TraceOptions) -> list[Stay]:
         return pair_stays(scans, default_dwell_min=opt.default_dwell_min, max_stay_min=opt.max_stay_min)

@@ -31,3 +31,40 @@ SELECT qr_id, person_key, max(scanned_at), 1
 FROM {db}.{local:scans}
 WHERE qr_id != '' AND verdict = 'ok'
 GROUP BY qr_id, person_key;
+
+-- Identity links (Rule 2): a genuine signed code printing its document number whole carries a link key,
+-- HMAC(pk1: + number), the identity of that person's CCCD and of their codes from other issuers. The scan row
+-- keeps it (16 zero bytes for every other code, and for rows stored before this migration: they link nothing
+-- new; an old row whose code printed the number whole already has it as its person key).
+ALTER TABLE {db}.{local:scans}{on_cluster} ADD COLUMN IF NOT EXISTS link_key FixedString(16);
+
+{distributed_add_column:scans:link_key FixedString(16)};
+
+-- identity_links holds each link both ways, person key -> link key and link key -> person key, so a trace goes
+-- from a person to their document and from the document to its other identities by two lookups in one range
+-- each. Fed only by scans with verdict 'ok': no unverified scan links anything. The latest scan of each pair is
+-- kept, for the TTL.
+CREATE TABLE IF NOT EXISTS {db}.{local:identity_links}{on_cluster}
+(
+    key FixedString(16),
+    linked FixedString(16),
+    scanned_at DateTime64(3, 'UTC')
+)
+ENGINE = {replacing:identity_links:scanned_at}
+ORDER BY (key, linked)
+TTL toDateTime(scanned_at) + INTERVAL {retention_days} DAY
+SETTINGS {dedup_window}, fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.identity_links_mv{on_cluster}
+TO {db}.{local:identity_links}
+AS SELECT person_key AS key, link_key AS linked, scanned_at
+FROM {db}.{local:scans}
+WHERE verdict = 'ok' AND NOT empty(link_key);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.identity_links_back_mv{on_cluster}
+TO {db}.{local:identity_links}
+AS SELECT link_key AS key, person_key AS linked, scanned_at
+FROM {db}.{local:scans}
+WHERE verdict = 'ok' AND NOT empty(link_key);
+
+{distributed:identity_links:sipHash64(key)};
