@@ -9,19 +9,27 @@ on the code before this change.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 from nacl.signing import SigningKey
 
+from engine import _verify
 from engine.codes.payload import Person, b64url_encode, mint
+from engine.codes.trust import TrustList
 from engine.devices.client import ScannerClient, make_scan
+from engine.ingest import record
+from engine.store.columns import Strings
+from engine.store.store import Store
 from engine.testing.engines import DEVICE_ID, YEAR, admin_headers
-from engine.verify.contract import person_key
+from engine.verify.contract import CodeBatch, person_key
+from engine.verify.reference import PyVerifier
 from engine.web.app import deployment_secret
 from engine.web.keys import CONFIG
 
@@ -266,3 +274,51 @@ async def test_only_a_verified_code_printing_its_number_whole_links_a_cccd(engin
     ]
     lan = await trace(e, auth, unverified=True, qr_id="QIDLAN0001")
     assert [(v["venue_id"], v["link"]) for v in lan["visits"]] == [("cafe", "qr_id_unverified")]
+
+
+def test_the_links_the_store_makes_from_every_vector_follow_the_rules_in_both_verifiers(tmp_path: Path) -> None:
+    """The link-creating decision is the store's (migration 0009: a verified QR-id pair and a document link only
+    from verdict ``ok``), taken on the verifier's fields (verdict, QR id, person and link key), which the vectors
+    pin byte for byte in both verifiers (tests/test_verify_parity.py). Here every vector goes through each
+    verifier, the record and a real store: the links it made are exactly the rule applied to the vectors, and the
+    vectors cover the cases that decide (a genuine code printing its number whole; the same, expired: a link key
+    but no link; an unsigned code printing a complete number: no link key)."""
+    doc = json.loads((Path(__file__).parent / "vectors" / "codes.json").read_text())
+    vectors, trust = doc["vectors"], TrustList.from_json(json.dumps(doc["trust_list"]).encode()).table()
+    zero = "00" * 16
+    cases = {(v["verdict"], v["link_key"] != zero, v["kind"]) for v in vectors}
+    assert {("ok", True, "signed"), ("expired", True, "signed"), ("unsigned_code", False, "unsigned")} <= cases
+    assert any(v["kind"] == "unsigned" and "*" not in v["code"].split("|")[0] for v in vectors)
+    want_links = {(v["person_key"], v["link_key"]) for v in vectors if v["verdict"] == "ok" and v["link_key"] != zero}
+    want_links |= {(lk, pk) for pk, lk in want_links}
+    want_qr = {(v["qr_id"], v["person_key"], int(v["verdict"] == "ok")) for v in vectors if v["qr_id"]}
+    assert len(want_links) >= 4 and {q[2] for q in want_qr} == {0, 1}
+    codes = [v["code"].encode() for v in vectors]
+    n = len(codes)
+    for i, factory in enumerate((PyVerifier, _verify.CVerifier)):
+        batch = CodeBatch.from_codes(codes)
+        result = factory(trust, bytes.fromhex(doc["person_secret_hex"]), skew=doc["skew"]).verify_batch(
+            batch, doc["now"]
+        )
+        rows = record.batch_rows(
+            scan_id=b"".join(uuid.uuid4().bytes for _ in codes),
+            device_code=np.zeros(n, np.int32),
+            devices=["dev-1"],
+            venue_id=Strings.pack([b"v"] * n),
+            direction=np.ones(n, np.uint8),
+            scanned_ms=np.full(n, T, np.int64),
+            received_ms=np.full(n, T, np.int64),
+            batch=batch,
+            result=result,
+            trust=trust,
+        )
+        store = Store.connect(f"chdb://{tmp_path / f'store{i}'}", retention_days=3650)
+        try:
+            store.migrate()
+            store.insert_scans(record.decode(record.encode(rows)))  # through the WAL record, as the drain does
+            links = store.query("SELECT DISTINCT lower(hex(key)), lower(hex(linked)) FROM identity_links", {})
+            pairs = store.query("SELECT DISTINCT qr_id, lower(hex(person_key)), verified FROM person_by_qr", {})
+        finally:
+            store.close()
+        assert set(links) == want_links, factory
+        assert set(pairs) == want_qr, factory
