@@ -272,6 +272,10 @@ async def test_only_a_verified_code_printing_its_number_whole_links_a_cccd(engin
         ("clinic", ""),
         ("pharmacy", "document"),
     ]
+    # from the card's identity back to the code's: also when the card's own scans are not in a trusted trace
+    card = next(v["person_key"] for v in marked["visits"] if v["venue_id"] == "pharmacy")
+    from_card = await trace(e, auth, person_key=card)
+    assert [(v["venue_id"], v["verdict"], v["link"]) for v in from_card["visits"]] == [("clinic", "ok", "document")]
     lan = await trace(e, auth, unverified=True, qr_id="QIDLAN0001")
     assert [(v["venue_id"], v["link"]) for v in lan["visits"]] == [("cafe", "qr_id_unverified")]
 

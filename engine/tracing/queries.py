@@ -137,23 +137,30 @@ class TraceQueries:
             seed = "SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1"
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
-        # And the identities a verified code printing its number whole links to (identity_links, fed by verified
-        # scans only, Rule 2): from the person to the document, and from the document to its other identities.
-        hop = f"SELECT linked FROM identity_links WHERE key IN ({seed})"
-        linked = f"person_key IN ({hop} UNION ALL SELECT linked FROM identity_links WHERE key IN ({hop}))"
-        where = f"({who} OR {linked}) AND {_TIME % ('lo', 'hi')} AND {verdicts}"
-        # The pairing state rides on this read as two scalar columns (evaluated once, before the rows are
-        # read): a statement of its own cost as much as this whole read on chdb (bench/trace_profile.py).
+        where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
+        # The identities a verified code printing its number whole links this one to (identity_links, fed by
+        # verified scans only, Rule 2) ride on the same read as a scalar column, like the pairing state (evaluated
+        # once, before the rows are read): most people have none, and an IN over identity_links in the WHERE cost
+        # about twice as much on chdb (bench/trace_bench.py; README, "Measured": tracing).
+        links_sql = f", (SELECT groupUniqArray(hex(linked)) FROM identity_links WHERE key IN ({seed}))"
         state_sql = ""
         if self._use_stays:
             state_sql, state_params = pairing_state_sql(PairingParams.of(opt))
             state_sql, params = f", {state_sql}", {**params, **state_params}
         # pair_stays drops duplicate scan ids itself, so this read needs no LIMIT BY
-        sql = f"SELECT {_COLUMNS}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
+        sql = f"SELECT {_COLUMNS}{links_sql}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
         rows = self._query(sql, params)
         index_scans = [Scan(*r[:8]) for r in rows]
-        # no scans, no visits: nothing else is read, so the state is not needed
-        state: State = pairing_state(rows[0][8:]) if rows and self._use_stays else (None, 0)
+        state: State | None = None  # no scans, no visits: nothing else is read, so the state is not needed
+        if rows:
+            state = pairing_state(rows[0][9:]) if self._use_stays else (None, 0)
+            linked = list(rows[0][8])
+        else:  # nothing in the period under this identity: its linked ones may still have scans there
+            linked = [
+                r[0] for r in self._query(f"SELECT hex(linked) FROM identity_links WHERE key IN ({seed})", params)
+            ]
+        if linked:
+            index_scans += self._linked_scans(linked, params["lo"], params["hi"], verdicts)
         keys = sorted({s.person_key for s in index_scans})
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
         if visits:
@@ -181,6 +188,17 @@ class TraceQueries:
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _linked_scans(self, linked: list[str], lo: int, hi: int, verdicts: str) -> list[Scan]:
+        """The scans of the identities linked to the index case: the document's (``linked``) and, one more hop
+        through identity_links, the document's other identities (another issuer's code for the same number)."""
+        keys = "(SELECT arrayJoin(arrayMap(k -> toFixedString(unhex(k), 16), {keys:Array(String)})))"
+        sql = (
+            f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE (person_key IN {keys} OR person_key IN "
+            f"(SELECT linked FROM identity_links WHERE key IN {keys})) AND {_TIME % ('lo', 'hi')} AND {verdicts} "
+            f"{_READ_SETTINGS}"
+        )
+        return [Scan(*r) for r in self._query(sql, {"keys": linked, "lo": lo, "hi": hi})]
+
     def _mark_links(self, visits: list[Stay], pk: str | None, qr_id: str | None, opt: TraceOptions) -> list[Stay]:
         """Say which link each visit came through: none (the person key asked for), a verified scan's QR-id link,
         (with ``include_unverified`` only) a QR id that nothing but unverified scans claimed for that person
@@ -207,7 +225,9 @@ class TraceQueries:
     def _pair(self, scans: Iterable[Scan], opt: TraceOptions) -> list[Stay]:
         return pair_stays(scans, default_dwell_min=opt.default_dwell_min, max_stay_min=opt.max_stay_min)
 
-    def _contacts_of(self, stays: Sequence[Stay], opt: TraceOptions, degree: int, state: State) -> dict[str, Contact]:
+    def _contacts_of(
+        self, stays: Sequence[Stay], opt: TraceOptions, degree: int, state: State | None
+    ) -> dict[str, Contact]:
         margin = round(opt.margin_min * MINUTE_MS)
         windows = [(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays]
         others = self.stays_at(windows, opt, state) if windows else []
@@ -280,7 +300,7 @@ class TraceQueries:
         return stays, groups
 
     def _second_degree(
-        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions, state: State
+        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions, state: State | None
     ) -> tuple[list[Contact], tuple[int, int, int, float, int]]:
         """Contacts of the top contacts, from their first exposure on: who they could have passed it to.
 
