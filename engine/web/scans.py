@@ -15,7 +15,7 @@ from engine.errors import ForbiddenError, NotFoundError, OverloadedError, Payloa
 from engine.ingest.batcher import SubmitResult
 from engine.ingest.intake import parse_body, render_answer
 from engine.web.body import read_body
-from engine.web.keys import CONFIG, METRICS, RUNTIME, TLS_CONTEXT
+from engine.web.keys import CONFIG, METRICS, RUNTIME, TLS_CONTEXT, TRACE_LANE
 from engine.web.openapi import SCAN_RESULT, document, documented, error, json_body, scans_request_body, text_body
 from engine.web.tls import require_device_certificate
 
@@ -130,8 +130,11 @@ async def readyz(request: web.Request) -> web.Response:
     of cause) and to ``/metrics`` and ``/v1/admin/wal``.
     """
     rt = request.app[RUNTIME]
+    lane = request.app.get(TRACE_LANE)
+    # asked on the tracing lane's control client, off the store thread: a probe must not queue behind an insert
+    ping = lane.ping if lane is not None else rt.store.ping
     try:
-        store_ok = await asyncio.wait_for(rt.in_store_thread(rt.store.ping), timeout=2.0)
+        store_ok = await asyncio.wait_for(asyncio.to_thread(ping), timeout=2.0)
     except TimeoutError:
         store_ok = False
     if rt.shutting_down:
