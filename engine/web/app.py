@@ -171,6 +171,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
         codeset=codeset,
+        wal_append_timeout_s=cfg.wal_append_timeout_s,
     )
     for orphan in cfg.orphan_wal_paths():
         await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)

@@ -108,7 +108,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 #: readiness causes, the only thing /readyz tells an anonymous caller (details go to the log and /metrics)
-READY_CAUSES = ("ok", "shutting_down", "store_unavailable", "wal_over_budget")
+READY_CAUSES = ("ok", "shutting_down", "store_unavailable", "wal_over_budget", "wal_stalled")
 READY = {
     "type": "object",
     "required": ["ready", "cause"],
@@ -143,6 +143,8 @@ async def readyz(request: web.Request) -> web.Response:
         cause = "store_unavailable"
     elif rt.wal.backlog_bytes > rt.config.wal_budget_mb << 20:
         cause = "wal_over_budget"
+    elif rt.batcher.wal_stalled:
+        cause = "wal_stalled"
     else:
         cause = "ok"
     if cause != rt.ready_cause:
