@@ -134,6 +134,8 @@ class TraceLane:
         self._running: dict[str, int] = {}
         self._in_flight = 0
         self._tickets: dict[str, Ticket] = {}
+        self.cancelled = 0  # traces stopped because their client went away
+        self.killed = 0  # of which a running ClickHouse query was killed
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def open(self) -> TraceLane:
@@ -222,9 +224,11 @@ class TraceLane:
     async def cancel(self, ticket: Ticket) -> None:
         """Stop a trace: no further query of it starts, and its running one is killed in ClickHouse."""
         ticket.cancelled.set()
+        self.cancelled += 1
         if ticket.running and self._control is not None:
             with contextlib.suppress(StoreError):
                 await asyncio.to_thread(self._kill, ticket)
+                self.killed += 1
 
     def _kill(self, ticket: Ticket) -> None:
         assert self._control is not None

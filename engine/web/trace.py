@@ -7,6 +7,7 @@ the tracer gets a 503 and no data.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import math
@@ -235,9 +236,12 @@ async def _on_lane(
 
     try:
         done = await lane.run(tracer.name, compute, result_size, lambda t: _encode(t, fmt), gone=gone)
-    except TraceCancelled:
+    except TraceCancelled:  # the lane saw the connection close
         request.app[METRICS].traces_refused.labels(cause="client_gone").inc()
         return web.Response(status=499, text="client closed the request; the trace was stopped")
+    except asyncio.CancelledError:  # aiohttp cancelled the handler (its client went away): the lane stopped it
+        request.app[METRICS].traces_refused.labels(cause="client_gone").inc()
+        raise
     except TraceLimitError as exc:
         request.app[METRICS].traces_refused.labels(cause=exc.details["cap"]).inc()
         raise
