@@ -10,14 +10,15 @@ on that code.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import aiohttp
 import pytest
 
-from engine.devices.client import make_scan
-from engine.testing.engines import InProcessEngine, wait_until
+from engine.devices.client import ScannerClient, make_scan
+from engine.testing.engines import DEVICE_ID, InProcessEngine, wait_until
 
 ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
 HOT = "venue-hot"
@@ -49,39 +50,61 @@ async def _get(
 
 
 class Ingest:
-    """An honest scanner posting small batches while something else runs, and a load balancer probing /readyz."""
+    """An honest scanner posting small batches while something else runs, and a load balancer probing /readyz.
+
+    Both run on a thread with its own event loop, so their timeouts are real ones: a client sharing the engine's
+    loop would not see that loop blocked (its own timers would be late by as much)."""
 
     def __init__(self, e: InProcessEngine) -> None:
-        self.e, self.statuses, self.ready, self.stop = e, [], [], asyncio.Event()  # type: ignore[var-annotated]
-        self.tag = 100
+        self.e = e
+        self.statuses: list[int] = []
+        self.ready: list[int] = []
+        self.acked: list[tuple[float, int]] = []  # (when the 202 came, scans in it)
+        self.stop = threading.Event()
 
-    async def scanner(self) -> None:
-        while not self.stop.is_set():
-            self.tag += 1
-            scans = [make_scan(self.e.fx.code(self.tag * 100 + i), "venue-honest") for i in range(20)]
-            try:
-                status, _ = await asyncio.wait_for(self.e.client.post_scans(scans), 5.0)  # a device's timeout
-            except TimeoutError:
-                status = 0
-            self.statuses.append(status)
-            await asyncio.sleep(0.05)
+    async def _scanner(self) -> None:
+        client = ScannerClient(self.e.url, DEVICE_ID, self.e.fx.device)
+        tag = 100
+        try:
+            while not self.stop.is_set():
+                tag += 1
+                scans = [make_scan(self.e.fx.code(tag * 100 + i), "venue-honest") for i in range(20)]
+                try:
+                    status, _ = await asyncio.wait_for(client.post_scans(scans), 5.0)  # a device's timeout
+                except TimeoutError:
+                    status = 0
+                self.statuses.append(status)
+                if status == 202:
+                    self.acked.append((time.monotonic(), len(scans)))
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
 
-    async def prober(self) -> None:
-        while not self.stop.is_set():
-            try:
-                status, _ = await asyncio.wait_for(self.e.client.request("GET", "/readyz"), 2.0)  # an LB's timeout
-            except TimeoutError:
-                status = 0
-            self.ready.append(status)
-            await asyncio.sleep(0.1)
+    async def _prober(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            while not self.stop.is_set():
+                try:
+                    async with s.get(self.e.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
+                        status = r.status  # an LB's timeout
+                except TimeoutError:
+                    status = 0
+                self.ready.append(status)
+                await asyncio.sleep(0.1)
+
+    def _run(self) -> None:
+        async def both() -> None:
+            await asyncio.gather(self._scanner(), self._prober())
+
+        asyncio.run(both())
 
     async def beside(self, work: Any) -> Any:
-        tasks = [asyncio.create_task(self.scanner()), asyncio.create_task(self.prober())]
+        thread = threading.Thread(target=self._run, name="honest")
+        thread.start()
         try:
             return await work
         finally:
             self.stop.set()
-            await asyncio.gather(*tasks)
+            await asyncio.to_thread(thread.join)
 
 
 async def test_worst_case_trace_during_ingest_is_cut_by_its_caps_and_ingest_goes_on(engine: Any) -> None:
@@ -117,17 +140,32 @@ async def test_worst_case_trace_runs_beside_ingest_without_holding_it(engine: An
     /readyz stays 200, and the answer is streamed in full (on the old code /readyz pinged behind the trace on the
     store thread)."""
     e = await engine(trace_max_rows=5_000_000, trace_timeout_s=120)
-    await _fill_hot_venue(e, 100_000)
+    await _fill_hot_venue(e, 300_000)
     ingest = Ingest(e)
+    stored = e.rt.metrics.scans_stored  # below 300k rows the old code's trace held the store thread < 2 s
+    stored_before = stored._value.get()
     t0 = time.monotonic()
-    async with aiohttp.ClientSession() as s:
-        status, body, _ = await ingest.beside(_get(s, e.url + WORST, e.tracer(), timeout=120))
+
+    async def trace() -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as s:
+            status, body, _ = await _get(s, e.url + WORST, e.tracer(), timeout=120)
+        return status, body
+
+    async def trace_then_count() -> tuple[int, Any, float]:
+        status, body = await trace()
+        return status, body, stored._value.get() - stored_before  # stored while the trace ran
+
+    status, body, stored_during = await ingest.beside(trace_then_count())
     seconds = time.monotonic() - t0
     assert status == 200 and len(body["stays"]) > 10_000, status
     assert set(ingest.statuses) == {202}, ingest.statuses
     assert set(ingest.ready) == {200}, ingest.ready
+    # inserts went on beside the trace: what was acknowledged more than a second before it ended is stored
+    settled = sum(n for at, n in ingest.acked if at < t0 + seconds - 1.0)
+    assert stored_during >= settled > 0, (stored_during, settled)
     print(f"\n[lane] worst-case trace {seconds:.1f} s, {len(body['stays'])} stays; beside it "
-          f"{len(ingest.statuses)} honest requests all 202, {len(ingest.ready)} /readyz all 200")  # fmt: skip
+          f"{len(ingest.statuses)} honest requests all 202, {len(ingest.ready)} /readyz all 200, "
+          f"{stored_during:.0f} scans stored while it ran")  # fmt: skip
 
 
 async def test_a_client_that_goes_away_cancels_its_trace(engine: Any) -> None:
