@@ -140,7 +140,15 @@ _TRACE_ANSWERS: dict[int, SchemaSource] = {
     },
     401: error("Missing, unknown, expired or revoked tracer token"),
     403: error("Scanner or operator credentials, which cannot trace"),
-    429: error("The tracer's allowance for this kind of trace is used up; see Retry-After"),
+    413: error(
+        "Stopped by a cap of the tracing lane (rows read, rows back, answer bytes); the body names the cap "
+        "(cap, limit) and how to narrow the trace (narrow)"
+    ),
+    422: error("Stopped by the tracing lane's time cap (--trace-timeout-s); the body says how to narrow the trace"),
+    429: error(
+        "The tracer's allowance for this kind of trace is used up, or it already runs its concurrent traces "
+        "(--trace-per-tracer), or the lane is full (--trace-concurrency); see Retry-After"
+    ),
     503: error("The audit record cannot be written (store down, audit chain broken): no answer is given"),
 }
 _CASE = query(
