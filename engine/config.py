@@ -137,7 +137,7 @@ class Config:
         default=50_000_000, metadata={"help": "rows one trace query may read in the store; more is 413"}
     )
     trace_max_rows: int = field(
-        default=500_000, metadata={"help": "rows a trace may bring back from the store, and answer; more is 413"}
+        default=100_000, metadata={"help": "rows a trace may bring back from the store, and answer; more is 413"}
     )
     trace_max_mb: int = field(default=64, metadata={"help": "largest encoded trace answer (MiB); larger is 413"})
     # -- ingest fault handling (docs/reliability.md, "Poison records") ----------------------------------------

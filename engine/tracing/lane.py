@@ -70,7 +70,7 @@ class LaneLimits:
     per_tracer: int = 1
     timeout_s: float = 20.0
     max_rows_read: int = 50_000_000
-    max_rows: int = 500_000
+    max_rows: int = 100_000
     max_bytes: int = 64 << 20
 
 
