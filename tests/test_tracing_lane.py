@@ -160,8 +160,9 @@ async def test_worst_case_trace_runs_beside_ingest_without_holding_it(engine: An
     assert status == 200 and len(body["stays"]) > 10_000, status
     assert set(ingest.statuses) == {202}, ingest.statuses
     assert set(ingest.ready) == {200}, ingest.ready
-    # inserts went on beside the trace: what was acknowledged more than a second before it ended is stored
-    settled = sum(n for at, n in ingest.acked if at < t0 + seconds - 1.0)
+    # inserts went on beside the trace: what was acknowledged well before it ended is stored (the drain inserts every
+    # 50 ms here; the margin is for a loaded machine)
+    settled = sum(n for at, n in ingest.acked if at < t0 + seconds - 2.5)
     assert stored_during >= settled > 0, (stored_during, settled)
     print(f"\n[lane] worst-case trace {seconds:.1f} s, {len(body['stays'])} stays; beside it "
           f"{len(ingest.statuses)} honest requests all 202, {len(ingest.ready)} /readyz all 200, "

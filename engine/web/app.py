@@ -254,7 +254,11 @@ async def _lane_ctx(app: web.Application) -> AsyncIterator[None]:
     options = {**cfg.store_options(), "insert_timeout": cfg.trace_timeout_s + 10}
     lane = await asyncio.to_thread(TraceLane(lambda: Store.connect(cfg.store_dsn, **options), limits).open)
     app[TRACE_LANE] = lane
+    pinging = asyncio.create_task(lane.keep_pinging(), name="store-ping")  # /readyz answers from its last result
     yield
+    pinging.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pinging
     await asyncio.to_thread(lane.close)
 
 
