@@ -19,6 +19,7 @@ import pytest
 
 from engine.devices.client import ScannerClient, make_scan
 from engine.testing.engines import DEVICE_ID, InProcessEngine, wait_until
+from engine.testing.fixtures import StoreTarget
 
 ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
 HOT = "venue-hot"
@@ -107,11 +108,14 @@ class Ingest:
             await asyncio.to_thread(thread.join)
 
 
-async def test_worst_case_trace_during_ingest_is_cut_by_its_caps_and_ingest_goes_on(engine: Any) -> None:
+async def test_worst_case_trace_during_ingest_is_cut_by_its_caps_and_ingest_goes_on(
+    engine: Any, store_dsn: StoreTarget
+) -> None:
     """days=366, include_unverified, the hot venue, while an honest device posts and a prober asks /readyz:
     every honest request gets 202, /readyz stays 200, and the trace is refused by its row cap with the clear
-    413 that names the cap and how to narrow the trace (on the old code it ran uncapped and answered 200)."""
-    e = await engine(trace_max_rows_read=30_000)
+    413 that names the cap and how to narrow the trace (on the old code it ran uncapped and answered 200). On the
+    embedded store and on a ClickHouse server."""
+    e = await engine(trace_max_rows_read=30_000, dsn=store_dsn.dsn, database=store_dsn.database)
     await _fill_hot_venue(e, 100_000)
     ingest = Ingest(e)
     async with aiohttp.ClientSession() as s:
@@ -169,11 +173,11 @@ async def test_worst_case_trace_runs_beside_ingest_without_holding_it(engine: An
           f"{stored_during:.0f} scans stored while it ran")  # fmt: skip
 
 
-async def test_a_client_that_goes_away_cancels_its_trace(engine: Any) -> None:
+async def test_a_client_that_goes_away_cancels_its_trace(engine: Any, store_dsn: StoreTarget) -> None:
     """The client gives up after 0.3 s: the lane stops the trace (its query killed, no further query started),
     nothing is audited, and the tracer's slot is free again. On the old code the trace ran to the end and was
-    audited as answered."""
-    e = await engine(trace_max_rows=5_000_000, trace_timeout_s=120)
+    audited as answered. On the embedded store and on a ClickHouse server (KILL QUERY on each)."""
+    e = await engine(trace_max_rows=5_000_000, trace_timeout_s=120, dsn=store_dsn.dsn, database=store_dsn.database)
     await _fill_hot_venue(e, 100_000)
     auth = e.tracer()
     async with aiohttp.ClientSession() as s:

@@ -163,13 +163,14 @@ class TraceLane:
         """The store answers, asked on the lane's control client: never queued behind an insert or a trace."""
         return self._control is not None and self._control.ping()
 
-    async def keep_pinging(self, interval_s: float = 1.0) -> None:
+    async def keep_pinging(self, interval_s: float = 1.0, on_result: Callable[[bool], object] = bool) -> None:
         """Ping the store every ``interval_s`` on the control client, so that ``/readyz`` answers from the last
         result at once: a probe never waits on the store (a load balancer's timeout would eject a node that only
         has a slow moment), and a store that stops answering is seen within ``stale_s``."""
         while True:
             ok = await asyncio.to_thread(self.ping)
             self._pinged = (ok, time.monotonic())
+            on_result(ok)
             await asyncio.sleep(interval_s)
 
     def store_answers(self, stale_s: float = 10.0) -> bool:
