@@ -316,6 +316,9 @@ class TraceLane:
             "read_overflow_mode": "throw",
             "max_result_rows": max(1, lim.max_rows - ticket.rows),
             "result_overflow_mode": "throw",
+            # small blocks: the driver turns each block into Python rows in one call holding the GIL, and the
+            # event loop waits for the whole call; a block of 8,192 rows is a short wait, 65,536 a long one
+            "max_block_size": 8192,
         }
         ticket.running = True
         try:
