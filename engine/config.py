@@ -147,6 +147,10 @@ class Config:
     tracer_wide_per_hour: float = field(
         default=20.0, metadata={"help": "venue and second-degree traces per tracer per hour"}
     )
+    gc_young: int = field(
+        default=50_000,
+        metadata={"help": "net allocations between young garbage collections; 0 keeps CPython's (engine.ops.heap)"},
+    )
     # -- the tracing lane (engine.tracing.lane; docs/operations.md, "Tracing lane") -------------------------------
     trace_concurrency: int = field(default=2, metadata={"help": "traces run at once on the tracing lane"})
     trace_per_tracer: int = field(default=1, metadata={"help": "traces one tracer may run at once (else 429)"})
@@ -318,6 +322,7 @@ class Config:
             (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
             (1 <= self.trace_concurrency <= 64, "trace_concurrency must be 1..64"),
             (1 <= self.trace_per_tracer <= self.trace_concurrency, "trace_per_tracer must be 1..trace_concurrency"),
+            (self.gc_young >= 0, "gc_young must be >= 0 (0 keeps CPython's thresholds)"),
             (0 < self.trace_timeout_s <= 3600, "trace_timeout_s must be in (0, 3600]"),
             (self.trace_max_rows_read >= 1000, "trace_max_rows_read must be >= 1000"),
             (self.trace_max_rows >= 100, "trace_max_rows must be >= 100"),

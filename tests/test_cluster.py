@@ -91,7 +91,7 @@ def _node_env(cluster: ClickHouseCluster, shard: int, root: Path) -> dict[str, s
         "ENGINE_DEVICE_RATE": "1000",
         "ENGINE_DEVICE_BURST": "1000",
         "ENGINE_LOG_LEVEL": "INFO",
-        "ENGINE_GC_FREEZE": "0",
+        "ENGINE_GC_YOUNG": "0",
     }
 
 
@@ -359,7 +359,7 @@ def test_a_resent_batch_acknowledged_before_a_crash_is_a_duplicate_after_the_res
 
     fx = make_fixture(tmp_path / "node")
     node = EngineProcess(
-        fx.data_dir, ENGINE_DSN=clickhouse_server.dsn, ENGINE_DATABASE=clickhouse_database, ENGINE_GC_FREEZE="0"
+        fx.data_dir, ENGINE_DSN=clickhouse_server.dsn, ENGINE_DATABASE=clickhouse_database, ENGINE_GC_YOUNG="0"
     ).start()
     try:
         node.post_json("/v1/admin/devices", device_registration(fx), admin_headers(fx.data_dir))

@@ -9,7 +9,6 @@ ready and removed on a clean exit; every other command finds the engine through 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import socket
@@ -25,15 +24,6 @@ from engine.permissions import restrict_umask
 from engine.version import VERSION
 
 log = logging.getLogger("engine")
-
-
-async def _freeze_startup_heap(app: object) -> None:
-    """Move everything built at start-up (modules, chdb, pyarrow, aiohttp, the migrated store: ~65k objects) out
-    of the collector's reach; none of it ever becomes garbage. Without this, full collections walk that heap
-    while serving (gc callbacks over a bench run showed it; README); with it, none. ``ENGINE_GC_FREEZE=0`` turns
-    it off."""
-    gc.collect()
-    gc.freeze()
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -95,8 +85,6 @@ def _run(args: argparse.Namespace) -> int:
 
         issuer, device = prepare_demo(config)
         app.cleanup_ctx.append(demo_scanner_ctx(config, device, demo_codes(issuer)))
-    if os.environ.get("ENGINE_GC_FREEZE", "1") != "0":
-        app.on_startup.append(_freeze_startup_heap)
     sock = bind(config.host, config.port, reuse_port=config.workers > 1)
     port = int(sock.getsockname()[1])
     url = address.local_url(config.host, port, tls=tls is not None)

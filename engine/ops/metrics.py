@@ -51,6 +51,13 @@ class Metrics:
             "engine_insert_seconds", "Wall time of one store insert", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.insert_rows = Histogram("engine_insert_rows", "Rows per store insert", buckets=_BATCH_BUCKETS, registry=r)
+        self.gc_pause_seconds = Histogram(
+            "engine_gc_pause_seconds",
+            "Pause of one garbage collection (every thread waits), by generation (engine.ops.heap)",
+            ["generation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ack_seconds = Histogram(
             "engine_ack_seconds", "Time from request accepted to scans durable", buckets=_LATENCY_BUCKETS, registry=r
         )

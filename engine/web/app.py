@@ -42,6 +42,7 @@ from engine.ingest.drain import Drain
 from engine.ingest.recent import scan_key
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.authlog import AuthFailures
+from engine.ops.heap import HeapPolicy
 from engine.ops.metrics import Metrics
 from engine.permissions import private_dir, require_private
 from engine.store.store import Store
@@ -458,6 +459,14 @@ def check_private_files(config: Config) -> None:
     require_private(paths)
 
 
+async def _heap_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The collector's policy while serving (engine.ops.heap: why a trace must not trigger full collections)."""
+    policy = HeapPolicy(app[CONFIG].gc_young, app[METRICS].gc_pause_seconds)
+    policy.start()
+    yield
+    policy.stop()
+
+
 def create_app(config: Config) -> web.Application:
     """The app factory: the only way an engine is built, by ``serve`` and by the tests alike."""
     check_listeners(config)
@@ -475,4 +484,5 @@ def create_app(config: Config) -> web.Application:
     for routes in ROUTE_MODULES:
         routes.setup(app)
     app.cleanup_ctx.append(ops_listener_ctx([error_middleware]))  # last: it serves what the others built
+    app.cleanup_ctx.append(_heap_ctx)  # after everything start-up keeps alive, so the freeze covers it
     return app
