@@ -147,6 +147,21 @@ class Config:
     tracer_wide_per_hour: float = field(
         default=20.0, metadata={"help": "venue and second-degree traces per tracer per hour"}
     )
+    # -- the tracing lane (engine.tracing.lane; docs/operations.md, "Tracing lane") -------------------------------
+    trace_concurrency: int = field(default=2, metadata={"help": "traces run at once on the tracing lane"})
+    trace_per_tracer: int = field(default=1, metadata={"help": "traces one tracer may run at once (else 429)"})
+    trace_timeout_s: float = field(default=20.0, metadata={"help": "a trace's time cap, all its queries (s); 422"})
+    trace_max_rows_read: int = field(
+        default=50_000_000, metadata={"help": "rows one trace query may read in the store; more is 413"}
+    )
+    trace_max_rows: int = field(
+        default=100_000, metadata={"help": "rows a trace may bring back from the store, and answer; more is 413"}
+    )
+    trace_max_mb: int = field(default=64, metadata={"help": "largest encoded trace answer (MiB); larger is 413"})
+    # -- ingest fault handling (docs/reliability.md, "Poison records") ----------------------------------------
+    wal_append_timeout_s: float = field(
+        default=10.0, metadata={"help": "a WAL group commit not done in N s fails its requests with 503"}
+    )
 
     # -- derived --------------------------------------------------------------------------------------------
     @property
@@ -301,6 +316,13 @@ class Config:
             (0 <= self.ops_port <= 65535, "ops_port must be 0..65535"),
             (self.ops_port == 0 or self.ops_port != self.port, "ops_port must differ from port"),
             (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
+            (1 <= self.trace_concurrency <= 64, "trace_concurrency must be 1..64"),
+            (1 <= self.trace_per_tracer <= self.trace_concurrency, "trace_per_tracer must be 1..trace_concurrency"),
+            (0 < self.trace_timeout_s <= 3600, "trace_timeout_s must be in (0, 3600]"),
+            (self.trace_max_rows_read >= 1000, "trace_max_rows_read must be >= 1000"),
+            (self.trace_max_rows >= 100, "trace_max_rows must be >= 100"),
+            (1 <= self.trace_max_mb <= 4096, "trace_max_mb must be 1..4096"),
+            (0 < self.wal_append_timeout_s <= 600, "wal_append_timeout_s must be in (0, 600]"),
             (not self.replicated or bool(self.cluster), "replicated needs cluster"),
             (
                 not self.shard_dsns or (bool(self.cluster) and not self.replicated),

@@ -93,7 +93,13 @@ class Metrics:
             "verified_codes rows refused because their MAC is not the deployment secret's (counted per read)",
             registry=r,
         )
-        self.store_up = Gauge("engine_store_up", "1 if the last store operation succeeded", registry=r)
+        self.store_up = Gauge("engine_store_up", "1 if the store answers (a ping, not the last insert)", registry=r)
+        self.wal_quarantined = Counter(
+            "engine_wal_quarantined_records",
+            "WAL records that can never be stored (undecodable, or refused by the store for their content), moved to "
+            "the dead-letter directory so the drain goes on",
+            registry=r,
+        )
         self.active_devices = Gauge("engine_active_devices", "Devices that sent a request in the last 60 s", registry=r)
         self.auth_failures = Counter(
             "engine_auth_failures",

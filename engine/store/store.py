@@ -627,16 +627,20 @@ class Store:
         # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not
         return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5], tuple(r[6])) for r in rows]
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""
-        return self.query_columns(sql, parameters)[1]
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted.
+        ``settings``: ClickHouse settings of this one query (the tracing lane's caps)."""
+        return self.query_columns(sql, parameters, settings=settings)[1]
 
     def query_columns(
-        self, sql: str, parameters: dict[str, Any] | None = None
+        self, sql: str, parameters: dict[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Like :meth:`query`, with the result's column names (for tables printed by the CLI)."""
+        extra = dict(settings) if settings else None
         with self._lock:
-            result = self._run("query", lambda: self._client.query(sql, parameters=parameters))
+            result = self._run("query", lambda: self._client.query(sql, parameters=parameters, settings=extra))
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:

@@ -55,6 +55,7 @@ from engine.tracing.credentials import (
     token_digest,
 )
 from engine.tracing.gate import TraceGate
+from engine.tracing.lane import LaneLimits, TraceLane
 from engine.tracing.quotas import TracerQuotas
 from engine.tracing.stays import StaysJob, keep_paired
 from engine.verify import make_verifier
@@ -68,6 +69,7 @@ from engine.web.keys import (
     STORE,
     TLS_CONTEXT,
     TRACE_GATE,
+    TRACE_LANE,
     WAL,
     Listeners,
     Runtime,
@@ -195,6 +197,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
         codeset=codeset,
+        wal_append_timeout_s=cfg.wal_append_timeout_s,
     )
     for orphan in cfg.orphan_wal_paths():
         await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
@@ -283,6 +286,24 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     )
     keys = [scan_key(r[1], r[0].bytes if hasattr(r[0], "bytes") else bytes(r[0])) for r in rows]
     return keys, [(int(r[2]) << 8) | int(r[3]) for r in rows]
+
+
+async def _lane_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The tracing lane (engine.tracing.lane): its own store clients and threads, so no trace holds ingest."""
+    cfg = app[CONFIG]
+    limits = LaneLimits(
+        concurrency=cfg.trace_concurrency,
+        per_tracer=cfg.trace_per_tracer,
+        timeout_s=cfg.trace_timeout_s,
+        max_rows_read=cfg.trace_max_rows_read,
+        max_rows=cfg.trace_max_rows,
+        max_bytes=cfg.trace_max_mb << 20,
+    )
+    options = {**cfg.store_options(), "insert_timeout": cfg.trace_timeout_s + 10}
+    lane = await asyncio.to_thread(TraceLane(lambda: Store.connect(cfg.store_dsn, **options), limits).open)
+    app[TRACE_LANE] = lane
+    yield
+    await asyncio.to_thread(lane.close)
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -388,7 +409,8 @@ async def error_middleware(
         headers = {}
         if isinstance(exc, OverloadedError | RateLimitedError):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        response = web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status, headers=headers)
+        body = {"error": exc.code, "message": str(exc), **getattr(exc, "details", {})}  # e.g. a trace cap's hints
+        response = web.json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -400,8 +422,12 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = web.json_response({"error": "internal", "message": "internal error; it has been logged"}, status=500)
+        error_id = secrets.token_hex(6)
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
+        response = web.json_response(
+            {"error": "internal", "message": f"internal error {error_id}; it has been logged", "error_id": error_id},
+            status=500,
+        )
     metrics.requests.labels(route=route, status=str(response.status)).inc()
     return response
 
@@ -437,7 +463,7 @@ def create_app(config: Config) -> web.Application:
     tls = ServerTLS.from_config(config)
     if tls is not None:
         app[TLS_CONTEXT] = tls
-    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _audit_ctx, _stays_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _lane_ctx, _audit_ctx, _stays_ctx])
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTE_MODULES:
         routes.setup(app)

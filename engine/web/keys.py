@@ -30,6 +30,7 @@ from engine.store.store import Store
 from engine.threads import keeping_name
 from engine.tracing.credentials import StoredCredentials
 from engine.tracing.gate import TraceGate
+from engine.tracing.lane import TraceLane
 from engine.web.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -99,3 +100,4 @@ TLS_CONTEXT = web.AppKey("tls_context", ServerTLS)
 LISTENERS = web.AppKey("listeners", Listeners)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
 TRACE_GATE = web.AppKey("trace_gate", TraceGate)
+TRACE_LANE = web.AppKey("trace_lane", TraceLane)
