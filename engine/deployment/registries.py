@@ -24,6 +24,7 @@ from engine.devices.auth import Device, DeviceRegistry
 from engine.errors import EngineError
 from engine.ops.metrics import Metrics
 from engine.store.store import Store
+from engine.tracing.credentials import StoredCredentials, Tracer, token_digest
 
 log = logging.getLogger(__name__)
 #: ``Runtime.in_store_thread``: run a blocking store call on the store thread
@@ -44,6 +45,8 @@ CHANGE_OVERLAP_MS = 300_000
 #: Every this many seconds a refresh reads every device, whatever the overlap may have missed (a safety net: at
 #: 100,000 devices the full read holds the store thread ~2.6 s, bench/registry_bench.py).
 FULL_REFRESH_S = 300.0
+#: A node's own admin token in the deployment registry is renewed at each start; this bounds a forgotten node's.
+NODE_TOKEN_DAYS = 366
 #: Devices swapped in per event-loop turn: 100,000 at once held the loop ~160 ms (bench/registry_bench.py).
 REFRESH_CHUNK = 2_000
 
@@ -117,3 +120,15 @@ class RegistryRefresher:
                 self._failing = True
             except Exception:
                 log.exception("registry refresh failed unexpectedly")
+
+
+def register_node_token(tokens: StoredCredentials, store: Store, node: str, token: str) -> None:
+    """Put this node's own admin token (its data directory's, what its local CLI sends) in the deployment's
+    registry, so an operator holding any node's token is recognised by every node (store thread)."""
+    tokens.apply(tokens.read(store))
+    name = f"node {node}"
+    known = {t.name: t for t in tokens.tracers()}.get(name)
+    digest = token_digest(token)
+    if known is None or known.token_sha256 != digest or known.revoked:
+        now = int(time.time())
+        tokens.put(Tracer(name, digest, now, now + NODE_TOKEN_DAYS * 86_400))
