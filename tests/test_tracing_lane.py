@@ -15,10 +15,13 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from engine.devices.client import ScannerClient, make_scan
 from engine.testing.engines import DEVICE_ID, InProcessEngine, wait_until
+from engine.testing.fixtures import StoreTarget
+from engine.web.trace import chunked_dumps
 
 ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
 HOT = "venue-hot"
@@ -107,11 +110,14 @@ class Ingest:
             await asyncio.to_thread(thread.join)
 
 
-async def test_worst_case_trace_during_ingest_is_cut_by_its_caps_and_ingest_goes_on(engine: Any) -> None:
+async def test_worst_case_trace_during_ingest_is_cut_by_its_caps_and_ingest_goes_on(
+    engine: Any, store_dsn: StoreTarget
+) -> None:
     """days=366, include_unverified, the hot venue, while an honest device posts and a prober asks /readyz:
     every honest request gets 202, /readyz stays 200, and the trace is refused by its row cap with the clear
-    413 that names the cap and how to narrow the trace (on the old code it ran uncapped and answered 200)."""
-    e = await engine(trace_max_rows_read=30_000)
+    413 that names the cap and how to narrow the trace (on the old code it ran uncapped and answered 200). On the
+    embedded store and on a ClickHouse server."""
+    e = await engine(trace_max_rows_read=30_000, dsn=store_dsn.dsn, database=store_dsn.database)
     await _fill_hot_venue(e, 100_000)
     ingest = Ingest(e)
     async with aiohttp.ClientSession() as s:
@@ -160,19 +166,20 @@ async def test_worst_case_trace_runs_beside_ingest_without_holding_it(engine: An
     assert status == 200 and len(body["stays"]) > 10_000, status
     assert set(ingest.statuses) == {202}, ingest.statuses
     assert set(ingest.ready) == {200}, ingest.ready
-    # inserts went on beside the trace: what was acknowledged more than a second before it ended is stored
-    settled = sum(n for at, n in ingest.acked if at < t0 + seconds - 1.0)
+    # inserts went on beside the trace: what was acknowledged well before it ended is stored (the drain inserts every
+    # 50 ms here; the margin is for a loaded machine)
+    settled = sum(n for at, n in ingest.acked if at < t0 + seconds - 2.5)
     assert stored_during >= settled > 0, (stored_during, settled)
     print(f"\n[lane] worst-case trace {seconds:.1f} s, {len(body['stays'])} stays; beside it "
           f"{len(ingest.statuses)} honest requests all 202, {len(ingest.ready)} /readyz all 200, "
           f"{stored_during:.0f} scans stored while it ran")  # fmt: skip
 
 
-async def test_a_client_that_goes_away_cancels_its_trace(engine: Any) -> None:
+async def test_a_client_that_goes_away_cancels_its_trace(engine: Any, store_dsn: StoreTarget) -> None:
     """The client gives up after 0.3 s: the lane stops the trace (its query killed, no further query started),
     nothing is audited, and the tracer's slot is free again. On the old code the trace ran to the end and was
-    audited as answered."""
-    e = await engine(trace_max_rows=5_000_000, trace_timeout_s=120)
+    audited as answered. On the embedded store and on a ClickHouse server (KILL QUERY on each)."""
+    e = await engine(trace_max_rows=5_000_000, trace_timeout_s=120, dsn=store_dsn.dsn, database=store_dsn.database)
     await _fill_hot_venue(e, 100_000)
     auth = e.tracer()
     async with aiohttp.ClientSession() as s:
@@ -205,6 +212,17 @@ async def test_one_tracer_runs_one_trace_at_a_time(engine: Any) -> None:
         status, _, _ = await _get(s, e.url + small, other)
         assert status == 200
         assert (await first)[0] == 200
+
+
+def test_chunked_encoding_is_orjson_byte_for_byte() -> None:
+    """The lane encodes long answers a slice at a time (so the GIL reaches the event loop between slices); the
+    bytes must be exactly orjson's, whatever the nesting, the slice size or the list lengths."""
+    stay = {"person_key": "AB" * 16, "start_ms": 1, "flags": ["unverified"], "overlap": 1.5, "none": None}
+    for n in (0, 1, 999, 1000, 1001, 2500):
+        doc = {"from": "x", "stays": [dict(stay, i=i) for i in range(n)], "meta": {"nested": list(range(n))}}
+        for chunk in (1, 7, 1000):
+            assert chunked_dumps(doc, chunk) == orjson.dumps(doc)
+    assert chunked_dumps([[1, 2]] * 5, 2) == orjson.dumps([[1, 2]] * 5)
 
 
 class LaneEngine(InProcessEngine):

@@ -138,9 +138,11 @@ class Drain:
             try:
                 moved = await loop.run_in_executor(self._pool, keeping_name("store", self.step))
             except Exception as exc:  # the drain must never die silently: retry whatever failed
-                # engine_store_up means "the store answers", asked of the store itself, not "the last insert worked"
+                # engine_store_up means "the store answers", asked of the store itself, not "the last insert worked";
+                # store_ok (readiness) is "the drain can store": a store that answers but keeps refusing inserts
+                # (a table detached, too many parts) fills the WAL all the same
                 answers = await loop.run_in_executor(self._pool, self._store.ping)
-                self.store_ok = answers
+                self.store_ok = False
                 self.last_error = str(exc) or type(exc).__name__
                 self._metrics.store_up.set(1 if answers else 0)
                 self._metrics.store_errors.inc()

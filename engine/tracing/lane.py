@@ -134,6 +134,7 @@ class TraceLane:
         self._running: dict[str, int] = {}
         self._in_flight = 0
         self._tickets: dict[str, Ticket] = {}
+        self._pinged = (True, time.monotonic())  # (answered, when): the store was just opened and migrated
         self.cancelled = 0  # traces stopped because their client went away
         self.killed = 0  # of which a running ClickHouse query was killed
 
@@ -161,6 +162,21 @@ class TraceLane:
     def ping(self) -> bool:
         """The store answers, asked on the lane's control client: never queued behind an insert or a trace."""
         return self._control is not None and self._control.ping()
+
+    async def keep_pinging(self, interval_s: float = 1.0, on_result: Callable[[bool], object] = bool) -> None:
+        """Ping the store every ``interval_s`` on the control client, so that ``/readyz`` answers from the last
+        result at once: a probe never waits on the store (a load balancer's timeout would eject a node that only
+        has a slow moment), and a store that stops answering is seen within ``stale_s``."""
+        while True:
+            ok = await asyncio.to_thread(self.ping)
+            self._pinged = (ok, time.monotonic())
+            on_result(ok)
+            await asyncio.sleep(interval_s)
+
+    def store_answers(self, stale_s: float = 10.0) -> bool:
+        """The last background ping succeeded, and no longer ago than ``stale_s`` (a hung ping counts as down)."""
+        ok, at = self._pinged
+        return ok and time.monotonic() - at <= stale_s
 
     # -- running a trace ------------------------------------------------------------------------------------
     async def run(
@@ -300,6 +316,9 @@ class TraceLane:
             "read_overflow_mode": "throw",
             "max_result_rows": max(1, lim.max_rows - ticket.rows),
             "result_overflow_mode": "throw",
+            # small blocks: the driver turns each block into Python rows in one call holding the GIL, and the
+            # event loop waits for the whole call; a block of 8,192 rows is a short wait, 65,536 a long one
+            "max_block_size": 8192,
         }
         ticket.running = True
         try:

@@ -292,7 +292,14 @@ async def _lane_ctx(app: web.Application) -> AsyncIterator[None]:
     options = {**cfg.store_options(), "insert_timeout": cfg.trace_timeout_s + 10}
     lane = await asyncio.to_thread(TraceLane(lambda: Store.connect(cfg.store_dsn, **options), limits).open)
     app[TRACE_LANE] = lane
+    store_up = app[METRICS].store_up
+    pinging = asyncio.create_task(  # /readyz answers from its last result; engine_store_up is its answer
+        lane.keep_pinging(on_result=lambda ok: store_up.set(1 if ok else 0)), name="store-ping"
+    )
     yield
+    pinging.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pinging
     await asyncio.to_thread(lane.close)
 
 
