@@ -185,3 +185,18 @@ def test_codeset_bench_quick_loads_every_row() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "added 20,000, refused 0, set size 20,000" in done.stdout and "B/entry" in done.stdout
+
+
+@pytest.mark.slow
+def test_registry_bench_quick_reads_only_what_changed() -> None:
+    """bench/registry_bench.py on 2,000 devices and a real server: the incremental read holds the 10 revoked only."""
+    done = subprocess.run(
+        [sys.executable, "bench/registry_bench.py", "--devices", "2000", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["2000"]]
+    assert [(r[1], r[2]) for r in rows] == [("full", "2000"), ("changed", "10")], done.stdout

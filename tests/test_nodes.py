@@ -288,6 +288,10 @@ async def test_the_admin_api_publishes_a_signed_version_at_once_and_refuses_a_fo
     status, body = await e.client.request("GET", "/v1/admin/trust", headers_override=admin)
     assert status == 200 and body["version"] == 2 and body["store_version"] == 2
     assert (e.fx.data_dir / "trust.signed.json").exists()  # the node's high-water mark for its next start
+    # a version put in the store some other way is taken on trust-reload (SIGHUP does the same), as a poll would
+    await e.rt.in_store_thread(publish, e.rt.store, root.public_key, sign(grown, root.signing_key, 3), "elsewhere")
+    status, body = await e.client.request("POST", "/v1/admin/trust/reload", headers_override=admin)
+    assert status == 200 and e.rt.trust_feed.current.version == 3, body
 
 
 async def test_a_node_reading_a_plain_trust_list_refuses_a_published_version(engine: Any, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ them every ``--registry-poll-s`` seconds (1 s by default: a revocation through a
 within about two polls, well inside the 5 s the deployment promises) and swaps them in on the event loop. A change
 made through this node since the read began is never undone by it (``DeviceRegistry.refresh``). A refresh reads
 only the devices changed lately (``updated_at`` within ``CHANGE_OVERLAP_MS`` of the newest change seen, which
-covers writers whose clocks lag) and every device once a minute, so a fleet of 100 000 scanners costs the event
+covers writers whose clocks lag) and every device every 5 minutes, so a fleet of 100 000 scanners costs the event
 loop what changed, not the fleet. Tracers and admin tokens are few and read whole.
 
 An embedded store has one writer, this process, so there is nothing to poll: its registries change only through it.
@@ -24,6 +24,7 @@ from engine.devices.auth import Device, DeviceRegistry
 from engine.errors import EngineError
 from engine.ops.metrics import Metrics
 from engine.store.store import Store
+from engine.tracing.credentials import StoredCredentials, Tracer, token_digest
 
 log = logging.getLogger(__name__)
 #: ``Runtime.in_store_thread``: run a blocking store call on the store thread
@@ -41,8 +42,13 @@ class Refreshable(Protocol):
 #: A refresh re-reads devices updated this long before the newest change it saw: ``updated_at`` is the writing
 #: node's clock, which may lag the others' (device requests themselves allow ``--skew-s``, 300 s by default).
 CHANGE_OVERLAP_MS = 300_000
-#: Every this many seconds a refresh reads every device, whatever the overlap may have missed.
-FULL_REFRESH_S = 60.0
+#: Every this many seconds a refresh reads every device, whatever the overlap may have missed (a safety net: at
+#: 100,000 devices the full read holds the store thread ~2.6 s, bench/registry_bench.py).
+FULL_REFRESH_S = 300.0
+#: A node's own admin token in the deployment registry is renewed at each start; this bounds a forgotten node's.
+NODE_TOKEN_DAYS = 366
+#: Devices swapped in per event-loop turn: 100,000 at once held the loop ~160 ms (bench/registry_bench.py).
+REFRESH_CHUNK = 2_000
 
 
 def stored_devices(store: Store, changed_since_ms: int | None = None) -> tuple[list[Device], int]:
@@ -83,7 +89,13 @@ class RegistryRefresher:
         complete = self._newest_ms is None or time.monotonic() - self._full_at >= FULL_REFRESH_S
         since = None if complete or self._newest_ms is None else self._newest_ms - CHANGE_OVERLAP_MS
         devices, newest, snapshots = await in_store_thread(lambda: self._read(since))
-        changed = self._devices.refresh(devices, generation, complete=complete)
+        changed = 0
+        for lo in range(0, len(devices), REFRESH_CHUNK):
+            if lo:  # a full read of a large fleet is applied in parts: requests go between them
+                await asyncio.sleep(0)
+            changed += self._devices.refresh(devices[lo : lo + REFRESH_CHUNK], generation, complete=False)
+        if complete:
+            changed += self._devices.drop_absent({d.device_id for d in devices}, generation)
         if complete:
             self._full_at = time.monotonic()
         self._newest_ms = max(self._newest_ms or 0, newest)
@@ -108,3 +120,15 @@ class RegistryRefresher:
                 self._failing = True
             except Exception:
                 log.exception("registry refresh failed unexpectedly")
+
+
+def register_node_token(tokens: StoredCredentials, store: Store, node: str, token: str) -> None:
+    """Put this node's own admin token (its data directory's, what its local CLI sends) in the deployment's
+    registry, so an operator holding any node's token is recognised by every node (store thread)."""
+    tokens.apply(tokens.read(store))
+    name = f"node {node}"
+    known = {t.name: t for t in tokens.tracers()}.get(name)
+    digest = token_digest(token)
+    if known is None or known.token_sha256 != digest or known.revoked:
+        now = int(time.time())
+        tokens.put(Tracer(name, digest, now, now + NODE_TOKEN_DAYS * 86_400))

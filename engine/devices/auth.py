@@ -227,7 +227,7 @@ class DeviceRegistry:
         parse. ``complete``: the snapshot is every device, and one absent from it is dropped unless it was
         registered here since; else it holds only the devices that changed, and the others stay as they are."""
         now = self._clock()
-        entries: dict[str, _Entry] = {} if complete else dict(self._entries)
+        entries: dict[str, _Entry] = {} if complete else self._entries  # a part: updated in place
         changed = 0
         for device in devices:
             old = self._entries.get(device.device_id)
@@ -256,6 +256,14 @@ class DeviceRegistry:
             changed += sum(1 for d in self._entries if d not in entries)
         self._entries = entries
         return changed
+
+    def drop_absent(self, present: set[str], generation: int) -> int:
+        """After a complete snapshot applied in parts: drop the devices it did not hold, unless registered here
+        since it was read. Returns how many were dropped."""
+        gone = [d for d in self._entries if d not in present and self._changed_at.get(d, -1) <= generation]
+        for device_id in gone:
+            del self._entries[device_id]
+        return len(gone)
 
     def _mark(self, device_id: str) -> None:
         self.generation += 1

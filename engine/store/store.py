@@ -608,15 +608,20 @@ class Store:
     def devices(self, *, changed_since_ms: int | None = None) -> list[DeviceRecord]:
         """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL); with
         ``changed_since_ms``, only devices updated at or after it (a node's refresh reads what changed)."""
-        having = ""
+        where = ""
         params: dict[str, Any] | None = None
         if changed_since_ms is not None:
-            having = " HAVING max(updated_at) >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+            # the changed ids first (one column of every row), then the latest state of those only: grouping every
+            # device each second cost the server ~140 ms of CPU at 100,000 devices (bench/registry_bench.py)
+            where = (
+                f" WHERE device_id IN (SELECT device_id FROM {self.database}.devices "
+                "WHERE updated_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC'))"
+            )
             params = {"since": changed_since_ms}
         rows = self.query(
             "SELECT device_id, hex(argMax(public_key, updated_at)), argMax(revoked, updated_at), "
             "argMax(label, updated_at), min(registered_at), max(updated_at), argMax(venues, updated_at) "
-            f"FROM {self.database}.devices GROUP BY device_id{having} ORDER BY device_id",
+            f"FROM {self.database}.devices{where} GROUP BY device_id ORDER BY device_id",
             params,
         )
         # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not

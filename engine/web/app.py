@@ -28,7 +28,7 @@ from aiohttp import web
 from engine.codes.trust import TrustList
 from engine.codes.trust_root import read_root_key
 from engine.config import Config
-from engine.deployment.registries import RegistryRefresher
+from engine.deployment.registries import RegistryRefresher, register_node_token
 from engine.deployment.secret import check_fingerprint, read_secret
 from engine.deployment.trust import TrustFeed
 from engine.devices.auth import Device, DeviceRegistry
@@ -47,14 +47,7 @@ from engine.ops.metrics import Metrics
 from engine.permissions import private_dir, require_private
 from engine.store.store import Store
 from engine.tracing.audit import AuditLog
-from engine.tracing.credentials import (
-    TRACERS_FILE,
-    CredentialRegistry,
-    StoredCredentials,
-    Tracer,
-    TracerRegistry,
-    token_digest,
-)
+from engine.tracing.credentials import TRACERS_FILE, CredentialRegistry, StoredCredentials, TracerRegistry
 from engine.tracing.gate import TraceGate
 from engine.tracing.lane import LaneLimits, TraceLane
 from engine.tracing.quotas import TracerQuotas
@@ -83,9 +76,6 @@ T = TypeVar("T")
 
 #: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
 WAL_BYTES_PER_ROW = 130
-
-#: a node's own admin token in the deployment registry is renewed at each start; this bounds a forgotten node's
-NODE_TOKEN_DAYS = 366
 
 #: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers (and their audit), the
 #: dashboard, and the browser scanner with its enrolment
@@ -384,18 +374,6 @@ async def _on_shutdown(app: web.Application) -> None:
     """Runs when the listener has closed, before in-flight handlers are awaited: refuse new work cleanly."""
     if RUNTIME in app:
         app[RUNTIME].shutting_down = True
-
-
-def register_node_token(tokens: StoredCredentials, store: Store, node: str, token: str) -> None:
-    """Put this node's own admin token (its data directory's, what its local CLI sends) in the deployment's
-    registry, so an operator holding any node's token is recognised by every node (store thread)."""
-    tokens.apply(tokens.read(store))
-    name = f"node {node}"
-    known = {t.name: t for t in tokens.tracers()}.get(name)
-    digest = token_digest(token)
-    if known is None or known.token_sha256 != digest or known.revoked:
-        now = int(time.time())
-        tokens.put(Tracer(name, digest, now, now + NODE_TOKEN_DAYS * 86_400))
 
 
 def _admin_token(path: Path) -> str:
