@@ -73,7 +73,7 @@ class Ingest:
                 tag += 1
                 scans = [make_scan(self.e.fx.code(tag * 100 + i), "venue-honest") for i in range(20)]
                 try:
-                    status, _ = await asyncio.wait_for(client.post_scans(scans), 5.0)  # a device's timeout
+                    status, _ = await asyncio.wait_for(client.post_scans(scans), 10.0)  # a device's timeout
                 except TimeoutError:
                     status = 0
                 self.statuses.append(status)
@@ -87,8 +87,8 @@ class Ingest:
         async with aiohttp.ClientSession() as s:
             while not self.stop.is_set():
                 try:
-                    async with s.get(self.e.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
-                        status = r.status  # an LB's timeout
+                    async with s.get(self.e.url + "/readyz", timeout=aiohttp.ClientTimeout(total=5.0)) as r:
+                        status = r.status  # a load balancer probe's timeout (5 s: AWS ALB's default)
                 except TimeoutError:
                     status = 0
                 self.ready.append(status)
