@@ -411,7 +411,7 @@ async def error_middleware(
         error_id = secrets.token_hex(6)
         log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
         response = web.json_response(
-            {"error": "internal", "message": f"internal error {error_id}; it has been logged", "error_id": error_id},
+            {"error": "internal", "message": f"internal error {error_id}; it has been logged"},
             status=500,
         )
     metrics.requests.labels(route=route, status=str(response.status)).inc()

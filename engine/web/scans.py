@@ -55,7 +55,8 @@ ACCEPTED = {
         408: error("Request body not received in time"),
         413: error("Body too large"),
         429: error("Device rate limit; see Retry-After"),
-        503: error("Overloaded, WAL over budget or shutting down; see Retry-After"),
+        500: error("A bug in the engine (e.g. the verifier raised): the message carries the error id of its log line"),
+        503: error("Overloaded, WAL over budget or stalled, or shutting down; see Retry-After"),
     },
 )
 async def post_scans(request: web.Request) -> web.Response:
