@@ -270,11 +270,13 @@ class Admission:
         self._notices.emit("release", logging.INFO, "device %s released from quarantine: %s", device_id, why)
 
     def clear(self, device_id: str) -> bool:
-        """An operator's word: the device is released now (its recent counts forgotten). False if it was not held."""
+        """An operator's word: the device is released now, its recent counts forgotten and its budgets full again
+        (the cause was fixed: its backlog should go up at once). False if it was not held."""
         d = self._devices.get(device_id)
         if d is None or not d.until:
             return False
         self._release(device_id, d, "cleared by an operator")
+        d.scans, d.cold = self.budgets.scan_burst, self.budgets.cold_burst
         return True
 
     def quarantined(self) -> list[Quarantine]:
