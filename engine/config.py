@@ -101,18 +101,17 @@ class Config:
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
     # -- per-device budgets (issue 13; docs/device-api.md section 7, README "Capacity plan") ------------------
-    # a scanner at a busy door scans ~1 person/s; 200/s is an offline day's backlog (~10k scans) in under a
-    # minute, and 250 such devices at once are the 50k scans/s design point of a node
-    device_scan_rate: float = field(default=200.0, metadata={"help": "scans/s allowed per device (429 beyond)"})
+    # one device may take at most ~10 % of a node: 5,000 of the 50k scans/s design point, and 1,000 cold verifies/s
+    # (~55 µs each: 5.5 % of a core); a door scans ~1 person/s, so an honest scanner meets neither, and the bursts
+    # let an offline day's backlog (10-20k scans, mostly codes the set knows) go up at once
+    device_scan_rate: float = field(default=5000.0, metadata={"help": "scans/s allowed per device (429 beyond)"})
     device_scan_burst: float = field(
-        default=5000.0, metadata={"help": "scan burst per device (at least max_scans_per_request)"}
+        default=50_000.0, metadata={"help": "scan burst per device (at least max_scans_per_request)"}
     )
-    # a cold verify costs ~55 µs: 50/s is 0.3 % of a core per device, and a backlog of never-seen codes still
-    # uploads at 50/s after a burst of 2000; the verified-code set answers the rest (~97 % of scans) for ~1 µs
     device_cold_rate: float = field(
-        default=50.0, metadata={"help": "signature verifies/s of codes not in the verified-code set, per device"}
+        default=1000.0, metadata={"help": "signature verifies/s of codes not in the verified-code set, per device"}
     )
-    device_cold_burst: float = field(default=2000.0, metadata={"help": "cold-verify burst per device"})
+    device_cold_burst: float = field(default=20_000.0, metadata={"help": "cold-verify burst per device"})
     device_queue_share: float = field(
         default=0.1, metadata={"help": "most of queue_scans one device may hold (at least one whole request)"}
     )

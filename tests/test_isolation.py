@@ -120,13 +120,13 @@ async def test_a_device_exhausting_its_nonce_quota_is_refused_alone(engine: Any)
 async def test_a_forging_device_is_quarantined_flagged_throttled_and_cleared(engine: Any) -> None:
     """A device whose scans are mostly bad_signature is quarantined: its budgets are cut, device-list and
     /metrics flag it, an operator releases it; an honest device is untouched. Main had no quarantine at all."""
-    e = await engine(quarantine_min_scans=50, quarantine_factor=100.0)
+    e = await engine(quarantine_min_scans=50, quarantine_factor=1000.0)
     forger = await e.register("forger-1")
     async with aiohttp.ClientSession() as session:
         status, answer = await e.post(session, forger, "forger-1", [forged(e.fx.code(i)) for i in range(100)])
         assert status == 202 and answer["results"][0]["verdict"] == "bad_signature", answer
         status, answer = await e.post(session, forger, "forger-1", [forged(e.fx.code(i)) for i in range(100, 200)])
-        assert status == 429 and "quarantined" in answer["message"], answer  # 5,000 / 100 = 50 scans a request
+        assert status == 429 and "quarantined" in answer["message"], answer  # 50,000 / 1,000 = 50 scans a request
         assert await e.metric("engine_device_quarantined") == 1
         listing = await e.admin("GET", "/v1/admin/devices")
         held = {d["device_id"]: d["quarantined"] for d in listing["devices"]}
