@@ -185,3 +185,16 @@ def test_codeset_bench_quick_loads_every_row() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "added 20,000, refused 0, set size 20,000" in done.stdout and "B/entry" in done.stdout
+
+
+def test_isolation_bench_runs_its_scenarios_side_by_side(tmp_path: Path) -> None:
+    """``isolation_bench.py`` starts an engine per scenario, measures the honest device alone and beside the flood,
+    and writes both to one JSON (the tracing lane adds its scenario to the same table)."""
+    out = tmp_path / "isolation.json"
+    cmd = [sys.executable, "bench/isolation_bench.py", "--requests", "10", "--settle-s", "0.5", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = orjson.loads(out.read_bytes())
+    assert [r["scenario"] for r in results] == ["alone", "flood"]
+    assert all(r["honest_requests"] == 10 and r["p99_ms"] > 0 for r in results)
+    assert "neighbour_statuses" in results[1] and "p99/alone" in done.stdout
