@@ -12,7 +12,9 @@ Scenarios (``--scenarios``, run in the order given, ``--rounds`` times interleav
 * ``flood``: beside it one device with a valid key on ``--flood-connections`` (64) connections, posting requests
   of 1,000 forged codes (well formed, under the trusted issuer key id, bad signature: each a cold Ed25519 verify,
   never cached) at ``--flood-rate`` (50) requests/s, its whole allowed request rate (the attack of issue 13,
-  point 1: on the old code ~10 requests/s of it made the honest device get 503 on 7 of 9 requests).
+  point 1: on the old code ~10 requests/s of it made the honest device get 503 on 7 of 9 requests);
+* ``replay``: the same device and pace with genuine codes (5,000 people, in the verified-code set after their
+  first verify): a stolen key, nothing to quarantine, held by its scan budget and queue share alone.
 
 More scenarios plug in as ``async def scenario(ctx) -> dict`` functions in :data:`SCENARIOS` (the tracing lane
 adds a worst-case trace loop there). Target (issue 13): honest p99 beside each neighbour at most 2x its alone
@@ -128,9 +130,8 @@ class FloodBodies:
         return b'{"device_id":"%s","scans":[%s]}' % (FLOOD_DEVICE.encode(), b",".join(items))
 
 
-async def scenario_flood(ctx: Context) -> dict[str, Any]:
-    register(ctx, FLOOD_DEVICE)
-    bodies = FloodBodies(forged_pool(ctx.fx, ctx.args.flood_codes))
+async def paced_flood(ctx: Context, bodies: FloodBodies) -> dict[str, Any]:
+    """``--flood-connections`` connections keeping together to ``--flood-rate`` requests/s of ``bodies``."""
     statuses: dict[int, int] = {}
     rate = ctx.args.flood_rate
     start, sent = time.monotonic(), 0
@@ -138,7 +139,7 @@ async def scenario_flood(ctx: Context) -> dict[str, Any]:
     async def connection(session: aiohttp.ClientSession) -> None:
         nonlocal sent
         while not ctx.stop.is_set():
-            slot = start + sent / rate  # all connections together keep to ``rate`` requests/s
+            slot = start + sent / rate
             sent += 1
             if slot > time.monotonic():
                 await asyncio.sleep(slot - time.monotonic())
@@ -151,10 +152,24 @@ async def scenario_flood(ctx: Context) -> dict[str, Any]:
     return {"neighbour_statuses": {str(k): v for k, v in sorted(statuses.items())}}
 
 
+async def scenario_flood(ctx: Context) -> dict[str, Any]:
+    register(ctx, FLOOD_DEVICE)
+    return await paced_flood(ctx, FloodBodies(forged_pool(ctx.fx, ctx.args.flood_codes)))
+
+
+async def scenario_replay(ctx: Context) -> dict[str, Any]:
+    """A stolen key replaying genuine codes (a pool of 5,000 people, soon all in the verified-code set): nothing
+    to quarantine, so what holds it is its scan budget and its queue share."""
+    register(ctx, FLOOD_DEVICE)
+    pool = [orjson.dumps(ctx.fx.code(200_000 + i)) for i in range(5000)]
+    return await paced_flood(ctx, FloodBodies(pool))
+
+
 #: name -> the neighbour load run beside the honest device until ``ctx.stop`` is set; returns extra figures
 SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "alone": scenario_alone,
     "flood": scenario_flood,
+    "replay": scenario_replay,
 }
 
 

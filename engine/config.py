@@ -101,15 +101,16 @@ class Config:
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
     # -- per-device budgets (issue 13; docs/device-api.md section 7, README "Capacity plan") ------------------
-    # one device may take at most ~10 % of a node: 5,000 of the 50k scans/s design point, and 1,000 cold verifies/s
-    # (~55 µs each: 5.5 % of a core); a door scans ~1 person/s, so an honest scanner meets neither, and the bursts
-    # let an offline day's backlog (10-20k scans, mostly codes the set knows) go up at once
-    device_scan_rate: float = field(default=5000.0, metadata={"help": "scans/s allowed per device (429 beyond)"})
+    # one device may take at most ~2 % of a node: 1,000 of the 50k scans/s design point, and 200 cold verifies/s
+    # (~55 µs each: 1.1 % of a core); a door scans ~1 person/s, so an honest scanner meets neither, and the bursts
+    # let an offline week's backlog (~20k scans) go up at once. 5,000 scans/s (~10 %) let one stolen key replaying
+    # genuine codes raise an honest device's p99 5x on 2 cores (bench/isolation_bench.py, scenario replay)
+    device_scan_rate: float = field(default=1000.0, metadata={"help": "scans/s allowed per device (429 beyond)"})
     device_scan_burst: float = field(
-        default=50_000.0, metadata={"help": "scan burst per device (at least max_scans_per_request)"}
+        default=20_000.0, metadata={"help": "scan burst per device (at least max_scans_per_request)"}
     )
     device_cold_rate: float = field(
-        default=1000.0, metadata={"help": "signature verifies/s of codes not in the verified-code set, per device"}
+        default=200.0, metadata={"help": "signature verifies/s of codes not in the verified-code set, per device"}
     )
     device_cold_burst: float = field(default=20_000.0, metadata={"help": "cold-verify burst per device"})
     device_queue_share: float = field(

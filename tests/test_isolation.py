@@ -126,7 +126,7 @@ async def test_a_forging_device_is_quarantined_flagged_throttled_and_cleared(eng
         status, answer = await e.post(session, forger, "forger-1", [forged(e.fx.code(i)) for i in range(100)])
         assert status == 202 and answer["results"][0]["verdict"] == "bad_signature", answer
         status, answer = await e.post(session, forger, "forger-1", [forged(e.fx.code(i)) for i in range(100, 200)])
-        assert status == 429 and "quarantined" in answer["message"], answer  # 50,000 / 1,000 = 50 scans a request
+        assert status == 429 and "quarantined" in answer["message"], answer  # 20,000 / 1,000 = 20 scans a request
         assert await e.metric("engine_device_quarantined") == 1
         listing = await e.admin("GET", "/v1/admin/devices")
         held = {d["device_id"]: d["quarantined"] for d in listing["devices"]}

@@ -45,9 +45,9 @@ DECAY_S = 60.0
 class Budgets:
     """The per-device limits, from the configuration (engine.config: ``device_scan_rate`` and the others)."""
 
-    scan_rate: float = 5_000.0
-    scan_burst: float = 50_000.0
-    cold_rate: float = 1_000.0
+    scan_rate: float = 1_000.0
+    scan_burst: float = 20_000.0
+    cold_rate: float = 200.0
     cold_burst: float = 20_000.0
     queue_scans: int = 50_000
     queue_share: float = 0.1
