@@ -43,6 +43,25 @@ def test_scan_budget_refuses_the_whole_request_then_refills() -> None:
     a.charge("dev-a", 500)
 
 
+def test_a_device_refused_for_n_scans_is_refused_from_its_headers_until_it_holds_n() -> None:
+    """Otherwise a device sending 1,000-scan requests at 1,000 scans/s has nearly every one read, verified and
+    parsed (its bucket holds a token) only to be refused after: the event loop pays for its flood."""
+    clock = Clock()
+    a = admission(clock)
+    a.charge("dev-a", 1000)
+    clock.now += 1  # 100 scans back
+    a.precheck("dev-a")  # one token is enough for a request of unknown size ...
+    with pytest.raises(RateLimitedError):
+        a.charge("dev-a", 500)
+    with pytest.raises(RateLimitedError) as info:  # ... until it was refused for 500: then 500 are needed
+        a.precheck("dev-a")
+    assert info.value.retry_after == pytest.approx(4.0)
+    clock.now += 4
+    a.precheck("dev-a")
+    a.charge("dev-a", 20)  # a smaller request passes and forgets the refused size
+    a.precheck("dev-a")
+
+
 def test_cold_verifies_are_debited_after_the_batch_and_block_until_paid_back() -> None:
     """A verify's cost is known only after it ran: cache hits cost nothing, cold verifies put the device in debt."""
     clock = Clock()
