@@ -1,36 +1,37 @@
-"""Isolation benchmark (issue 13): what an honest device sees alone and beside a misbehaving neighbour.
+"""Isolation: what an honest device sees while something else hammers the same node (issue 13).
 
-For each scenario a fresh engine process starts on a fresh data directory (embedded chdb, WAL fsync on, default
-budgets unless ``--engine-env`` says otherwise), an honest device is registered, and the honest device posts
-``--requests`` requests of ``--scans`` genuine scans each, ``--honest-concurrency`` in flight, while the
-scenario's load runs beside it. Reported per scenario: the honest device's p50 / p99 acknowledgement latency
-and its share of 202 answers, what the neighbour got (statuses), and the engine's CPU per honest scan.
+One real engine process (embedded store, WAL fsync on), a hot venue pre-filled with ``--rows`` scans, and an
+honest device posting ``--scans`` scans per signed request at ``--rate`` requests/s, each with a 10 s timeout.
+Each *scenario* runs the honest device for ``--seconds`` beside a background load, and scenarios are
+interleaved ``--rounds`` times in the one run, so they are compared on the same host state:
 
-Scenarios (``--scenarios``, run in the order given, ``--rounds`` times interleaved):
+* ``alone``: nothing else;
+* ``trace loop``: one tracer (``--tracers`` of them) running the worst-case trace back to back: a year, every
+  verdict, the hot venue (``days=366&include_unverified=1``), as the tracing lane caps it (``--trace-*``);
+* ``flood``: one device with a valid key on ``--flood-connections`` (64) connections posting requests of 1,000
+  forged codes (well formed, under the trusted issuer's kid, random signatures: each a cold Ed25519 verify, never
+  cached) at ``--flood-rate`` (50) requests/s, a device's whole default request rate (the attack of issue 13,
+  point 1: on the old code ~10 requests/s of it made an honest device get 503 on 7 of 9 requests);
+* ``replay``: the same pace with genuine codes (5,000 people, in the verified-code set after their first
+  verify): a stolen key, nothing to quarantine, held by its scan budget and queue share alone.
 
-* ``alone``: the honest device only, the reference;
-* ``flood``: beside it one device with a valid key on ``--flood-connections`` (64) connections, posting requests
-  of 1,000 forged codes (well formed, under the trusted issuer key id, bad signature: each a cold Ed25519 verify,
-  never cached) at ``--flood-rate`` (50) requests/s, its whole allowed request rate (the attack of issue 13,
-  point 1: on the old code ~10 requests/s of it made the honest device get 503 on 7 of 9 requests);
-* ``replay``: the same device and pace with genuine codes (5,000 people, in the verified-code set after their
-  first verify): a stolen key, nothing to quarantine, held by its scan budget and queue share alone.
+Each flood or replay round uses a device of its own (a quarantine or a spent budget does not carry over).
 
-More scenarios plug in as ``async def scenario(ctx) -> dict`` functions in :data:`SCENARIOS` (the tracing lane
-adds a worst-case trace loop there). Target (issue 13): honest p99 beside each neighbour at most 2x its alone
-figure, and 100 % 202s.
+Printed per scenario: honest requests, their 202 share, p50/p99 ack latency (wall time from send to answer),
+p99 against ``alone`` (target ≤ 2×, 100 % 202s), and what the background load got (trace answers by status).
+More scenarios are added to ``SCENARIOS`` (a name and a coroutine running beside the honest device).
 
-Usage: python bench/isolation_bench.py [--requests N] [--scans N] [--rounds N] [--scenarios alone,flood]
-                                       [--flood-connections N] [--json FILE] [--engine-env K=V ...]
+    python bench/isolation_bench.py                                    # alone vs trace loop, 2 rounds of 20 s
+    python bench/isolation_bench.py --scenarios "trace loop" --rows 1000000 --seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import collections
+import itertools
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,83 +40,99 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 from nacl.signing import SigningKey
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine._accel import implementation  # noqa: E402
-from engine.cli.info import cpu_model  # noqa: E402
-from engine.codes.payload import b64url_encode  # noqa: E402
-from engine.devices.client import make_scan, sign_request  # noqa: E402
-from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, make_fixture  # noqa: E402
+from engine.codes.payload import b64url_encode
+from engine.devices.client import ScannerClient, make_scan, sign_request
+from engine.store.store import Store
+from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.tracing.credentials import TracerRegistry
 
-FLOOD_DEVICE = "flooder-1"
-
-
-def forged(code: str) -> str:
-    """One signature character changed: a well-formed code under a trusted kid whose signature fails."""
-    head, sig = code.rsplit(".", 1)
-    return f"{head}.{('B' if sig[0] == 'A' else 'A')}{sig[1:]}"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+HOT = "venue-hot"
+WORST = f"/v1/trace/venue?venue_id={HOT}&days=366&include_unverified=1&case_id=BENCH-0001"
 
 
 @dataclass
-class Context:
-    """What a scenario's neighbour needs: the engine, its fixture, keys, and a stop signal."""
-
+class Bench:
     engine: EngineProcess
     fx: Fixture
-    stop: asyncio.Event
+    tracer_tokens: list[str]
     args: argparse.Namespace
-    keys: dict[str, SigningKey] = field(default_factory=dict)
-
-    async def post(self, session: aiohttp.ClientSession, device_id: str, body: bytes) -> int:
-        key = self.fx.device if device_id == DEVICE_ID else self.keys[device_id]
-        headers = {"Content-Type": "application/json", **sign_request(key, device_id, "POST", "/v1/scans", body)}
-        try:
-            async with session.post(self.engine.url + "/v1/scans", data=body, headers=headers) as resp:
-                await resp.read()
-                return resp.status
-        except aiohttp.ClientError:
-            return 0  # the connection was closed under it: counted as status 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    background: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-def register(ctx: Context, device_id: str) -> SigningKey:
-    key = SigningKey.generate()
-    body = orjson.dumps({"device_id": device_id, "public_key": b64url_encode(bytes(key.verify_key))})
-    ctx.engine.post_json("/v1/admin/devices", body, admin_headers(ctx.fx.data_dir))
-    ctx.keys[device_id] = key
-    return key
+def fill(data_dir: Path, rows: int) -> None:
+    """The hot venue, written before the engine starts (the embedded store is then the engine's alone)."""
+    store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}")
+    store.migrate()
+    store.command(
+        "INSERT INTO scans (scan_id, device_id, venue_id, direction, scanned_at, received_at, verdict, reason, "
+        "code_kind, person_key, qr_id, key_id, issuer, code_iat, code_exp, scan_device) "
+        f"SELECT generateUUIDv4(), 'dev-hot', '{HOT}', if(number % 2 = 0, 'in', 'out'), "
+        "now64(3) - toIntervalSecond(intDiv(number, 2) * 17 % (20 * 86400)), now64(3), "
+        "if(number % 5 = 0, 'unsigned_code', 'ok'), 'none', 'signed', "
+        "toFixedString(unhex(lpad(hex(intDiv(number, 2) % 20000), 32, '0')), 16), "
+        "concat('QH', toString(intDiv(number, 2) % 20000)), '', '', 0, 0, 'dev-hot' "
+        f"FROM numbers({rows})"
+    )
+    store.close()
 
 
-async def scenario_alone(ctx: Context) -> dict[str, Any]:
-    await ctx.stop.wait()
-    return {}
+# -- background loads -----------------------------------------------------------------------------------------
+async def nothing(b: Bench) -> None:
+    await b.stop.wait()
+
+
+async def trace_loop(b: Bench) -> None:
+    """Each tracer runs the worst-case trace back to back until the scenario ends."""
+
+    async def one(token: str) -> None:
+        async with aiohttp.ClientSession() as s:
+            while not b.stop.is_set():
+                try:
+                    async with s.get(
+                        b.engine.url + WORST,
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=aiohttp.ClientTimeout(total=120),
+                    ) as r:
+                        body = await r.read()
+                        status = r.status
+                        if status != 200:
+                            status_text = orjson.loads(body).get("error", "") if body[:1] == b"{" else ""
+                            b.background[f"trace {status} {status_text}".strip()] += 1
+                        else:
+                            b.background["trace 200"] += 1
+                        if status == 429:
+                            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    b.background[f"trace {type(exc).__name__}"] += 1
+
+    await asyncio.gather(*(one(t) for t in b.tracer_tokens))
+
+
+_FLOODERS = itertools.count(1)
 
 
 def forged_pool(fx: Fixture, n: int) -> list[bytes]:
-    """``n`` distinct forged codes, JSON-encoded: one genuine code with random signatures (well formed, under the
-    trusted kid). Distinct, so a batch holding two flood requests verifies every one of them; never cached."""
+    """``n`` distinct forged codes, JSON-encoded: one genuine code with random signatures. Distinct, so a batch
+    holding two flood requests verifies every one of them; a bad signature is never cached."""
     head = fx.code(100_000).rsplit(".", 1)[0]
     return [orjson.dumps(f"{head}.{b64url_encode(os.urandom(64))}") for _ in range(n)]
 
 
 class FloodBodies:
-    """Flood request bodies made from pre-encoded pieces: fresh scan ids every request (so none is answered as a
-    duplicate), codes cycling through the pool, ~1 ms a body, so the generator stays off the engine's cores."""
+    """Flood request bodies from pre-encoded pieces: fresh scan ids every request (none is a duplicate), codes
+    cycling through the pool, ~1 ms a body, so the generator on the same cores does not measure itself."""
 
-    def __init__(self, pool: list[bytes], per_request: int = 1000) -> None:
-        self.pool, self.per_request, self.n = pool, per_request, 0
-        self.prefix = uuid.uuid4().hex[:8] + "-0000-4000-8000-"
+    def __init__(self, device_id: str, pool: list[bytes], per_request: int = 1000) -> None:
+        self.device_id, self.pool, self.per_request, self.n = device_id, pool, per_request, 0
+        self.prefix = (uuid.uuid4().hex[:8] + "-0000-4000-8000-").encode()
 
     def next(self) -> bytes:
         now_ms = int(time.time() * 1000)
@@ -124,181 +141,180 @@ class FloodBodies:
             code = self.pool[self.n % len(self.pool)]
             items.append(
                 b'{"scan_id":"%s%012x","qr":%s,"venue_id":"venue-flood","direction":"in","scanned_at":%d}'
-                % (self.prefix.encode(), self.n, code, now_ms)
+                % (self.prefix, self.n, code, now_ms)
             )
             self.n += 1
-        return b'{"device_id":"%s","scans":[%s]}' % (FLOOD_DEVICE.encode(), b",".join(items))
+        return b'{"device_id":"%s","scans":[%s]}' % (self.device_id.encode(), b",".join(items))
 
 
-async def paced_flood(ctx: Context, bodies: FloodBodies) -> dict[str, Any]:
-    """``--flood-connections`` connections keeping together to ``--flood-rate`` requests/s of ``bodies``."""
-    statuses: dict[int, int] = {}
-    rate = ctx.args.flood_rate
-    start, sent = time.monotonic(), 0
+async def paced_flood(b: Bench, kind: str, pool: list[bytes]) -> None:
+    """A device of its own posting ``pool``'s codes, 1,000 a request, ``--flood-rate`` requests/s over
+    ``--flood-connections`` connections; its answers counted in ``b.background`` by status."""
+    device_id = f"{kind}-{next(_FLOODERS)}"
+    key = SigningKey.generate()
+    body = orjson.dumps({"device_id": device_id, "public_key": b64url_encode(bytes(key.verify_key))})
+    b.engine.post_json("/v1/admin/devices", body, admin_headers(b.fx.data_dir))
+    bodies = FloodBodies(device_id, pool)
+    rate, start, sent = b.args.flood_rate, time.monotonic(), 0
 
     async def connection(session: aiohttp.ClientSession) -> None:
         nonlocal sent
-        while not ctx.stop.is_set():
-            slot = start + sent / rate
+        while not b.stop.is_set():
+            slot = start + sent / rate  # all connections together keep to ``rate`` requests/s
             sent += 1
             if slot > time.monotonic():
                 await asyncio.sleep(slot - time.monotonic())
-            status = await ctx.post(session, FLOOD_DEVICE, bodies.next())
-            statuses[status] = statuses.get(status, 0) + 1
+            payload = bodies.next()
+            headers = {"Content-Type": "application/json", **sign_request(key, device_id, "POST", "/v1/scans", payload)}
+            try:
+                async with session.post(b.engine.url + "/v1/scans", data=payload, headers=headers) as r:
+                    await r.read()
+                    b.background[f"{kind} {r.status}"] += 1
+            except aiohttp.ClientError as exc:  # a refusal before the body closes the connection
+                b.background[f"{kind} {type(exc).__name__}"] += 1
 
-    connector = aiohttp.TCPConnector(limit=ctx.args.flood_connections)
+    connector = aiohttp.TCPConnector(limit=b.args.flood_connections)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(connection(session) for _ in range(ctx.args.flood_connections)))
-    return {"neighbour_statuses": {str(k): v for k, v in sorted(statuses.items())}}
+        await asyncio.gather(*(connection(session) for _ in range(b.args.flood_connections)))
 
 
-async def scenario_flood(ctx: Context) -> dict[str, Any]:
-    register(ctx, FLOOD_DEVICE)
-    return await paced_flood(ctx, FloodBodies(forged_pool(ctx.fx, ctx.args.flood_codes)))
+async def flood(b: Bench) -> None:
+    await paced_flood(b, "flood", forged_pool(b.fx, 20_000))
 
 
-async def scenario_replay(ctx: Context) -> dict[str, Any]:
-    """A stolen key replaying genuine codes (a pool of 5,000 people, soon all in the verified-code set): nothing
-    to quarantine, so what holds it is its scan budget and its queue share."""
-    register(ctx, FLOOD_DEVICE)
-    pool = [orjson.dumps(ctx.fx.code(200_000 + i)) for i in range(5000)]
-    return await paced_flood(ctx, FloodBodies(pool))
+async def replay(b: Bench) -> None:
+    await paced_flood(b, "replay", [orjson.dumps(b.fx.code(200_000 + i)) for i in range(5000)])
 
 
-#: name -> the neighbour load run beside the honest device until ``ctx.stop`` is set; returns extra figures
-SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
-    "alone": scenario_alone,
-    "flood": scenario_flood,
-    "replay": scenario_replay,
+SCENARIOS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "alone": nothing,
+    "trace loop": trace_loop,
+    "flood": flood,
+    "replay": replay,
 }
 
 
-async def honest_device(ctx: Context) -> tuple[list[float], dict[int, int]]:
-    args = ctx.args
-    codes = [ctx.fx.code(i) for i in range(args.scans * 4)]  # repeats, as a venue's regulars give
+# -- the honest device ------------------------------------------------------------------------------------------
+async def honest(b: Bench, codes: list[str]) -> tuple[list[float], collections.Counter[int]]:
+    client = ScannerClient(b.engine.url, DEVICE_ID, b.fx.device)
     latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(args.requests):
-        queue.put_nowait(i)
+    statuses: collections.Counter[int] = collections.Counter()
+    period = 1.0 / b.args.rate
+    deadline = time.monotonic() + b.args.seconds
+    i = 0
+    pending: set[asyncio.Task[None]] = set()
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            part = [codes[(i * args.scans + j) % len(codes)] for j in range(args.scans)]
-            body = orjson.dumps({"device_id": DEVICE_ID, "scans": [make_scan(c, "venue-1") for c in part]})
-            t0 = time.perf_counter()
-            status = await ctx.post(session, DEVICE_ID, body)
-            latencies.append(time.perf_counter() - t0)
-            statuses[status] = statuses.get(status, 0) + 1
-            await asyncio.sleep(args.interval_ms / 1000)
+    async def send(scans: list[dict[str, object]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            status, _ = await asyncio.wait_for(client.post_scans(scans), 10.0)
+        except TimeoutError:
+            status = 0
+        latencies.append((time.perf_counter() - t0) * 1000)
+        statuses[status] += 1
 
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(args.honest_concurrency)))
+    try:
+        next_at = time.monotonic()
+        while time.monotonic() < deadline:
+            scans = [make_scan(codes[(i + k) % len(codes)], "venue-honest") for k in range(b.args.scans)]
+            i += b.args.scans
+            task = asyncio.create_task(send(scans))  # open loop: a slow answer does not slow the sending
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await asyncio.gather(*pending)
+    finally:
+        await client.close()
     return latencies, statuses
 
 
-async def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    data_dir = workdir / f"{name}-{time.monotonic_ns()}"
-    fx = make_fixture(data_dir)
-    env = dict(kv.split("=", 1) for kv in args.engine_env)
-    engine = EngineProcess(data_dir, **env).start()
-    try:
-        engine.post_json(
-            "/v1/admin/devices",
-            orjson.dumps({"device_id": DEVICE_ID, "public_key": b64url_encode(bytes(fx.device.verify_key))}),
-            admin_headers(data_dir),
-        )
-        ctx = Context(engine, fx, asyncio.Event(), args)
-        warm = await honest_device_warmup(ctx)
-        neighbour = asyncio.create_task(SCENARIOS[name](ctx))
-        await asyncio.sleep(args.settle_s)  # let the neighbour reach its steady state first
-        assert engine.proc is not None
-        cpu0 = cpu_seconds(engine.proc.pid)
-        latencies, statuses = await honest_device(ctx)
-        cpu1 = cpu_seconds(engine.proc.pid)
-        ctx.stop.set()
-        extra = await neighbour
-    finally:
-        engine.terminate()
-    ms = sorted(x * 1000 for x in latencies)
-    accepted = statuses.get(202, 0)
-    return {
-        "scenario": name,
-        "honest_requests": len(latencies),
-        "honest_202_share": accepted / len(latencies) if latencies else 0.0,
-        "honest_statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "p50_ms": statistics.median(ms),
-        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-        "engine_cpu_s": cpu1 - cpu0,
-        "warmup_202": warm,
-        **extra,
-    }
+def p(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-async def honest_device_warmup(ctx: Context) -> int:
-    """A few requests first, so the honest device's codes are in the verified-code set in every scenario alike."""
-    codes = [ctx.fx.code(i) for i in range(ctx.args.scans * 4)]
-    ok = 0
-    async with aiohttp.ClientSession() as session:
-        for i in range(0, len(codes), ctx.args.scans):
-            body = orjson.dumps(
-                {"device_id": DEVICE_ID, "scans": [make_scan(c, "venue-1") for c in codes[i : i + ctx.args.scans]]}
-            )
-            ok += await ctx.post(session, DEVICE_ID, body) == 202
-    return ok
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=200, help="honest requests per scenario")
-    p.add_argument("--scans", type=int, default=20, help="scans per honest request")
-    p.add_argument("--honest-concurrency", type=int, default=2)
-    p.add_argument("--interval-ms", type=float, default=20.0, help="pause between one worker's honest requests")
-    p.add_argument("--flood-connections", type=int, default=64)
-    p.add_argument(
-        "--flood-rate", type=float, default=50.0, help="flood requests/s, all connections (50: the device rate limit)"
+async def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="isolation-") as tmp:
+        data_dir = Path(tmp) / "engine"
+        fx = make_fixture(data_dir)
+        t0 = time.monotonic()
+        fill(data_dir, args.rows)
+        print(f"hot venue: {args.rows} scans written in {time.monotonic() - t0:.1f} s")
+        tokens = [TracerRegistry.for_data_dir(data_dir).add(f"bench-tracer-{i}") for i in range(args.tracers)]
+        env = {
+            "ENGINE_DEVICE_RATE": "100000",
+            "ENGINE_DEVICE_BURST": "100000",
+            "ENGINE_TRACER_WIDE_PER_HOUR": "1000000",
+            "ENGINE_INSERT_INTERVAL_MS": str(args.insert_interval_ms),
+            **{f"ENGINE_{k.upper()}": v for k, v in args.engine_env},
+        }
+        engine = EngineProcess(data_dir, **env).start()
+        try:
+            engine.post_json("/v1/admin/devices", device_registration(fx), admin_headers(data_dir))
+            codes = [fx.code(i) for i in range(5000)]
+            results: dict[str, list[tuple[list[float], collections.Counter[int], collections.Counter[str]]]] = {}
+            names = [n.strip() for n in args.scenarios.split(",")]
+            for rnd in range(args.rounds):
+                for name in names:
+                    b = Bench(engine, fx, tokens, args)
+                    load = asyncio.create_task(SCENARIOS[name](b))
+                    await asyncio.sleep(0.5 if name != "alone" else 0)  # the background load is running
+                    latencies, statuses = await honest(b, codes)
+                    b.stop.set()
+                    await load
+                    results.setdefault(name, []).append((latencies, statuses, b.background))
+                    print(
+                        f"round {rnd + 1} {name:12s} honest p50 {p(latencies, 0.5):6.1f} ms p99 "
+                        f"{p(latencies, 0.99):7.1f} ms, 202s {statuses[202]}/{sum(statuses.values())}; "
+                        f"background {dict(b.background) or '-'}",
+                        flush=True,
+                    )
+        finally:
+            engine.terminate()
+    print(
+        f"\n{args.rounds} rounds of {args.seconds:g} s, honest device {args.rate:g} requests/s of {args.scans} scans; "
+        f"hot venue {args.rows} scans; medians over rounds"
     )
-    p.add_argument("--flood-codes", type=int, default=20_000, help="distinct forged codes the flood cycles through")
-    p.add_argument("--settle-s", type=float, default=2.0, help="neighbour running alone before measuring")
-    p.add_argument("--rounds", type=int, default=1, help="every scenario this many times, interleaved")
-    p.add_argument("--scenarios", default="alone,flood", help=f"comma-separated, of {', '.join(SCENARIOS)}")
-    p.add_argument("--engine-env", nargs="*", default=[], help="ENGINE_X=value settings for the engine")
-    p.add_argument("--json", type=Path, help="write the results here")
-    return p
+    base = statistics.median(p(r[0], 0.99) for r in results.get("alone", [])) if "alone" in results else None
+    print(f"{'scenario':12s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 ÷ alone':>12s} {'202 share':>10s}  background")
+    for name, runs in results.items():
+        p50 = statistics.median(p(r[0], 0.5) for r in runs)
+        p99 = statistics.median(p(r[0], 0.99) for r in runs)
+        ok = sum(r[1][202] for r in runs) / max(1, sum(sum(r[1].values()) for r in runs))
+        bg: collections.Counter[str] = collections.Counter()
+        for r in runs:
+            bg.update(r[2])
+        ratio = f"{p99 / base:.2f}×" if base else "-"
+        print(f"{name:12s} {p50:8.1f} {p99:8.1f} {ratio:>12s} {ok:10.1%}  {dict(bg) or '-'}")
+    return 0
 
 
 def main() -> int:
-    args = parser().parse_args()
-    names = [n for n in args.scenarios.split(",") if n]
-    unknown = set(names) - set(SCENARIOS)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20.0, help="honest load per scenario and round")
+    ap.add_argument("--rate", type=float, default=10.0, help="honest requests/s")
+    ap.add_argument("--scans", type=int, default=50, help="scans per honest request")
+    ap.add_argument("--rows", type=int, default=300_000, help="scans at the hot venue")
+    ap.add_argument("--tracers", type=int, default=1, help="tracers in the trace loop, each back to back")
+    ap.add_argument("--insert-interval-ms", type=float, default=3000.0)
+    ap.add_argument("--flood-connections", type=int, default=64, help="flood/replay: connections of the device")
+    ap.add_argument("--flood-rate", type=float, default=50.0, help="flood/replay: requests/s of 1,000 scans")
+    ap.add_argument(
+        "--engine-env",
+        type=lambda kv: tuple(kv.split("=", 1)),
+        action="append",
+        default=[],
+        help="extra engine setting NAME=VALUE (e.g. trace_max_rows=1000000), repeatable",
+    )
+    args = ap.parse_args()
+    unknown = [n for n in args.scenarios.split(",") if n.strip() not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
-    print(f"cpu      {cpu_model()} ({os.cpu_count()} logical); load average {os.getloadavg()[0]:.1f}")
-    paths = f"verifier {implementation('_verify')}, intake {implementation('_intake')}"
-    print(f"python   {platform.python_version()}; {paths}")
-    print(f"honest   {args.requests} requests x {args.scans} scans, {args.honest_concurrency} in flight")
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="isolation-bench-") as tmp:
-        for _ in range(args.rounds):
-            for name in names:
-                results.append(asyncio.run(run_scenario(name, args, Path(tmp))))
-                r = results[-1]
-                print(f"  ran {name}: p99 {r['p99_ms']:.1f} ms, 202 {100 * r['honest_202_share']:.1f} %", flush=True)
-    alone = [r["p99_ms"] for r in results if r["scenario"] == "alone"]
-    base = statistics.median(alone) if alone else None
-    print()
-    print(f"{'scenario':10} {'p50 ms':>8} {'p99 ms':>8} {'p99/alone':>9} {'202 %':>7} {'CPU s':>6}  neighbour")
-    for r in results:
-        ratio = f"{r['p99_ms'] / base:.2f}" if base else "-"
-        neighbour = r.get("neighbour_statuses", "")
-        print(
-            f"{r['scenario']:10} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {ratio:>9} "
-            f"{100 * r['honest_202_share']:7.1f} {r['engine_cpu_s']:6.2f}  {neighbour}"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+        ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

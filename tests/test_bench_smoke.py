@@ -187,14 +187,13 @@ def test_codeset_bench_quick_loads_every_row() -> None:
     assert "added 20,000, refused 0, set size 20,000" in done.stdout and "B/entry" in done.stdout
 
 
-def test_isolation_bench_runs_its_scenarios_side_by_side(tmp_path: Path) -> None:
-    """``isolation_bench.py`` starts an engine per scenario, measures the honest device alone and beside the flood,
-    and writes both to one JSON (the tracing lane adds its scenario to the same table)."""
-    out = tmp_path / "isolation.json"
-    cmd = [sys.executable, "bench/isolation_bench.py", "--requests", "10", "--settle-s", "0.5", "--json", str(out)]
+def test_isolation_bench_runs_its_scenarios_side_by_side() -> None:
+    """``isolation_bench.py`` measures the honest device alone and beside the forged-code flood in one run, and
+    prints both rows with what the flooder got (429s once its budgets and quarantine hold it)."""
+    cmd = [sys.executable, "bench/isolation_bench.py", "--scenarios", "alone,flood", "--rounds", "1"]
+    cmd += ["--seconds", "2", "--rows", "1000", "--rate", "5", "--scans", "5", "--flood-connections", "4"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = orjson.loads(out.read_bytes())
-    assert [r["scenario"] for r in results] == ["alone", "flood"]
-    assert all(r["honest_requests"] == 10 and r["p99_ms"] > 0 for r in results)
-    assert "neighbour_statuses" in results[1] and "p99/alone" in done.stdout
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith(("alone ", "flood "))}
+    assert set(rows) == {"alone", "flood"} and "p99 ÷ alone" in done.stdout, done.stdout
+    assert "flood 202" in rows["flood"] or "flood 429" in rows["flood"], rows["flood"]

@@ -286,3 +286,45 @@ def test_rows_and_friendly_columns_store_the_same(
         assert r[8:11] == (friendly["qr_id"][i], friendly["key_id"][i], friendly["issuer"][i])
         assert r[11] == int(rows.exp_s[i])
     assert int(store.query("SELECT count() FROM scans_by_person")[0][0]) == n
+
+
+def test_link_keys_ride_in_the_record_only_when_a_batch_has_one(
+    issuer_key: SigningKey, trust_list: TrustList, person_secret: bytes
+) -> None:
+    """A genuine code printing its number whole gives its scan a link key (docs/payload.md section 5, Rule 2);
+    the record carries the batch's link keys as one buffer after the others, and none when no row has one. A
+    reader that knows only the fixed buffers (an engine from before) splits by the header's sizes and still
+    gets every other column right; concatenating batches with and without link keys keeps each row's."""
+    masked, _ = verified_rows(issuer_key, trust_list, person_secret)
+    assert masked.link_key == b"" and b"link_key" not in record.encode(masked)
+    whole = mint(Person("079090012345", "NGUYEN VAN AN", "1990-01-**", "QIDWHOLE01"), issuer_key, iat=NOW_S - 60,
+                 exp=NOW_S + 86_400).encode()  # fmt: skip
+    batch = CodeBatch.from_codes([whole, b"079090012345|TRAN THI BINH|1985-**-**|1|Q-binh_2026|"])
+    result = PyVerifier(trust_list.table(), person_secret).verify_batch(batch, NOW_S)
+    linked = record.batch_rows(
+        scan_id=uuid.UUID(int=1).bytes + uuid.UUID(int=2).bytes,
+        device_code=np.zeros(2, np.int32),
+        devices=["dev-1"],
+        venue_id=Strings.pack([b"v", b"v"]),
+        direction=np.array([1, 1], np.uint8),
+        scanned_ms=np.full(2, NOW_S * 1000, np.int64),
+        received_ms=np.full(2, NOW_S * 1000, np.int64),
+        batch=batch,
+        result=result,
+        trust=trust_list.table(),
+    )
+    assert linked.link_key[:16] != bytes(16) and linked.link_key[16:] == bytes(16)  # the unsigned one links nothing
+    encoded = record.encode(linked)
+    back = record.decode(encoded)
+    assert back.link_key == linked.link_key and to_arrow(back).equals(to_arrow(linked))
+    (hlen,) = struct.unpack_from("<I", encoded, 4)
+    header = orjson.loads(encoded[8 : 8 + hlen])
+    assert header["link_key"] is True and header["sizes"][-1] == 32
+    both = record.decode_many([record.encode(masked), encoded])
+    assert both.link_key == bytes(16 * len(masked)) + linked.link_key
+    # the reader from before: the same sizes, no idea of the flag (dropped here), so the last buffer is ignored
+    del header["link_key"]
+    old_header = orjson.dumps(header)
+    as_before = record.decode(encoded[:4] + struct.pack("<I", len(old_header)) + old_header + encoded[8 + hlen :])
+    assert as_before.link_key == b"" and as_before.qr_id.to_list() == linked.qr_id.to_list()
+    assert as_before.person_key == linked.person_key and as_before.scan_id == linked.scan_id

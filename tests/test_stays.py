@@ -39,7 +39,7 @@ def _reference(scans: list[dict[str, object]], windows: list[tuple[str, int, int
     cols = columns(scans)
     as_scans = [
         Scan(str(cols["scan_id"][i]), kh(str(x["person"])), f"QR-{x['person']}", str(x["venue"]), str(x["direction"]),
-             int(x["at"]), str(x["verdict"]))  # type: ignore[call-overload]
+             int(x["at"]), str(x["verdict"]), cols["device_id"][i])  # type: ignore[call-overload]
         for i, x in enumerate(scans)
         if x["verdict"] != "malformed" and (x["verdict"] == "ok" or not trusted_only)
     ]  # fmt: skip

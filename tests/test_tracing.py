@@ -174,7 +174,8 @@ def test_qr_id_lookup_finds_a_past_period_after_later_scans(store: Store) -> Non
     """person_by_qr keeps only each person's latest scan: tracing an earlier period by QR id must still work."""
     store.insert_scans(columns([scan("alice", "cafe", "in", 5000), scan("alice", "cafe", "out", 5030)]))
     store.command("OPTIMIZE TABLE person_by_qr FINAL")
-    assert store.query("SELECT count() FROM person_by_qr WHERE qr_id = 'QR-alice'") == [(1,)]
+    # one verified pair (her id-card scans, which the helper gives her QR id too, are a separate claim)
+    assert store.query("SELECT count() FROM person_by_qr WHERE qr_id = 'QR-alice' AND verified = 1") == [(1,)]
     early = TraceQueries(store.query).person(qr_id="QR-alice", from_ms=T0 - MINUTE_MS, to_ms=T0 + 400 * MINUTE_MS)
     assert [v.venue_id for v in early.visits] == ["cafe", "gym", "library"]
 
@@ -348,18 +349,20 @@ def reference_pairing(scans: list[Scan], *, dwell_min: float, max_stay_min: floa
     """The pairing rule written plainly, one person and venue at a time: what the engine's one-pass walk over
     ClickHouse-sorted rows (and ``pair_stays``) must reproduce."""
     dwell, max_stay = round(dwell_min * MINUTE_MS), round(max_stay_min * MINUTE_MS)
-    groups: dict[tuple[str, str], dict[str, Scan]] = {}
-    for s in scans:
-        groups.setdefault((s.person_key, s.venue_id), {})[s.scan_id] = s
+    groups: dict[tuple[str, str], dict[tuple[str, str], Scan]] = {}
+    for s in scans:  # a scan is (device, scan id): the same id from another device is another scan
+        groups.setdefault((s.person_key, s.venue_id), {})[(s.device_id, s.scan_id)] = s
 
     def stay(first: Scan, last: Scan, start: int, end: int, *flags: str) -> Stay:
         verdict = first.verdict if first.verdict != "ok" else last.verdict
-        return Stay(first.person_key, last.qr_id or first.qr_id, first.venue_id, start, end, flags, verdict)
+        scans = (first,) if flags else (first, last)  # provenance: the scans the stay rests on, entry first
+        return Stay(first.person_key, last.qr_id or first.qr_id, first.venue_id, start, end, flags, verdict,
+                    tuple(x.device_id for x in scans), tuple(x.scan_id for x in scans))  # fmt: skip
 
     out: list[Stay] = []
     for group in groups.values():
         entry: Scan | None = None
-        for s in sorted(group.values(), key=lambda s: (s.at_ms, s.direction != "in", s.scan_id)):
+        for s in sorted(group.values(), key=lambda s: (s.at_ms, s.direction != "in", s.scan_id, s.device_id)):
             if s.direction == "in":
                 if entry is not None:
                     out.append(stay(entry, entry, entry.at_ms, min(entry.at_ms + dwell, s.at_ms), "inferred_exit"))
@@ -379,19 +382,20 @@ def reference_pairing(scans: list[Scan], *, dwell_min: float, max_stay_min: floa
 
 @pytest.mark.parametrize("seed", range(20))
 def test_pair_stays_matches_the_plain_rule(seed: int) -> None:
-    """pair_stays walks every group in one sorted pass; the plain per-group rule is its reference."""
+    """pair_stays walks every group in one sorted pass; the plain per-group rule is its reference. Two devices
+    share scan ids here, as predictable scanner apps do: each (device, scan id) is a scan of its own."""
     import random
 
     rnd = random.Random(seed)
     scans = [
         Scan(f"id{rnd.randrange(150)}", f"P{rnd.randrange(5)}", f"Q{rnd.randrange(3)}", f"v{rnd.randrange(3)}",
              rnd.choice(("in", "in", "out")), rnd.randrange(0, 2000, 10) * MINUTE_MS,
-             rnd.choice(("ok", "ok", "ok", "expired")))
+             rnd.choice(("ok", "ok", "ok", "expired")), f"dev{rnd.randrange(2)}")
         for _ in range(200)
     ]  # fmt: skip
-    # a repeated scan id is the same scan (a retried upload): make its copies identical
-    first = {(s.person_key, s.venue_id, s.scan_id): s for s in reversed(scans)}
-    scans = [first[(s.person_key, s.venue_id, s.scan_id)] for s in scans]
+    # a repeated (device, scan id) is the same scan (a retried upload): make its copies identical
+    first = {(s.person_key, s.venue_id, s.device_id, s.scan_id): s for s in reversed(scans)}
+    scans = [first[(s.person_key, s.venue_id, s.device_id, s.scan_id)] for s in scans]
     got = pair_stays(scans, default_dwell_min=30, max_stay_min=240)
     assert sorted(got, key=repr) == sorted(reference_pairing(scans, dwell_min=30, max_stay_min=240), key=repr)
 
@@ -473,7 +477,7 @@ def test_sql_pairing_matches_the_python_rule(
     cols = columns(scans)
     as_scans = [
         Scan(str(cols["scan_id"][i]), kh(x["person"]), f"QR-{x['person']}", x["venue"], x["direction"], x["at"],
-             x["verdict"])
+             x["verdict"], cols["device_id"][i])
         for i, x in enumerate(scans)
     ]  # fmt: skip
     reference = reference_pairing(as_scans, dwell_min=45, max_stay_min=300)
@@ -483,3 +487,30 @@ def test_sql_pairing_matches_the_python_rule(
     ]
     assert len(want) > 50
     assert sorted(got, key=repr) == sorted(want, key=repr)
+
+
+def test_migration_0009_marks_old_qr_links_and_a_trusted_trace_follows_only_verified_ones(store: Store) -> None:
+    """QR-id pairs stored before migration 0009 carry no verdict (they read verified = 0); re-running 0009 (as
+    an upgrade does) writes again, as verified, exactly the pairs a verified scan in the store showed. A pair
+    only an unverified scan made, like one a hand-made code would leave, is never followed by a trusted trace:
+    here an old claim links QR-alice to bob's key, and bob's verified visits stay out of alice's trace."""
+    store.command("TRUNCATE TABLE person_by_qr")
+    store.command(
+        "INSERT INTO person_by_qr (qr_id, person_key, scanned_at) "
+        "SELECT qr_id, person_key, max(scanned_at) FROM scans WHERE qr_id != '' GROUP BY qr_id, person_key"
+    )
+    store.command(
+        "INSERT INTO person_by_qr (qr_id, person_key, scanned_at) VALUES "
+        "('QR-alice', toFixedString(unhex({bob:String}), 16), now64(3))",
+        {"bob": kh("bob")},
+    )
+    assert store.query("SELECT count() FROM person_by_qr WHERE verified = 1") == [(0,)]
+    store.command("ALTER TABLE schema_migrations DELETE WHERE name = '0009_verified_links' SETTINGS mutations_sync = 1")
+    assert "0009_verified_links" in store.migrate()
+    verified = store.query("SELECT qr_id, hex(person_key) FROM person_by_qr WHERE verified = 1 ORDER BY qr_id")
+    # every person with an ok scan, gina (unsigned only) not
+    assert [q for q, _ in verified] == [f"QR-{p}" for p in ("alice", "bob", "carol", "dave", "erin", "frank", "hank")]
+    assert ("QR-alice", kh("bob")) not in verified
+    trace = TraceQueries(store.query).person(qr_id="QR-alice")
+    assert {v.venue_id for v in trace.visits} == {"cafe", "gym", "library"}  # not bob's pool
+    assert {v.link for v in trace.visits} == {"qr_id"}

@@ -11,6 +11,11 @@ size: the v1 record (JSON of per-row lists) cost a Python loop per row to write 
 about half its size and a few array operations per batch. Names, birth dates and addresses never reach it:
 the QR id is cut out of the code, the document number only survives as the keyed person hash.
 
+A batch with link keys (docs/payload.md section 5, Rule 2) carries them as one more buffer after the others,
+announced by ``"link_key": true`` in the header; a record without it links nothing. An engine from before that
+addition splits the buffers by the header's sizes and reads the ones it knows, so it still drains such a
+record (dropping only the links).
+
 Version 3 (issue 12) has version 2's layout and says in its header which identity its scans were accepted
 under: ``"scan_key": ["device_id", "scan_id"]``. An engine from before that change keyed scans by scan id alone
 (its recent-id map and the store's sorting key); it refuses a version 3 record ("not a batch record this engine
@@ -112,6 +117,8 @@ def batch_rows(
         issuers=issuers,
         iat_s=result.iat,
         exp_s=result.exp,
+        # most codes mask their number and link nothing: a batch without a link key carries none
+        link_key=result.link_key.tobytes() if result.link_key.any() else b"",
     )
 
 
@@ -126,6 +133,10 @@ def encode(rows: Rows) -> bytes:
             buffers.append(value)
         else:
             buffers.append(np.ascontiguousarray(value, kind).tobytes())
+    optional: dict[str, bool] = {}
+    if rows.link_key:  # after the fixed buffers: an engine that does not know it reads the rest and ignores it
+        buffers.append(rows.link_key)
+        optional["link_key"] = True
     header = orjson.dumps(
         {
             "n": len(rows),
@@ -134,6 +145,7 @@ def encode(rows: Rows) -> bytes:
             "key_ids": rows.key_ids,
             "issuers": rows.issuers,
             "sizes": [len(b) for b in buffers],
+            **optional,
         }
     )
     return b"".join([MAGIC, _HEADER_LEN.pack(len(header)), header, *buffers])
@@ -169,10 +181,12 @@ def decode(payload: bytes) -> Rows:
                 fields[name] = next(it)
             else:
                 fields[name] = np.frombuffer(next(it), kind)
+        if header.get("link_key"):
+            fields["link_key"] = next(it)
         rows = Rows(devices=header["devices"], key_ids=header["key_ids"], issuers=header["issuers"], **fields)  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, StopIteration, struct.error, orjson.JSONDecodeError) as exc:
         raise WALError(f"damaged batch record: {exc}") from None
-    if len(rows) != n or len(rows.scan_id) != 16 * n or len(rows.qr_id) != n:
+    if len(rows) != n or len(rows.scan_id) != 16 * n or len(rows.qr_id) != n or len(rows.link_key) not in (0, 16 * n):
         raise WALError(f"damaged batch record: columns do not hold {n} rows")
     return rows
 

@@ -37,7 +37,9 @@ SCAN_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 #: Every column of ``scans`` in table order: the pipeline's columns, then ``scan_device``, the device half of the
 #: scan's identity in the sorting key (migration 0008), which :func:`to_arrow` fills from ``device_id``.
-TABLE_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "scan_device")
+TABLE_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "scan_device", "link_key")
+#: Columns a caller of :func:`rows_from_columns` may leave out: ``link_key`` (16 zero bytes: links nothing).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("link_key",)
 ENUM_CODES: dict[str, dict[str, int]] = {
     "direction": {"in": 1, "out": 2},
     "verdict": {v.label: int(v) for v in Verdict},
@@ -118,6 +120,13 @@ class Rows:
     issuers: list[str]
     iat_s: np.ndarray  # int64 epoch s
     exp_s: np.ndarray  # int64 epoch s
+    # 16 bytes per row: the link key of a genuine code printing its document number whole (docs/payload.md
+    # section 5, Rule 2), zeros for every other; b"" when no row of the batch has one (the usual case).
+    link_key: bytes = b""
+
+    def link_keys(self) -> bytes:
+        """``link_key`` with its rows spelled out (zeros where none)."""
+        return self.link_key or bytes(16 * len(self))
 
     def __len__(self) -> int:
         return len(self.verdict)
@@ -151,6 +160,7 @@ class Rows:
             issuers=[k[1] for k in keys],
             iat_s=cat("iat_s"),
             exp_s=cat("exp_s"),
+            link_key=b"".join(p.link_keys() for p in parts) if any(p.link_key for p in parts) else b"",
         )
 
 
@@ -219,6 +229,8 @@ def to_arrow(rows: Rows) -> pa.Table:
             "code_exp": _times(np.clip(rows.exp_s, 0, _UINT32_MAX), "s"),
             # the device half of the scan's identity in the tables' sorting keys (migration 0008)
             "scan_device": _dictionary(rows.device_code, rows.devices),
+            # feeds identity_links for verified scans (migration 0009)
+            "link_key": _fixed16(rows.link_keys(), n),
         }
     )
 
@@ -298,7 +310,7 @@ def _texts(values: Any) -> list[str]:
 def rows_from_columns(columns: Mapping[str, Any]) -> Rows:
     """A mapping of ``SCAN_COLUMNS`` to lists or arrays, checked (names, equal lengths, types, enum values)."""
     missing = [c for c in SCAN_COLUMNS if c not in columns]
-    extra = sorted(set(columns) - set(SCAN_COLUMNS))
+    extra = sorted(set(columns) - set(SCAN_COLUMNS) - set(OPTIONAL_COLUMNS))
     if missing or extra:
         raise _fail(f"columns missing {missing} / unexpected {extra}")
     lengths = {c: len(columns[c]) for c in SCAN_COLUMNS}
@@ -327,4 +339,5 @@ def rows_from_columns(columns: Mapping[str, Any]) -> Rows:
         issuers=[k[1] for k in key_dict],
         iat_s=_ticks("code_iat", columns["code_iat"], "s"),
         exp_s=_ticks("code_exp", columns["code_exp"], "s"),
+        link_key=_fixed_bytes("link_key", columns["link_key"], n) if "link_key" in columns else b"",
     )

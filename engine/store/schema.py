@@ -211,7 +211,7 @@ def render_migrations(
 
 
 #: Tables whose TTL carries the retention; on a cluster the TTL lives on the shard-local tables.
-TTL_TABLES = ("scans", "scans_by_person", "person_by_qr", "stays")
+TTL_TABLES = ("scans", "scans_by_person", "person_by_qr", "stays", "identity_links")
 
 
 def retention_statements(

@@ -56,6 +56,7 @@ class Scan(NamedTuple):
     direction: str
     at_ms: int
     verdict: str
+    device_id: str = ""  # with scan_id, the scan's identity (device, scan id): a trace's provenance
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class Stay:
     end_ms: int
     flags: tuple[str, ...]
     verdict: str  # "ok", or the first untrusted verdict among its scans
+    # Provenance: the scans the stay rests on, entry first (one scan for an inferred exit or an exit without
+    # entry), as (device id, scan id) pairs split into two aligned tuples, so a tracer can go back to the device.
+    device_ids: tuple[str, ...] = ()
+    scan_ids: tuple[str, ...] = ()
+    # How a trace reached this stay: "" for the person key asked for, "qr_id" through a QR-id link a verified
+    # scan created, "qr_id_unverified" through a QR id only unverified scans claimed (--include-unverified),
+    # "document" through the document number a verified code printed whole (a CCCD, another issuer's code).
+    link: str = ""
 
     @property
     def trusted(self) -> bool:
@@ -74,10 +83,19 @@ class Stay:
 
 
 TRUSTED_LABELS = frozenset(v.label for v in TRUSTED)
+#: Stay.link: reached through a QR-id link a verified scan created; or one only unverified scans claimed.
+LINK_QR = "qr_id"
+LINK_QR_UNVERIFIED = "qr_id_unverified"
+#: ... or through a document link: a verified code printing its document number whole (identity_links).
+LINK_DOCUMENT = "document"
 
 
 @dataclass
 class Encounter:
+    """One overlap of an index stay and a contact's stay. ``verdict`` and ``flags`` are what the encounter rests
+    on (the weaker verdict of the two stays, the flags of both); the ``contact_*`` and ``index_*`` fields say
+    whose is whose, so an index case's inferred exit is never read as the contact's."""
+
     venue_id: str
     index_start_ms: int
     index_end_ms: int
@@ -86,6 +104,15 @@ class Encounter:
     overlap_min: float
     flags: tuple[str, ...]
     verdict: str
+    contact_verdict: str = ""
+    contact_flags: tuple[str, ...] = ()
+    index_verdict: str = ""
+    index_flags: tuple[str, ...] = ()
+    contact_device_ids: tuple[str, ...] = ()
+    contact_scan_ids: tuple[str, ...] = ()
+    index_device_ids: tuple[str, ...] = ()
+    index_scan_ids: tuple[str, ...] = ()
+    index_link: str = ""  # how the trace reached the index stay (Stay.link)
 
 
 @dataclass

@@ -17,9 +17,13 @@ from engine.tracing.model import MINUTE_MS, TRUSTED_LABELS, Contact, Encounter, 
 
 
 def pair_stays(scans: Iterable[Scan], *, default_dwell_min: float, max_stay_min: float) -> list[Stay]:
-    """Scans into stays, per person and venue; duplicates of a scan id count once."""
+    """Scans into stays, per person and venue; duplicates of a scan (device, scan id) count once.
+
+    Keyed by the device too: the same scan id from another device is another scan (issue 12), so a device that
+    pre-claims a genuine scan's id cannot make it vanish from a trace.
+    """
     dwell, max_stay = round(default_dwell_min * MINUTE_MS), round(max_stay_min * MINUTE_MS)
-    unique = {(s.person_key, s.venue_id, s.scan_id): s for s in scans}
+    unique = {(s.person_key, s.venue_id, s.device_id, s.scan_id): s for s in scans}
     ordered: list[Scan] = sorted(unique.values(), key=_pairing_order)
     spans: list[Span] = []
     walk(ordered, dwell, max_stay, spans)
@@ -28,13 +32,13 @@ def pair_stays(scans: Iterable[Scan], *, default_dwell_min: float, max_stay_min:
     return stays
 
 
-def _pairing_order(s: Scan) -> tuple[str, str, int, bool, str]:
-    """Person and venue (a group), then time, entries before exits at the same instant, scan id last."""
-    return (s.person_key, s.venue_id, s.at_ms, s.direction != "in", s.scan_id)
+def _pairing_order(s: Scan) -> tuple[str, str, int, bool, str, str]:
+    """Person and venue (a group), then time, entries before exits at the same instant, scan id, device last."""
+    return (s.person_key, s.venue_id, s.at_ms, s.direction != "in", s.scan_id, s.device_id)
 
 
-#: A row laid out as :class:`Scan` (a ``Scan``, or a row of ``_SCANS_AT_SQL``): indexed, not named, in the
-#: walk below, which sees every scan around an index case's visits (~3k rows a trace at 10M stored scans).
+#: A row laid out as :class:`Scan` (a ``Scan``, or a row of ``_SCANS_AT_SQL``; ``s[7]`` the device): indexed, not
+#: named, in the walk below, which sees every scan around an index case's visits (~3k rows a trace at 10M scans).
 _Row = tuple[Any, ...]
 #: A stay before it becomes a :class:`Stay`: first scan, last scan, start, end, flag ("" for none). Cheap to
 #: make, so the others' reads build a ``Stay`` only for the few that touch an index case's visit.
@@ -72,10 +76,18 @@ def walk(ordered: Iterable[_Row], dwell: int, max_stay: int, spans: list[Span]) 
         spans.append((entry, entry, entry[5], entry[5] + dwell, "inferred_exit"))
 
 
-def stay_of(first: _Row, last: _Row, start: int, end: int, flag: str) -> Stay:
-    """A span as a Stay: the exit's QR id if it has one; the first untrusted verdict of its two scans."""
+def stay_of(first: _Row, last: _Row, start: int, end: int, flag: str, link: str = "") -> Stay:
+    """A span as a Stay: the exit's QR id if it has one; the first untrusted verdict of its two scans; the
+    (device, scan id) of each scan it rests on (``s[7]``, ``s[0]``): one for a flagged span, two for a pair."""
     verdict = first[6] if first[6] not in TRUSTED_LABELS else last[6]
-    return Stay(first[1], last[2] or first[2], first[3], start, end, (flag,) if flag else (), verdict)
+    devices: tuple[str, ...]
+    scan_ids: tuple[str, ...]
+    if flag:
+        devices, scan_ids = (first[7],), (first[0],)
+    else:
+        devices, scan_ids = (first[7], last[7]), (first[0], last[0])
+    return Stay(first[1], last[2] or first[2], first[3], start, end, (flag,) if flag else (), verdict, devices,
+                scan_ids, link)  # fmt: skip
 
 
 def touching(spans: Iterable[Span], windows: Iterable[tuple[str, int, int]]) -> Iterator[Span]:
@@ -132,6 +144,15 @@ def overlaps(
                     round(minutes, 1),
                     tuple(dict.fromkeys(mine.flags + other.flags)),
                     verdict,
+                    other.verdict,
+                    other.flags,
+                    mine.verdict,
+                    mine.flags,
+                    other.device_ids,
+                    other.scan_ids,
+                    mine.device_ids,
+                    mine.scan_ids,
+                    mine.link,
                 )
             )
             c.total_overlap_min = round(c.total_overlap_min + minutes, 1)

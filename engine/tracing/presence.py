@@ -49,11 +49,13 @@ def merge(windows: Iterable[tuple[str, int, int]], gap: int = 0) -> list[tuple[s
 
 def _select(scope: str) -> str:
     """A row laid out as :func:`engine.tracing.pairing.stay_of` makes a Stay: person, QR id (the exit's if it has
-    one), venue, start, end, kind, verdict (the first untrusted one of the stay's two scans)."""
+    one), venue, start, end, kind, verdict (the first untrusted one of the stay's two scans), and the anchor's
+    and the other end's (device, scan id): the stay's provenance."""
     s = scope
     return (
         f"SELECT hex(person_key), if({s}_last_qr_id != '', {s}_last_qr_id, qr_id), venue_id, {s}_start, {s}_end, "
-        f"toString({s}_kind), if({TRUSTED_SQL}, toString({s}_last_verdict), toString(verdict)) FROM stays FINAL"
+        f"toString({s}_kind), if({TRUSTED_SQL}, toString({s}_last_verdict), toString(verdict)), device_id, "
+        f"toString(scan_id), {s}_last_device_id, toString({s}_last_scan_id) FROM stays FINAL"
     )
 
 
@@ -82,7 +84,13 @@ def stays_touching(
             f"{_select(scope)} WHERE ({' OR '.join(key_terms)}) AND {scope}_kind != 'none' "
             f"AND {_TOUCHES.format(s=scope)} {_READ_SETTINGS}"
         )
-        for person, qr, venue, t0, t1, kind, verdict in query(sql, p):
-            flags = () if kind == "paired" else (kind,)
-            stays.append(Stay(person, qr, venue, int(t0), int(t1), flags, verdict))
+        for person, qr, venue, t0, t1, kind, verdict, dev, scan, last_dev, last_scan in query(sql, p):
+            flags: tuple[str, ...]
+            devices: tuple[str, ...]
+            scans: tuple[str, ...]
+            if kind == "paired":
+                flags, devices, scans = (), (dev, last_dev), (scan, last_scan)
+            else:  # one scan: the entry whose exit is inferred, or the exit nobody entered for
+                flags, devices, scans = (kind,), (dev,), (scan,)
+            stays.append(Stay(person, qr, venue, int(t0), int(t1), flags, verdict, devices, scans))
     return stays

@@ -15,12 +15,16 @@ inside the engine on its store thread.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from engine.codes.verdicts import TRUSTED, Verdict
 from engine.errors import PayloadError
 from engine.tracing.model import (
     DAY_MS,
+    LINK_DOCUMENT,
+    LINK_QR,
+    LINK_QR_UNVERIFIED,
     MINUTE_MS,
     Contact,
     PersonTrace,
@@ -51,11 +55,11 @@ _UNVERIFIED_SQL = f"verdict != '{Verdict.MALFORMED.label}'"  # a malformed code 
 # Rows stay duplicated until merges. LIMIT 1 BY beat FINAL clearly on a store as a live engine leaves it and
 # lost only narrowly once merged (bench/trace_bench.py; README), so choosing by part count would win less than
 # asking for the count costs.
-_DEDUP = "LIMIT 1 BY scan_id"
+_DEDUP = "LIMIT 1 BY scan_id, device_id"  # a scan is (device, scan id): another device's id is another scan
 _FINAL = ""  # "FINAL" here and "" above is the alternative the benchmark measures
 _COLUMNS = (
     "toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
-    "toUnixTimestamp64Milli(scanned_at), toString(verdict)"
+    "toUnixTimestamp64Milli(scanned_at), toString(verdict), device_id"
 )
 # Settings of every tracing read (bench/trace_bench.py): every granule these key ranges select holds matching
 # rows, so PREWHERE's two-pass read only adds work; and the expressions carry this trace's constants, so
@@ -68,9 +72,10 @@ _READ_SETTINGS = "SETTINGS optimize_move_to_prewhere = 0, compile_expressions = 
 # functions cost more to plan on chdb (parse, analysis and pipeline of the nested query) than shipping the
 # rows and walking them (README, "Measured": tracing).
 _SCANS_AT_SQL = (
-    "SELECT '', hex(person_key), qr_id, venue_id, toString(direction), toUnixTimestamp64Milli(scanned_at), "
-    "toString(verdict) FROM scans {final} {groups}WHERE ({ranges}) AND {verdicts} "
-    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id) {dedup} " + _READ_SETTINGS
+    "SELECT toString(scan_id), hex(person_key), qr_id, venue_id, toString(direction), "
+    "toUnixTimestamp64Milli(scanned_at), toString(verdict), device_id FROM scans {final} {groups}"
+    "WHERE ({ranges}) AND {verdicts} "
+    "ORDER BY person_key, venue_id, scanned_at, direction, toString(scan_id), device_id {dedup} " + _READ_SETTINGS
 )
 _TIME = "scanned_at >= fromUnixTimestamp64Milli({%s:Int64}) AND scanned_at < fromUnixTimestamp64Milli({%s:Int64})"
 # Only the (person, venue) groups with a scan past the pairing horizon at the windows' venues: a scan changes
@@ -114,33 +119,52 @@ class TraceQueries:
         if person_key is not None and qr_id is None:
             params["pk"] = _person_key_hex(person_key)
             who = "person_key = toFixedString(unhex({pk:String}), 16)"
+            seed = "SELECT toFixedString(unhex({pk:String}), 16)"
         elif qr_id is not None and person_key is None:
             if not qr_id or len(qr_id) > 64:
                 raise PayloadError("qr_id must be 1-64 characters")
             params["qr"] = qr_id
+            # person_by_qr keeps each pair's latest scan, so only the lower bound applies: a person scanned
+            # since the period ended is still found; who was not scanned since it began cannot be in it. A
+            # trusted trace follows only the links verified scans made (verified = 1, migration 0009); and
+            # whatever the link, only rows showing the QR id asked for are this person's (a person key of a
+            # row stored before issue 12 is a masked number's, shared by strangers: docs/payload.md, section 5).
+            verified = "" if opt.include_unverified else "AND verified = 1 "
             who = (
-                # person_by_qr keeps each pair's latest scan, so only the lower bound applies: a person scanned
-                # since the period ended is still found; who was not scanned since it began cannot be in it.
                 "person_key IN (SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} "
-                "AND scanned_at >= fromUnixTimestamp64Milli({lo:Int64}))"
+                f"{verified}AND scanned_at >= fromUnixTimestamp64Milli({{lo:Int64}})) AND qr_id = {{qr:String}}"
             )
+            seed = "SELECT person_key FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1"
         else:
             raise PayloadError("give exactly one of person_key or qr_id")
         where = f"{who} AND {_TIME % ('lo', 'hi')} AND {verdicts}"
-        # The pairing state rides on this read as two scalar columns (evaluated once, before the rows are
-        # read): a statement of its own cost as much as this whole read on chdb (bench/trace_profile.py).
+        # The identities a verified code printing its number whole links this one to (identity_links, fed by
+        # verified scans only, Rule 2) ride on the same read as a scalar column, like the pairing state (evaluated
+        # once, before the rows are read): most people have none, and an IN over identity_links in the WHERE cost
+        # about twice as much on chdb (bench/trace_bench.py; README, "Measured": tracing).
+        links_sql = f", (SELECT groupUniqArray(hex(linked)) FROM identity_links WHERE key IN ({seed}))"
         state_sql = ""
         if self._use_stays:
             state_sql, state_params = pairing_state_sql(PairingParams.of(opt))
             state_sql, params = f", {state_sql}", {**params, **state_params}
         # pair_stays drops duplicate scan ids itself, so this read needs no LIMIT BY
-        sql = f"SELECT {_COLUMNS}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
+        sql = f"SELECT {_COLUMNS}{links_sql}{state_sql} FROM scans_by_person {_FINAL} WHERE {where} {_READ_SETTINGS}"
         rows = self._query(sql, params)
-        index_scans = [Scan(*r[:7]) for r in rows]
-        # no scans, no visits: nothing else is read, so the state is not needed
-        state: State = pairing_state(rows[0][7:]) if rows and self._use_stays else (None, 0)
+        index_scans = [Scan(*r[:8]) for r in rows]
+        state: State | None = None  # no scans, no visits: nothing else is read, so the state is not needed
+        if rows:
+            state = pairing_state(rows[0][9:]) if self._use_stays else (None, 0)
+            linked = list(rows[0][8])
+        else:  # nothing in the period under this identity: its linked ones may still have scans there
+            linked = [
+                r[0] for r in self._query(f"SELECT hex(linked) FROM identity_links WHERE key IN ({seed})", params)
+            ]
+        if linked:
+            index_scans += self._linked_scans(linked, params["lo"], params["hi"], verdicts)
         keys = sorted({s.person_key for s in index_scans})
         visits = within(self._pair(index_scans, opt), from_ms, to_ms)
+        if visits:
+            visits = self._mark_links(visits, params.get("pk"), qr_id, opt)
         first = self._contacts_of(visits, opt, 1, state)
         contacts = rank(first.values())
         cut = None
@@ -164,10 +188,46 @@ class TraceQueries:
         return VenueTrace(venue_id, from_ms, to_ms, opt.include_unverified, within(stays, from_ms, to_ms))
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _linked_scans(self, linked: list[str], lo: int, hi: int, verdicts: str) -> list[Scan]:
+        """The scans of the identities linked to the index case: the document's (``linked``) and, one more hop
+        through identity_links, the document's other identities (another issuer's code for the same number)."""
+        keys = "(SELECT arrayJoin(arrayMap(k -> toFixedString(unhex(k), 16), {keys:Array(String)})))"
+        sql = (
+            f"SELECT {_COLUMNS} FROM scans_by_person {_FINAL} WHERE (person_key IN {keys} OR person_key IN "
+            f"(SELECT linked FROM identity_links WHERE key IN {keys})) AND {_TIME % ('lo', 'hi')} AND {verdicts} "
+            f"{_READ_SETTINGS}"
+        )
+        return [Scan(*r) for r in self._query(sql, {"keys": linked, "lo": lo, "hi": hi})]
+
+    def _mark_links(self, visits: list[Stay], pk: str | None, qr_id: str | None, opt: TraceOptions) -> list[Stay]:
+        """Say which link each visit came through: none (the person key asked for), a verified scan's QR-id link,
+        (with ``include_unverified`` only) a QR id that nothing but unverified scans claimed for that person
+        key, or a verified code's document link."""
+        if pk is not None:
+            if all(st.person_key == pk.upper() for st in visits):  # the usual case: no linked identity
+                return visits
+            return [st if st.person_key == pk.upper() else replace(st, link=LINK_DOCUMENT) for st in visits]
+        verified: set[str] | None = None
+        if opt.include_unverified:  # a trusted trace followed verified links only
+            rows = self._query(
+                "SELECT DISTINCT hex(person_key) FROM person_by_qr WHERE qr_id = {qr:String} AND verified = 1",
+                {"qr": qr_id},
+            )
+            verified = {r[0] for r in rows}
+
+        def link(st: Stay) -> str:
+            if st.qr_id != qr_id:
+                return LINK_DOCUMENT
+            return LINK_QR if verified is None or st.person_key in verified else LINK_QR_UNVERIFIED
+
+        return [replace(st, link=link(st)) for st in visits]
+
     def _pair(self, scans: Iterable[Scan], opt: TraceOptions) -> list[Stay]:
         return pair_stays(scans, default_dwell_min=opt.default_dwell_min, max_stay_min=opt.max_stay_min)
 
-    def _contacts_of(self, stays: Sequence[Stay], opt: TraceOptions, degree: int, state: State) -> dict[str, Contact]:
+    def _contacts_of(
+        self, stays: Sequence[Stay], opt: TraceOptions, degree: int, state: State | None
+    ) -> dict[str, Contact]:
         margin = round(opt.margin_min * MINUTE_MS)
         windows = [(s.venue_id, s.start_ms - margin, s.end_ms + margin) for s in stays]
         others = self.stays_at(windows, opt, state) if windows else []
@@ -240,7 +300,7 @@ class TraceQueries:
         return stays, groups
 
     def _second_degree(
-        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions, state: State
+        self, contacts: Sequence[Contact], known: set[str], to_ms: int, opt: TraceOptions, state: State | None
     ) -> tuple[list[Contact], tuple[int, int, int, float, int]]:
         """Contacts of the top contacts, from their first exposure on: who they could have passed it to.
 

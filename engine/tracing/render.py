@@ -26,10 +26,17 @@ from engine.tracing.model import (
 )
 
 # -- output -------------------------------------------------------------------------------------------------
+# A row's verdict and flags are its own person's stay's (for an exposure: the contact's); index_verdict and
+# index_flags are the index case's stay that exposure overlapped, and trusted says whether both are trusted.
+# devices / scan_ids: the (device, scan id) of each scan the row's stay rests on, entry first, ";"-separated;
+# index_devices / index_scan_ids the same for the index stay. link: how the trace reached the (index) stay.
 FIELDS = (
     "section", "rank", "person_key", "qr_id", "venue_id", "start", "end", "overlap_min", "total_overlap_min",
-    "verdict", "trusted", "flags", "via",
+    "verdict", "trusted", "flags", "index_verdict", "index_flags", "link", "devices", "scan_ids", "index_devices",
+    "index_scan_ids", "via",
 )  # fmt: skip
+#: Columns the terminal table leaves out (CSV and JSON have them): the long ids; the device stays.
+_TABLE_HIDES = frozenset({"trusted", "scan_ids", "index_devices", "index_scan_ids"})
 
 
 def iso(ms: int, tz: tzinfo = UTC) -> str:
@@ -63,6 +70,13 @@ def _stay_row(section: str, st: Stay, tz: tzinfo) -> dict[str, Any]:
         "verdict": st.verdict,
         "trusted": st.trusted,
         "flags": ",".join(st.flags),
+        "index_verdict": "",
+        "index_flags": "",
+        "link": st.link,
+        "devices": ";".join(st.device_ids),
+        "scan_ids": ";".join(st.scan_ids),
+        "index_devices": "",
+        "index_scan_ids": "",
         "via": "",
     }
 
@@ -87,9 +101,16 @@ def rows(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> list[dict[str, An
                     "end": iso(e.contact_end_ms, tz),
                     "overlap_min": e.overlap_min,
                     "total_overlap_min": c.total_overlap_min,
-                    "verdict": e.verdict,
+                    "verdict": e.contact_verdict,
                     "trusted": e.verdict in TRUSTED_LABELS,
-                    "flags": ",".join(e.flags),
+                    "flags": ",".join(e.contact_flags),
+                    "index_verdict": e.index_verdict,
+                    "index_flags": ",".join(e.index_flags),
+                    "link": e.index_link,
+                    "devices": ";".join(e.contact_device_ids),
+                    "scan_ids": ";".join(e.contact_scan_ids),
+                    "index_devices": ";".join(e.index_device_ids),
+                    "index_scan_ids": ";".join(e.index_scan_ids),
                     "via": ",".join(c.via),
                 }
             )
@@ -161,7 +182,7 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
 
     def stay(d: dict[str, Any]) -> Stay:
         return Stay(d["person_key"], d["qr_id"], d["venue_id"], d["start_ms"], d["end_ms"], tuple(d["flags"]),
-                    d["verdict"])  # fmt: skip
+                    d["verdict"], tuple(d["device_ids"]), tuple(d["scan_ids"]), d["link"])  # fmt: skip
 
     if "venue_id" in doc:
         return VenueTrace(doc["venue_id"], t0, t1, doc["include_unverified"], [stay(s) for s in doc["stays"]])
@@ -173,7 +194,10 @@ def from_json(doc: dict[str, Any]) -> PersonTrace | VenueTrace:
             c["total_overlap_min"],
             [
                 Encounter(e["venue_id"], e["index_start_ms"], e["index_end_ms"], e["contact_start_ms"],
-                          e["contact_end_ms"], e["overlap_min"], tuple(e["flags"]), e["verdict"])
+                          e["contact_end_ms"], e["overlap_min"], tuple(e["flags"]), e["verdict"],
+                          e["contact_verdict"], tuple(e["contact_flags"]), e["index_verdict"],
+                          tuple(e["index_flags"]), tuple(e["contact_device_ids"]), tuple(e["contact_scan_ids"]),
+                          tuple(e["index_device_ids"]), tuple(e["index_scan_ids"]), e["index_link"])
                 for e in c["encounters"]
             ],
             c["via"],
@@ -194,7 +218,8 @@ def to_csv(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
 
 
 def to_table(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
-    """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed."""
+    """Aligned columns for a terminal; untrusted rows are marked with '!' so they cannot be missed, and each row
+    names the devices its scans came from (the scan ids are in CSV and JSON)."""
     data = [r for r in rows(trace, tz) if r["section"] != "second_degree_cut"]  # the title says what was cut
     if isinstance(trace, VenueTrace):
         title = f"venue {trace.venue_id}: {len(trace.stays)} stays"
@@ -209,7 +234,7 @@ def to_table(trace: PersonTrace | VenueTrace, tz: tzinfo = UTC) -> str:
             )
     title += f", {iso(trace.from_ms, tz)} .. {iso(trace.to_ms, tz)}"
     title += " (including UNVERIFIED codes, marked !)" if trace.include_unverified else " (trusted codes only)"
-    cols = [c for c in FIELDS if c not in ("trusted",)]
+    cols = [c for c in FIELDS if c not in _TABLE_HIDES]
     cells = [[("" if r["trusted"] else "!") + str(r[c]) if c == "verdict" else str(r[c]) for c in cols] for r in data]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     lines = [title, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]

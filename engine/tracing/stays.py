@@ -94,11 +94,12 @@ _COLUMNS = (
     "t_kind, t_start, t_end, t_last_scan_id, t_last_device_id, t_last_qr_id, t_last_verdict, "
     "a_kind, a_start, a_end, a_last_scan_id, a_last_device_id, a_last_qr_id, a_last_verdict"
 )
-# The order of the pairing walk (engine.tracing.pairing._pairing_order): time, entries first, scan id as text.
-_ORDER = "ORDER BY t, direction, sid ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING"
-#: Pair the scans selected by ``<source>`` (one row per scan id, as every read dedups) and write one row per
-#: anchor whose time is in [{lo}, {hi}]: the caller reads ``max_stay`` more either side, all a scan's stay
-#: depends on.
+# The order of the pairing walk (engine.tracing.pairing._pairing_order): time, entries first, scan id as text,
+# device last.
+_ORDER = "ORDER BY t, direction, sid, device_id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING"
+#: Pair the scans selected by ``<source>`` (one row per scan, (device, scan id), as every read dedups) and write
+#: one row per anchor whose time is in [{lo}, {hi}]: the caller reads ``max_stay`` more either side, all a scan's
+#: stay depends on.
 PAIR_SQL = (
     "INSERT INTO <table> (" + _COLUMNS + ") "
     "SELECT venue_id, fromUnixTimestamp64Milli(t), person_key, scan_id, device_id, qr_id, verdict, "
@@ -109,7 +110,7 @@ PAIR_SQL = (
     "FROM (SELECT *, " + _neighbours("t", "wt") + ", " + _neighbours("a", "wa") + " "
     "FROM (SELECT person_key, venue_id, scan_id, device_id, qr_id, verdict, direction, "
     f"toUnixTimestamp64Milli(scanned_at) AS t, toString(scan_id) AS sid, {TRUSTED_SQL} AS trusted "
-    f"FROM <scans> WHERE <source> AND {ANCHORS_SQL} LIMIT 1 BY scan_id) "
+    f"FROM <scans> WHERE <source> AND {ANCHORS_SQL} LIMIT 1 BY scan_id, device_id) "
     f"WINDOW wa AS (PARTITION BY person_key, venue_id {_ORDER}), "
     f"wt AS (PARTITION BY person_key, venue_id, trusted {_ORDER}))) "
     "WHERE t >= {lo:Int64} AND t <= {hi:Int64} "
