@@ -314,6 +314,11 @@ def run_scenario(
             "ENGINE_OPS_PORT": str(ops_port),
             "ENGINE_DEVICE_RATE": "100000",
             "ENGINE_DEVICE_BURST": "100000",
+            "ENGINE_DEVICE_SCAN_RATE": "1000000",  # one device stands for a fleet here (issue 13 budgets)
+            "ENGINE_DEVICE_SCAN_BURST": "1000000",
+            "ENGINE_DEVICE_COLD_RATE": "1000000",
+            "ENGINE_DEVICE_COLD_BURST": "1000000",
+            "ENGINE_DEVICE_QUEUE_SHARE": "1",
             "ENGINE_LOG_LEVEL": "WARNING",
         }
         if target == "engine-tls":  # a certificate made here, pinned by the load generator
@@ -495,6 +500,11 @@ def run_city(args: argparse.Namespace) -> Result:
             "ENGINE_OPS_PORT": str(ops_port),
             "ENGINE_DEVICE_RATE": "100000",
             "ENGINE_DEVICE_BURST": "100000",
+            "ENGINE_DEVICE_SCAN_RATE": "1000000",  # one device stands for a fleet here (issue 13 budgets)
+            "ENGINE_DEVICE_SCAN_BURST": "1000000",
+            "ENGINE_DEVICE_COLD_RATE": "1000000",
+            "ENGINE_DEVICE_COLD_BURST": "1000000",
+            "ENGINE_DEVICE_QUEUE_SHARE": "1",
             "ENGINE_LOG_LEVEL": "WARNING",
         }
         if args.batch_size:

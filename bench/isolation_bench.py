@@ -7,7 +7,15 @@ interleaved ``--rounds`` times in the one run, so they are compared on the same 
 
 * ``alone``: nothing else;
 * ``trace loop``: one tracer (``--tracers`` of them) running the worst-case trace back to back: a year, every
-  verdict, the hot venue (``days=366&include_unverified=1``), as the tracing lane caps it (``--trace-*``).
+  verdict, the hot venue (``days=366&include_unverified=1``), as the tracing lane caps it (``--trace-*``);
+* ``flood``: one device with a valid key on ``--flood-connections`` (64) connections posting requests of 1,000
+  forged codes (well formed, under the trusted issuer's kid, random signatures: each a cold Ed25519 verify, never
+  cached) at ``--flood-rate`` (50) requests/s, a device's whole default request rate (the attack of issue 13,
+  point 1: on the old code ~10 requests/s of it made an honest device get 503 on 7 of 9 requests);
+* ``replay``: the same pace with genuine codes (5,000 people, in the verified-code set after their first
+  verify): a stolen key, nothing to quarantine, held by its scan budget and queue share alone.
+
+Each flood or replay round uses a device of its own (a quarantine or a spent budget does not carry over).
 
 Printed per scenario: honest requests, their 202 share, p50/p99 ack latency (wall time from send to answer),
 p99 against ``alone`` (target ≤ 2×, 100 % 202s), and what the background load got (trace answers by status).
@@ -22,20 +30,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
+import os
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
+from nacl.signing import SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.devices.client import ScannerClient, make_scan
+from engine.codes.payload import b64url_encode
+from engine.devices.client import ScannerClient, make_scan, sign_request
 from engine.store.store import Store
 from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
 from engine.tracing.credentials import TracerRegistry
@@ -103,7 +116,82 @@ async def trace_loop(b: Bench) -> None:
     await asyncio.gather(*(one(t) for t in b.tracer_tokens))
 
 
-SCENARIOS: dict[str, Callable[[Bench], Awaitable[None]]] = {"alone": nothing, "trace loop": trace_loop}
+_FLOODERS = itertools.count(1)
+
+
+def forged_pool(fx: Fixture, n: int) -> list[bytes]:
+    """``n`` distinct forged codes, JSON-encoded: one genuine code with random signatures. Distinct, so a batch
+    holding two flood requests verifies every one of them; a bad signature is never cached."""
+    head = fx.code(100_000).rsplit(".", 1)[0]
+    return [orjson.dumps(f"{head}.{b64url_encode(os.urandom(64))}") for _ in range(n)]
+
+
+class FloodBodies:
+    """Flood request bodies from pre-encoded pieces: fresh scan ids every request (none is a duplicate), codes
+    cycling through the pool, ~1 ms a body, so the generator on the same cores does not measure itself."""
+
+    def __init__(self, device_id: str, pool: list[bytes], per_request: int = 1000) -> None:
+        self.device_id, self.pool, self.per_request, self.n = device_id, pool, per_request, 0
+        self.prefix = (uuid.uuid4().hex[:8] + "-0000-4000-8000-").encode()
+
+    def next(self) -> bytes:
+        now_ms = int(time.time() * 1000)
+        items = []
+        for _ in range(self.per_request):
+            code = self.pool[self.n % len(self.pool)]
+            items.append(
+                b'{"scan_id":"%s%012x","qr":%s,"venue_id":"venue-flood","direction":"in","scanned_at":%d}'
+                % (self.prefix, self.n, code, now_ms)
+            )
+            self.n += 1
+        return b'{"device_id":"%s","scans":[%s]}' % (self.device_id.encode(), b",".join(items))
+
+
+async def paced_flood(b: Bench, kind: str, pool: list[bytes]) -> None:
+    """A device of its own posting ``pool``'s codes, 1,000 a request, ``--flood-rate`` requests/s over
+    ``--flood-connections`` connections; its answers counted in ``b.background`` by status."""
+    device_id = f"{kind}-{next(_FLOODERS)}"
+    key = SigningKey.generate()
+    body = orjson.dumps({"device_id": device_id, "public_key": b64url_encode(bytes(key.verify_key))})
+    b.engine.post_json("/v1/admin/devices", body, admin_headers(b.fx.data_dir))
+    bodies = FloodBodies(device_id, pool)
+    rate, start, sent = b.args.flood_rate, time.monotonic(), 0
+
+    async def connection(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while not b.stop.is_set():
+            slot = start + sent / rate  # all connections together keep to ``rate`` requests/s
+            sent += 1
+            if slot > time.monotonic():
+                await asyncio.sleep(slot - time.monotonic())
+            payload = bodies.next()
+            headers = {"Content-Type": "application/json", **sign_request(key, device_id, "POST", "/v1/scans", payload)}
+            try:
+                async with session.post(b.engine.url + "/v1/scans", data=payload, headers=headers) as r:
+                    await r.read()
+                    b.background[f"{kind} {r.status}"] += 1
+            except aiohttp.ClientError as exc:  # a refusal before the body closes the connection
+                b.background[f"{kind} {type(exc).__name__}"] += 1
+
+    connector = aiohttp.TCPConnector(limit=b.args.flood_connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(connection(session) for _ in range(b.args.flood_connections)))
+
+
+async def flood(b: Bench) -> None:
+    await paced_flood(b, "flood", forged_pool(b.fx, 20_000))
+
+
+async def replay(b: Bench) -> None:
+    await paced_flood(b, "replay", [orjson.dumps(b.fx.code(200_000 + i)) for i in range(5000)])
+
+
+SCENARIOS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "alone": nothing,
+    "trace loop": trace_loop,
+    "flood": flood,
+    "replay": replay,
+}
 
 
 # -- the honest device ------------------------------------------------------------------------------------------
@@ -213,6 +301,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=300_000, help="scans at the hot venue")
     ap.add_argument("--tracers", type=int, default=1, help="tracers in the trace loop, each back to back")
     ap.add_argument("--insert-interval-ms", type=float, default=3000.0)
+    ap.add_argument("--flood-connections", type=int, default=64, help="flood/replay: connections of the device")
+    ap.add_argument("--flood-rate", type=float, default=50.0, help="flood/replay: requests/s of 1,000 scans")
     ap.add_argument(
         "--engine-env",
         type=lambda kv: tuple(kv.split("=", 1)),

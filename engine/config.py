@@ -118,6 +118,41 @@ class Config:
     recent_ids: int = field(default=500_000, metadata={"help": "recent scan ids remembered for retries"})
     device_rate: float = field(default=50.0, metadata={"help": "requests/s allowed per device"})
     device_burst: float = field(default=200.0, metadata={"help": "request burst allowed per device"})
+    # -- per-device budgets (issue 13; docs/device-api.md section 7, README "Capacity plan") ------------------
+    # one device may take at most ~2 % of a node: 1,000 of the 50k scans/s design point, and 200 cold verifies/s
+    # (~55 µs each: 1.1 % of a core); a door scans ~1 person/s, so an honest scanner meets neither, and the bursts
+    # let an offline week's backlog (~20k scans) go up at once. 5,000 scans/s (~10 %) let one stolen key replaying
+    # genuine codes raise an honest device's p99 5x on 2 cores (bench/isolation_bench.py, scenario replay)
+    device_scan_rate: float = field(default=1000.0, metadata={"help": "scans/s allowed per device (429 beyond)"})
+    device_scan_burst: float = field(
+        default=20_000.0, metadata={"help": "scan burst per device (at least max_scans_per_request)"}
+    )
+    device_cold_rate: float = field(
+        default=200.0, metadata={"help": "signature verifies/s of codes not in the verified-code set, per device"}
+    )
+    device_cold_burst: float = field(default=20_000.0, metadata={"help": "cold-verify burst per device"})
+    device_queue_share: float = field(
+        default=0.1, metadata={"help": "most of queue_scans one device may hold (at least one whole request)"}
+    )
+    device_nonce_quota: int = field(
+        default=3000, metadata={"help": "nonces one device may hold in the replay memory (its requests per 601 s)"}
+    )
+    nonce_pool: int = field(
+        default=3_000_000,
+        metadata={"help": "replay memory size, all devices (~140 B each): request rate x (2 skew_s + 1)"},
+    )
+    quarantine_share: float = field(
+        default=0.8, metadata={"help": "bad_signature/unknown_key share of a device's recent scans that quarantines"}
+    )
+    quarantine_min_scans: int = field(
+        default=200, metadata={"help": "recent scans (about the last minute) before a device can be quarantined"}
+    )
+    quarantine_s: float = field(
+        default=600.0, metadata={"help": "a quarantined device is released after this long without a bad majority"}
+    )
+    quarantine_factor: float = field(
+        default=20.0, metadata={"help": "a quarantined device's scan and cold-verify budgets are divided by this"}
+    )
     workers: int = field(
         default=1,
         metadata={"help": "processes sharing the port (SO_REUSEPORT), each with its own WAL; >1 needs a server store"},
@@ -309,6 +344,18 @@ class Config:
             ),
             (self.workers == 1 or self.port != 0, "workers > 1 needs a fixed port (they share it with SO_REUSEPORT)"),
             (self.device_rate > 0 and self.device_burst >= 1, "device_rate must be > 0 and device_burst >= 1"),
+            (
+                self.device_scan_rate > 0 and self.device_scan_burst >= self.max_scans_per_request,
+                "device_scan_rate must be > 0 and device_scan_burst >= max_scans_per_request (else a full request "
+                "could never be accepted)",
+            ),
+            (self.device_cold_rate > 0 and self.device_cold_burst >= 1, "device_cold_rate > 0, device_cold_burst >= 1"),
+            (0 < self.device_queue_share <= 1, "device_queue_share must be in (0, 1]"),
+            (1 <= self.device_nonce_quota <= self.nonce_pool, "device_nonce_quota must be 1..nonce_pool"),
+            (0 < self.quarantine_share <= 1, "quarantine_share must be in (0, 1]"),
+            (self.quarantine_min_scans >= 1, "quarantine_min_scans must be >= 1"),
+            (0 < self.quarantine_s <= 86_400, "quarantine_s must be in (0, 86400]"),
+            (self.quarantine_factor >= 1, "quarantine_factor must be >= 1"),
             (
                 self.store_dsn.split("://", 1)[0] in ("chdb", "http", "https"),
                 "dsn must be chdb://, http:// or https://",

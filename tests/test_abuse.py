@@ -109,7 +109,7 @@ async def test_forged_replayed_expired_and_cross_device_requests_are_refused(eng
     _refused("body names another device", status, 400)
     # unknown device, missing or duplicated headers, wrong signature length
     status, _, _ = await e.raw("POST", path, body, sign_request(other, "scanner-nobody", "POST", path, body))
-    _refused("unknown device", status, 403)
+    _refused("unknown device", status, 401)
     status, _, _ = await e.raw("POST", path, body, {})
     _refused("no credentials", status, 401)
     h = sign_request(e.fx.device, DEVICE_ID, "POST", path, body)

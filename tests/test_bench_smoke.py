@@ -200,3 +200,15 @@ def test_registry_bench_quick_reads_only_what_changed() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["2000"]]
     assert [(r[1], r[2]) for r in rows] == [("full", "2000"), ("changed", "10")], done.stdout
+
+
+def test_isolation_bench_runs_its_scenarios_side_by_side() -> None:
+    """``isolation_bench.py`` measures the honest device alone and beside the forged-code flood in one run, and
+    prints both rows with what the flooder got (429s once its budgets and quarantine hold it)."""
+    cmd = [sys.executable, "bench/isolation_bench.py", "--scenarios", "alone,flood", "--rounds", "1"]
+    cmd += ["--seconds", "2", "--rows", "1000", "--rate", "5", "--scans", "5", "--flood-connections", "4"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith(("alone ", "flood "))}
+    assert set(rows) == {"alone", "flood"} and "p99 ÷ alone" in done.stdout, done.stdout
+    assert "flood 202" in rows["flood"] or "flood 429" in rows["flood"], rows["flood"]

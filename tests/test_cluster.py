@@ -90,6 +90,11 @@ def _node_env(cluster: ClickHouseCluster, shard: int, root: Path) -> dict[str, s
         "ENGINE_VERIFY_THREADS": "1",
         "ENGINE_DEVICE_RATE": "1000",
         "ENGINE_DEVICE_BURST": "1000",
+        "ENGINE_DEVICE_SCAN_RATE": "1000000",  # one device stands for a fleet here (issue 13 budgets)
+        "ENGINE_DEVICE_SCAN_BURST": "1000000",
+        "ENGINE_DEVICE_COLD_RATE": "1000000",
+        "ENGINE_DEVICE_COLD_BURST": "1000000",
+        "ENGINE_DEVICE_QUEUE_SHARE": "1",
         "ENGINE_LOG_LEVEL": "INFO",
         "ENGINE_GC_YOUNG": "0",
     }

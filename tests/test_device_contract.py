@@ -135,8 +135,11 @@ def test_node_client_reproduces_the_worked_example_byte_for_byte(tmp_path: Path)
 
 # -- a real engine ------------------------------------------------------------------------------------------
 class Live:
-    def __init__(self, proc: EngineProcess, fx: Fixture, node_key: Path, limit_key: SigningKey) -> None:
+    def __init__(
+        self, proc: EngineProcess, fx: Fixture, node_key: Path, limit_key: SigningKey, revoked_key: SigningKey
+    ) -> None:
         self.proc, self.fx, self.node_key, self.limit_key = proc, fx, node_key, limit_key
+        self.revoked_key = revoked_key
 
     def send(
         self,
@@ -192,7 +195,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         revoked_key = SigningKey.generate()
         _register(proc, REVOKED_DEVICE, revoked_key)
         proc.post_json(f"/v1/admin/devices/{REVOKED_DEVICE}/revoke", b"", admin_headers(fx.data_dir))
-        yield Live(proc, fx, node_key, limit_key)
+        yield Live(proc, fx, node_key, limit_key, revoked_key)
     finally:
         proc.terminate()
 
@@ -253,7 +256,7 @@ def test_body_tampered_after_node_signed_it_is_401(live: Live, tmp_path: Path) -
     tampered = body.replace(b"venue-0042", b"venue-0043")
     status, _, answer = live.send("POST", "/v1/scans", tampered, wire)
     assert status == 401 and answer["error"] == "unauthorized"
-    assert answer["message"].startswith(f"X-Signature does not verify for device '{NODE_DEVICE}'")
+    assert "X-Signature does not verify" in answer["message"]  # the one answer for unknown ids and bad signatures
     # the same headers over the bytes that were signed pass: the body alone made the difference
     status, _, answer = live.send("POST", "/v1/scans", body, wire)
     assert status == 202 and answer["results"][0]["verdict"] == "ok", answer
@@ -331,7 +334,7 @@ def test_every_tested_row_of_the_error_table_is_what_a_real_engine_answers(live:
         ("POST", "/v1/scans", good, live.signed(good, now=time.time() - 1000)),
         ("POST", "/v1/scans", good, live.signed(good, key=SigningKey.generate())),
         ("POST", "/v1/scans", good, live.signed(good, device="nobody-registered")),
-        ("POST", "/v1/scans", good, live.signed(good, device=REVOKED_DEVICE, key=SigningKey.generate())),
+        ("POST", "/v1/scans", good, live.signed(good, device=REVOKED_DEVICE, key=live.revoked_key)),
         ("GET", "/v1/nothing-here", b"", []),
         ("GET", "/v1/scans", b"", []),
         ("POST", "/v1/scans", b"x" * (MAX_BODY + 1), live.signed(b"x" * (MAX_BODY + 1))),

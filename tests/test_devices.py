@@ -10,7 +10,7 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from engine.codes.payload import b64url_decode_canonical, b64url_encode
-from engine.devices.auth import Device, DeviceRegistry, signed_message
+from engine.devices.auth import UNAUTHENTICATED, Device, DeviceRegistry, signed_message
 from engine.devices.client import ScannerClient, make_scan, sign_request
 from engine.errors import AuthError, ForbiddenError, NotFoundError, OverloadedError, PayloadError, RateLimitedError
 
@@ -133,25 +133,82 @@ def test_tampering_breaks_the_signature(keys: dict[str, SigningKey], clock: Cloc
 
 
 def test_checks_run_in_the_documented_order(keys: dict[str, SigningKey], clock: Clock) -> None:
-    """Header format, then device, then timestamp, then signature: the cheapest refusal wins."""
+    """Header format, then timestamp, then device known (one answer with a bad signature), then the signature,
+    then revocation: the cheapest refusal wins, and nothing before the signature depends on the device's key."""
     reg = registry(keys, clock)
     reg.revoke("dev-b")
-    bad_sig = "A" * 86
     stale_forged = sign_request(keys["dev-b"], "dev-a", "POST", PATH, BODY, now=clock.now - 999)
     with pytest.raises(AuthError, match="X-Nonce"):
         reg.authenticate("POST", PATH, {**stale_forged, "X-Nonce": "x", "X-Device-Id": "ghost"}, BODY)
-    with pytest.raises(ForbiddenError, match="unknown"):
-        reg.authenticate("POST", PATH, {**stale_forged, "X-Device-Id": "ghost", "X-Signature": bad_sig}, BODY)
-    with pytest.raises(ForbiddenError, match="revoked"):
-        reg.authenticate("POST", PATH, {**stale_forged, "X-Device-Id": "dev-b"}, BODY)
+    with pytest.raises(AuthError, match="X-Timestamp is 999"):  # also for an unknown id: it reveals nothing
+        reg.authenticate("POST", PATH, {**stale_forged, "X-Device-Id": "ghost"}, BODY)
     with pytest.raises(AuthError, match="X-Timestamp is 999"):
         reg.authenticate("POST", PATH, stale_forged, BODY)
+    with pytest.raises(AuthError) as wrong_key:  # the revoked device, signed with another key: not 403
+        reg.authenticate("POST", PATH, sign_request(keys["dev-a"], "dev-b", "POST", PATH, BODY, now=clock.now), BODY)
+    assert str(wrong_key.value) == UNAUTHENTICATED
+    with pytest.raises(ForbiddenError, match="revoked"):  # 403 only after its own valid signature
+        reg.authenticate("POST", PATH, signed(keys, clock, "dev-b"), BODY)
+
+
+def test_unknown_device_and_bad_signature_get_one_answer(keys: dict[str, SigningKey], clock: Clock) -> None:
+    """Issue 13: a 403 for an unknown id and a 401 for a known id with a bad signature told anyone which device ids
+    are registered. Both are now the same 401 word for word; on main the unknown id was a 403 naming it."""
+    reg = registry(keys, clock)
+    stranger = SigningKey.generate()
+    answers = []
+    for device_id, key in (("ghost", stranger), ("dev-a", stranger)):
+        with pytest.raises(AuthError) as info:
+            reg.authenticate("POST", PATH, sign_request(key, device_id, "POST", PATH, BODY, now=clock.now), BODY)
+        answers.append((info.value.http_status, str(info.value)))
+    assert answers[0] == answers[1] == (401, UNAUTHENTICATED)
+
+
+def test_unknown_device_is_refused_from_the_headers_alone(keys: dict[str, SigningKey], clock: Clock) -> None:
+    """``precheck`` refuses an unknown id without a body (the server then never reads it); a known one passes."""
+    reg = registry(keys, clock)
+    with pytest.raises(AuthError, match="unknown device"):
+        reg.precheck("POST", PATH, sign_request(SigningKey.generate(), "ghost", "POST", PATH, b"x", now=clock.now))
+    pending = reg.precheck("POST", PATH, signed(keys, clock))
+    assert reg.finish(pending, BODY).device_id == "dev-a"
+
+
+def test_a_device_over_its_nonce_quota_is_refused_alone(keys: dict[str, SigningKey], clock: Clock) -> None:
+    """Issue 13: the replay memory was one global pool, so one device (200 + 50 x 601 nonces allowed) and 33 like
+    it filled it and every device got 503. Now each device's nonces are bounded by its own quota: over it that
+    device gets 429, the others keep authenticating; on main the quota did not exist and it was accepted."""
+    reg = registry(keys, clock, rate=1000.0, burst=1000.0, max_nonces=100, nonce_quota=10)
+    for _ in range(10):
+        reg.authenticate("POST", PATH, signed(keys, clock), BODY)
+    with pytest.raises(RateLimitedError, match="quota") as info:
+        reg.authenticate("POST", PATH, signed(keys, clock), BODY)
+    assert info.value.http_status == 429 and info.value.retry_after >= 1
+    for _ in range(10):  # the other device has its own quota, untouched
+        reg.authenticate("POST", PATH, signed(keys, clock, "dev-b"), BODY)
+    assert reg.nonces_of("dev-a") == 10 and reg.nonces_of("dev-b") == 10
+    clock.now += 2 * 300 + 2  # the window passed: the quota is free again
+    reg.authenticate("POST", PATH, signed(keys, clock), BODY)
+    assert reg.nonces_of("dev-a") == 1 and reg.nonces_of("dev-b") == 0
+
+
+def test_a_full_replay_memory_is_logged_at_a_bounded_rate(
+    keys: dict[str, SigningKey], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13: every refusal of a full replay memory was an ERROR line (a log flood); now one per minute."""
+    reg = registry(keys, clock, max_nonces=2)
+    for _ in range(2):
+        reg.authenticate("POST", PATH, signed(keys, clock), BODY)
+    with caplog.at_level("WARNING", logger="engine.devices.auth"):
+        for _ in range(50):
+            with pytest.raises(OverloadedError):
+                reg.authenticate("POST", PATH, signed(keys, clock, "dev-b"), BODY)
+    assert len([r for r in caplog.records if "replay memory full" in r.getMessage()]) == 1
 
 
 def test_other_devices_signature_is_401(keys: dict[str, SigningKey], clock: Clock) -> None:
     reg = registry(keys, clock)
     forged = sign_request(keys["dev-b"], "dev-a", "POST", PATH, BODY, now=clock.now)  # dev-b claims to be dev-a
-    with pytest.raises(AuthError, match="does not verify for device 'dev-a'"):
+    with pytest.raises(AuthError, match="X-Signature does not verify"):
         reg.authenticate("POST", PATH, forged, BODY)
 
 
@@ -166,10 +223,10 @@ def test_qr_domain_signature_cannot_authenticate(keys: dict[str, SigningKey], cl
         reg.authenticate("POST", PATH, h, BODY)
 
 
-def test_unknown_and_revoked_devices_are_403(keys: dict[str, SigningKey], clock: Clock) -> None:
+def test_unknown_is_401_and_revoked_is_403(keys: dict[str, SigningKey], clock: Clock) -> None:
     reg = registry(keys, clock)
     stranger = SigningKey.generate()
-    with pytest.raises(ForbiddenError, match="unknown device 'ghost'"):
+    with pytest.raises(AuthError, match="unknown device"):
         reg.authenticate("POST", PATH, sign_request(stranger, "ghost", "POST", PATH, BODY, now=clock.now), BODY)
     reg.authenticate("POST", PATH, signed(keys, clock), BODY)
     revoked = reg.revoke("dev-a")
@@ -333,7 +390,7 @@ async def test_round_trip_over_real_http(aiohttp_server: Any, keys: dict[str, Si
         assert (await client.request("POST", "/v1/scans", b"{}", headers_override=replay))[0] == 200
         status, body = await client.request("POST", "/v1/scans", b"{}", headers_override=replay)
         assert status == 401 and "replayed" in body["message"]
-        assert (await stranger.post_scans([]))[0] == 403
+        assert (await stranger.post_scans([]))[0] == 401  # unknown: the same answer as a bad signature
         status, body = await client.post_scans([])  # the burst of 3 is spent
         assert status == 429 and body["error"] == "rate_limited"
         assert orjson.loads(orjson.dumps(body))["message"].startswith("device 'dev-a' exceeded")

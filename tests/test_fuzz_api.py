@@ -48,6 +48,8 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
     fx = make_fixture(tmp_path_factory.mktemp("fuzz_api"))
     env = {"ENGINE_DEVICE_RATE": "100000", "ENGINE_DEVICE_BURST": "100000", "ENGINE_BATCH_AGE_MS": "1"}
+    env |= {"ENGINE_DEVICE_SCAN_RATE": "1000000", "ENGINE_DEVICE_SCAN_BURST": "1000000"}  # issue 13 budgets
+    env |= {"ENGINE_DEVICE_COLD_RATE": "1000000", "ENGINE_DEVICE_COLD_BURST": "1000000"}
     tracer_token = TracerRegistry.for_data_dir(fx.data_dir).add("fuzzer")
     proc = EngineProcess(fx.data_dir, **env).start()
     try:

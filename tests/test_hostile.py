@@ -273,6 +273,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
     env = {
         "ENGINE_DEVICE_RATE": "100000",
         "ENGINE_DEVICE_BURST": "100000",
+        "ENGINE_DEVICE_SCAN_RATE": "1000000",  # one device stands for a fleet here (issue 13 budgets)
+        "ENGINE_DEVICE_SCAN_BURST": "1000000",
+        "ENGINE_DEVICE_COLD_RATE": "1000000",
+        "ENGINE_DEVICE_COLD_BURST": "1000000",
+        "ENGINE_DEVICE_QUEUE_SHARE": "1",
         "ENGINE_VERIFY_THREADS": "2",
         "ENGINE_BATCH_AGE_MS": "1",
         "ENGINE_MAX_SCANS_PER_REQUEST": "100",

@@ -16,7 +16,10 @@
 // `scans.json` is a JSON array of items; `scan_id` (a new UUID), `direction` ("in") and `scanned_at` (now, in
 // epoch ms) are filled in when absent, `qr` and `venue_id` are required. `post` prints one JSON line:
 // {"status", "retry_after", "body"} and exits 0 whenever the engine answered (whatever the status), 1 when it
-// could not be reached, 2 on bad input.
+// could not be reached, 2 on bad input. Statuses (docs/device-api.md section 6): 401 is also the answer for a
+// device the engine does not know, word for word the one a wrong signature gets; 403 only for a revoked device
+// (after its valid signature); 429 is a budget of this device's own (requests, scans, cold verifies, replay
+// quota, queue share, quarantine) and 503 the engine's: both carry Retry-After.
 
 import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";

@@ -118,6 +118,18 @@ def _device_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_clear(args: argparse.Namespace) -> int:
+    """Release a quarantined device: the quarantine lives in the running engine only (a restart also clears it)."""
+    cfg = _config(args)
+    try:
+        doc = call_engine(cfg, "POST", f"/v1/admin/devices/{args.device_id}/clear")
+    except EngineUnreachable:
+        print("no engine is running: quarantine lives in a running engine only, nothing to clear", file=sys.stderr)
+        return 1
+    _print(doc, args.json)
+    return 0
+
+
 def _device_revoke(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
@@ -161,7 +173,14 @@ def _device_list(args: argparse.Namespace) -> int:
     else:
         for d in doc["devices"]:
             venues = ",".join(d["venues"]) if d["venues"] else "UNBOUND (any venue)"
-            print(f"{d['device_id']:32} {'REVOKED' if d['revoked'] else 'active ':8} {venues:32} {d['label']}")
+            state = "REVOKED" if d["revoked"] else "QUARANTINED" if d.get("quarantined") else "active"
+            print(f"{d['device_id']:32} {state:11} {venues:32} {d['label']}")
+        if doc.get("quarantined"):
+            print(
+                f"{doc['quarantined']} device(s) quarantined (most recent scans bad_signature/unknown_key; budgets "
+                "cut): release one with device-clear --device-id ID once the cause is fixed",
+                file=sys.stderr,
+            )
         if doc["unbound"]:
             print(
                 f"{doc['unbound']} active device(s) bound to no venue: bind each with "
@@ -299,7 +318,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", required=True)
     p.add_argument("--venue", action="append", help="venue id it may post scans for (repeatable)")
     p.add_argument("--unbind", action="store_true", help="bind it to no venue (any venue, unless binding is required)")
-    add("device-list", _device_list, "list registered scanner devices, their venues, and which are unbound")
+    p = add("device-clear", _device_clear, "release a quarantined scanner device (the running engine's budgets)")
+    p.add_argument("--device-id", required=True)
+    add("device-list", _device_list, "list registered devices, their venues, which are unbound or quarantined")
     p = add("admin-token-add", _admin_token_add, "create a deployment admin token (server store): valid on every node")
     p.add_argument("name", help="who holds it (1-64 of letters, digits, . _ - @)")
     p.add_argument("--valid-days", type=float, default=90.0, help="days until it expires (default 90, at most 366)")

@@ -28,22 +28,29 @@ the header values, and the last part is the lower-case hex SHA-256 of the raw bo
 none). Every part is ASCII. The domain prefix differs from the QR-code prefix (``b"VNPQR-ED25519-V1\\x00"``),
 so a device key can never sign a check-in code, and an issuer signature can never authenticate a request.
 
-The server accepts a request when, in this order (cheapest and least revealing first):
+The server accepts a request when, in this order (cheapest and least revealing first; steps 1-4 from the
+headers alone, before a byte of the body is read):
 
 1. all four headers are present once and well formed, else **401**;
-2. the device is registered and not revoked, else **403** (revocation is effective for the next request);
-3. ``|server time - X-Timestamp| <= skew`` (300 s by default), else **401**;
-4. the signature verifies, else **401**;
-5. the (device, nonce) pair has not been accepted within the last ``2 * skew`` seconds, else **401**;
-6. the device's token bucket (``rate`` requests/s, ``burst`` deep) holds a token, else **429** with
-   ``Retry-After``; if the replay memory is full the answer is **503** with ``Retry-After`` (see below).
+2. ``|server time - X-Timestamp| <= skew`` (300 s by default), else **401**;
+3. the device is registered, else **401** with :data:`UNAUTHENTICATED`, the very answer a wrong signature
+   gets: nobody learns which device ids exist by asking;
+4. the (device, nonce) pair was not accepted within the last ``2 * skew`` seconds (else **401**, replay), the
+   device holds fewer than ``nonce_quota`` nonces (else **429**: one device's flood fills its own quota, not the
+   shared memory), the replay memory has room (else **503**), and the device's token bucket (``rate``
+   requests/s, ``burst`` deep) holds a token (else **429**); all peeked, nothing spent;
+5. the body is read and the signature verifies, else **401** with :data:`UNAUTHENTICATED`;
+6. the device is not revoked, else **403** (revocation is effective for the next request): only a caller that
+   proved to hold the device's key learns it is revoked;
+7. step 4 again (another request of the same device may have passed while this body arrived), then a token is
+   spent and the nonce remembered.
 
 Only a request that passes every step has its nonce remembered. A nonce is never recorded before its signature
 verified, so nobody can burn another device's nonces; and a request refused with 429/503 is not remembered
-either, so the replay memory of one device is bounded by what its rate limit lets through
-(``burst + rate * 2 * skew`` nonces). Such a refused request may still be accepted later within its timestamp
-window: it was never processed, so that is a delayed first delivery, not a replay, and scans are deduplicated
-by ``scan_id`` anyway.
+either. Such a refused request may still be accepted later within its timestamp window: it was never
+processed, so that is a delayed first delivery, not a replay, and scans are deduplicated by (device, scan id)
+anyway. What a known device's 429 before the body reveals is that the device is throttled right now, which
+only its own traffic can cause.
 
 Why ``2 * skew``: a request with timestamp ``ts`` is accepted only while ``now <= ts + skew``, and it was
 first received at ``r >= ts - skew``, so a nonce remembered until ``r + 2 * skew`` outlives every moment at
@@ -77,6 +84,7 @@ from engine.errors import (
     RateLimitedError,
     TrustListError,
 )
+from engine.ops.notices import Notices
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +96,36 @@ DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 SIGNATURE_RE = re.compile(r"[A-Za-z0-9_-]{86}")
+#: one answer for an unknown device and for a signature that does not verify, word for word, so that a stranger
+#: cannot tell a registered device id from an unregistered one (issue 13)
+UNAUTHENTICATED = (
+    "request not authenticated: unknown device, or X-Signature does not verify (wrong key, or method, path, "
+    "headers or body differ from what was signed)"
+)
+#: sized to the request rate: ~5,000 signed requests/s (more than one event loop authenticates) for the
+#: 2 * skew + 1 = 601 s window, ~140 bytes a nonce when full
+DEFAULT_NONCE_POOL = 3_000_000
+#: per device: 5 requests/s sustained for the whole window; a scanner sends a request every few seconds, and an
+#: offline backlog goes up in requests of up to 1000 scans
+DEFAULT_NONCE_QUOTA = 3_000
 
 
 def signed_message(method: str, path_qs: str, device_id: str, timestamp: str, nonce: str, body: bytes) -> bytes:
     """The exact bytes a device signs; shared with ``engine.devices.client`` so both sides cannot drift apart."""
     parts = (method, path_qs, device_id, timestamp, nonce, hashlib.sha256(body).hexdigest())
     return DOMAIN + "\n".join(parts).encode("ascii")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request whose headers passed :meth:`DeviceRegistry.precheck`: what :meth:`DeviceRegistry.finish` needs."""
+
+    method: str
+    path_qs: str
+    device_id: str
+    timestamp: str
+    nonce: str
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -170,16 +202,19 @@ class DeviceRegistry:
         skew_s: int = 300,
         rate: float = 50.0,
         burst: float = 200.0,
-        max_nonces: int = 1_000_000,
+        max_nonces: int = DEFAULT_NONCE_POOL,
+        nonce_quota: int = DEFAULT_NONCE_QUOTA,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[Device], None] | None = None,
     ) -> None:
-        if skew_s < 0 or rate <= 0 or burst < 1 or max_nonces < 1:
-            raise ValueError("need skew_s >= 0, rate > 0, burst >= 1, max_nonces >= 1")
+        if skew_s < 0 or rate <= 0 or burst < 1 or max_nonces < 1 or nonce_quota < 1:
+            raise ValueError("need skew_s >= 0, rate > 0, burst >= 1, max_nonces >= 1, nonce_quota >= 1")
         self.skew_s = skew_s
         self.rate = float(rate)
         self.burst = float(burst)
         self.max_nonces = max_nonces
+        self.nonce_quota = nonce_quota
+        self._notices = Notices(log)
         self._clock = clock
         self._on_change = on_change
         self._entries: dict[str, _Entry] = {}
@@ -188,6 +223,7 @@ class DeviceRegistry:
         # "\n", which neither may contain, so two devices' nonces never collide.
         self._nonces: set[str] = set()
         self._expiry: deque[tuple[int, list[str]]] = deque()
+        self._nonce_counts: dict[str, int] = {}  # device id -> its nonces in the memory (its quota's use)
         self._retain_s = 2 * skew_s + 1  # +1: timestamps are whole seconds, the clock is not
         self._now_high = float("-inf")  # the clock's high-water mark, so a backwards step never shortens memory
         # local changes (put/revoke) are numbered, so a snapshot read from the store before one of them cannot
@@ -322,9 +358,19 @@ class DeviceRegistry:
     def authenticate(self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes) -> Device:
         """Check one request against the contract in the module docstring; return its device or raise.
 
-        This runs on the event loop: one Ed25519 verify per request, shared by the hundred or so scans it
-        carries (whose own verification is batched in threads), so it is small per scan. Handing it to a thread
-        would cost more than the verify itself (a run_in_executor round trip measured longer; README).
+        The same two halves the server runs with the body read in between (:meth:`precheck` from the headers,
+        :meth:`finish` with the body), for callers that hold the whole request already.
+        """
+        return self.finish(self.precheck(method, path_qs, headers), body)
+
+    def precheck(self, method: str, path_qs: str, headers: Mapping[str, str]) -> Pending:
+        """Steps 1-4 of the contract, from the headers alone: what can be refused before a byte of body is read.
+
+        Nothing here depends on the device's key, and an unknown device gets the very answer a wrong signature
+        gets later (:data:`UNAUTHENTICATED`), so neither tells a stranger which device ids are registered. A
+        known device over its nonce quota or out of request tokens is refused here too (429), without its
+        body being read, hashed or verified; nothing is spent until :meth:`finish` has seen a valid signature,
+        so nobody can burn another device's tokens or nonces by naming it.
         """
         # 1. cheap, local checks: no lookups, nothing an attacker can make expensive
         device_id = _header(headers, "X-Device-Id")
@@ -343,14 +389,7 @@ class DeviceRegistry:
         if not path_qs.isascii():
             raise AuthError("request path must be ASCII (percent-encode it) to be signed")
 
-        # 2. who is it
-        entry = self._entries.get(device_id)
-        if entry is None:
-            raise ForbiddenError(f"unknown device {device_id!r}: register it with the operator first")
-        if entry.device.revoked:
-            raise ForbiddenError(f"device {device_id!r} is revoked")
-
-        # 3. freshness (before the signature: a stale request is refused without spending a verify)
+        # 2. freshness (the same for every device id, known or not: it reveals nothing)
         now = self._clock()
         offset = now - int(ts_text)
         if abs(offset) > self.skew_s:
@@ -359,40 +398,46 @@ class DeviceRegistry:
                 f"(allowed {self.skew_s}); check the device clock"
             )
 
-        # 4. proof of possession
-        message = signed_message(method, path_qs, device_id, ts_text, nonce, body)
+        # 3. who is it: an unknown id answers exactly like a bad signature (revocation only after the signature)
+        entry = self._entries.get(device_id)
+        if entry is None:
+            raise AuthError(UNAUTHENTICATED)
+
+        # 4. the device's own limits, peeked, not spent
+        self._check_limits(device_id, nonce, entry, now)
+        return Pending(method, path_qs, device_id, ts_text, nonce, signature)
+
+    def finish(self, pending: Pending, body: bytes) -> Device:
+        """Steps 5-7: the signature over the body, revocation, then the replay memory and the request bucket.
+
+        This runs on the event loop: one Ed25519 verify per request, shared by the hundred or so scans it
+        carries (whose own verification is batched in threads), so it is small per scan. Handing it to a thread
+        would cost more than the verify itself (a run_in_executor round trip measured longer; README).
+        """
+        device_id = pending.device_id
+        entry = self._entries.get(device_id)
+        if entry is None:  # removed while the body was read
+            raise AuthError(UNAUTHENTICATED)
+
+        # 5. proof of possession
+        message = signed_message(pending.method, pending.path_qs, device_id, pending.timestamp, pending.nonce, body)
         try:
-            entry.verify_key.verify(message, signature)
+            entry.verify_key.verify(message, pending.signature)
         except BadSignatureError:
-            raise AuthError(
-                f"X-Signature does not verify for device {device_id!r} (wrong key, or method, path, headers "
-                "or body differ from what was signed)"
-            ) from None
+            raise AuthError(UNAUTHENTICATED) from None
 
-        # 5. replay memory: look up, then make sure there is room, before the rate limit spends a token
-        self._prune(now)
-        key = device_id + "\n" + nonce
-        if key in self._nonces:
-            raise AuthError(f"X-Nonce was already used by device {device_id!r} (replayed request)")
-        if len(self._nonces) >= self.max_nonces:
-            # Fail closed: dropping a remembered nonce early would let whoever captured that request replay it
-            # while its timestamp is still valid. Refusing is safe: scanners keep scans and retry on 503.
-            retry = max(1.0, self._expiry[0][0] - self._now_high) if self._expiry else 1.0
-            log.error("replay memory full (%d nonces): refusing device requests", len(self._nonces))
-            raise OverloadedError(f"replay-protection memory is full ({self.max_nonces} nonces); retry later", retry)
+        # 6. a revoked device, now that it proved to be that device
+        if entry.device.revoked:
+            raise ForbiddenError(f"device {device_id!r} is revoked")
 
-        # 6. rate limit (token bucket)
-        tokens = min(self.burst, entry.tokens + max(0.0, now - entry.refilled) * self.rate)
+        # 7. replay memory and request bucket again (another request of the device may have passed meanwhile)
+        now = self._clock()
+        tokens = self._check_limits(device_id, pending.nonce, entry, now)
         entry.refilled = max(entry.refilled, now)
-        if tokens < 1.0:
-            entry.tokens = tokens
-            raise RateLimitedError(
-                f"device {device_id!r} exceeded {self.rate:g} requests/s (burst {self.burst:g})",
-                retry_after=(1.0 - tokens) / self.rate,
-            )
         entry.tokens = tokens - 1.0
-
+        key = device_id + "\n" + pending.nonce
         self._nonces.add(key)
+        self._nonce_counts[device_id] = self._nonce_counts.get(device_id, 0) + 1
         expires = math.ceil(self._now_high + self._retain_s)
         if self._expiry and self._expiry[-1][0] == expires:
             self._expiry[-1][1].append(key)
@@ -401,8 +446,60 @@ class DeviceRegistry:
         entry.last_seen = now
         return entry.device
 
+    def _check_limits(self, device_id: str, nonce: str, entry: _Entry, now: float) -> float:
+        """Replay, the device's nonce quota, the pool, the request bucket; the bucket's tokens if all pass."""
+        self._prune(now)
+        if device_id + "\n" + nonce in self._nonces:
+            raise AuthError(f"X-Nonce was already used by device {device_id!r} (replayed request)")
+        held = self._nonce_counts.get(device_id, 0)
+        retry = self._retry_for(device_id)
+        if held >= self.nonce_quota:
+            # Fail closed for this device alone: its own nonces fill its own quota, nobody else's room.
+            self._notices.emit(
+                "quota:" + device_id,
+                logging.WARNING,
+                "device %s holds its whole replay quota (%d nonces in %d s): refusing it until they expire",
+                device_id,
+                held,
+                self._retain_s,
+            )
+            raise RateLimitedError(
+                f"device {device_id!r} sent {held} requests within the {self._retain_s} s replay window, its quota; "
+                "send fewer, larger requests",
+                retry_after=retry,
+            )
+        if len(self._nonces) >= self.max_nonces:
+            # Fail closed: dropping a remembered nonce early would let whoever captured that request replay it
+            # while its timestamp is still valid. Refusing is safe: scanners keep scans and retry on 503.
+            self._notices.emit(
+                "pool", logging.ERROR, "replay memory full (%d nonces): refusing device requests", len(self._nonces)
+            )
+            raise OverloadedError(f"replay-protection memory is full ({self.max_nonces} nonces); retry later", retry)
+        tokens = min(self.burst, entry.tokens + max(0.0, now - entry.refilled) * self.rate)
+        if tokens < 1.0:
+            raise RateLimitedError(
+                f"device {device_id!r} exceeded {self.rate:g} requests/s (burst {self.burst:g})",
+                retry_after=(1.0 - tokens) / self.rate,
+            )
+        return tokens
+
+    def _retry_for(self, device_id: str) -> float:
+        return max(1.0, self._expiry[0][0] - self._now_high) if self._expiry else 1.0
+
+    def nonces_of(self, device_id: str) -> int:
+        """Nonces the device holds in the replay memory now (its quota is ``nonce_quota``)."""
+        return self._nonce_counts.get(device_id, 0)
+
     def _prune(self, now: float) -> None:
         self._now_high = max(self._now_high, now)
-        expiry, nonces, high = self._expiry, self._nonces, self._now_high
+        expiry, nonces, high, counts = self._expiry, self._nonces, self._now_high, self._nonce_counts
         while expiry and expiry[0][0] <= high:
-            nonces.difference_update(expiry.popleft()[1])
+            keys = expiry.popleft()[1]
+            nonces.difference_update(keys)
+            for key in keys:
+                device_id = key[: key.index("\n")]
+                left = counts[device_id] - 1
+                if left:
+                    counts[device_id] = left
+                else:
+                    del counts[device_id]

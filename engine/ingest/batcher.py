@@ -29,9 +29,10 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.codes.trust import TrustTable
-from engine.codes.verdicts import VERDICTS
+from engine.codes.verdicts import VERDICTS, Verdict
 from engine.errors import EngineError, InternalError, OverloadedError
 from engine.ingest import record
+from engine.ingest.admission import Admission, Budgets
 from engine.ingest.codeset import SharedCodeSet
 from engine.ingest.commit import GroupCommit, Verified
 from engine.ingest.intake import Intake
@@ -99,8 +100,11 @@ class Batcher:
         on_durable: Callable[[], None] = lambda: None,
         codeset: SharedCodeSet | None = None,
         wal_append_timeout_s: float = 10.0,
+        admission: Admission | None = None,
     ) -> None:
         self._verifier = verifier
+        # per-device budgets and queue shares (engine.ingest.admission); defaults if the caller gave none
+        self.admission = admission or Admission(Budgets(queue_scans=queue_scans), metrics)
         self._codeset = codeset
         self._trust = trust
         self._wal = wal
@@ -204,6 +208,7 @@ class Batcher:
         if fresh is None or fresh:
             fresh_keys = keys if fresh is None else [keys[p] for p in fresh]
             self._admit(len(fresh_keys))
+            self.admission.enqueue(intake.device_id, len(fresh_keys))  # its share, after the global checks
             sub = Submission(intake if fresh is None else intake.take(fresh), fresh_keys, received_ms)
             recent.remember(sub)
             self._queue.append(sub)
@@ -293,19 +298,35 @@ class Batcher:
             if c:
                 self._metrics.scans_acked.labels(verdict=label).inc(c)
         now = time.perf_counter()
-        for s in v.subs:
+        # per scan: a signature verified now (not answered from the set), and a verdict that marks a forger
+        cold = (~v.result.cache_hit & v.result.set_tag.any(axis=1)).astype(np.int32)
+        bad = ((verdicts == Verdict.BAD_SIGNATURE) | (verdicts == Verdict.UNKNOWN_KEY)).astype(np.int32)
+        cold_sums = np.add.reduceat(cold, offsets := self._starts(v.subs)) if len(cold) else cold
+        bad_sums = np.add.reduceat(bad, offsets) if len(bad) else bad
+        admission = self.admission
+        for i, s in enumerate(v.subs):
             end = start + len(s)
             vs, rs = verdicts[start:end], reasons[start:end]
             s.intake = None  # the map keeps the submission for its ids: only their verdicts are needed now
             self._queued_scans -= len(s)
+            admission.settled(s.device_id, len(s))
+            if len(s):
+                admission.judged(s.device_id, len(s), int(bad_sums[i]), int(cold_sums[i]))
             self._metrics.ack_seconds.observe(now - s.t0)
             if not s.future.done():
                 s.future.set_result((vs, rs))
             start = end
 
+    @staticmethod
+    def _starts(subs: list[Submission]) -> np.ndarray:
+        """Where each submission's scans start in its batch (for per-submission sums with ``reduceat``)."""
+        lengths = np.fromiter((len(s) for s in subs), np.int64, len(subs))
+        return np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+
     def _fail(self, subs: list[Submission], exc: BaseException) -> None:
         for s in subs:
             self._queued_scans -= len(s)
+            self.admission.settled(s.device_id, len(s))
             if not s.future.done():
                 overloaded = isinstance(exc, OverloadedError | InternalError)
                 s.future.set_exception(exc if overloaded else OverloadedError(str(exc), 2.0))

@@ -62,10 +62,11 @@ class Submission:
     instead cost a second pass of random lookups per request into a dict of up to ``capacity`` entries.
     """
 
-    __slots__ = ("future", "intake", "keys", "received_ms", "t0")
+    __slots__ = ("device_id", "future", "intake", "keys", "received_ms", "t0")
 
     def __init__(self, intake: Intake, keys: list[bytes], received_ms: int) -> None:
         self.intake: Intake | None = intake  # only the scans that are new; dropped once answered (memory)
+        self.device_id = intake.device_id  # kept after the intake is dropped: its queue share is settled by it
         self.keys = keys  # their (scan id, device) keys, the map's keys
         self.received_ms = received_ms
         self.t0 = time.perf_counter()

@@ -29,10 +29,15 @@ from engine.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 #: Counters turned into per-second rates (summed over all label values unless split below).
-_RATE_COUNTERS = ("scans_received", "scans_rejected", "scans_duplicate", "scans_stored", "store_errors", "overload")
+_RATE_COUNTERS = (
+    "scans_received", "scans_rejected", "scans_duplicate", "scans_stored", "store_errors", "overload",
+    "device_throttled",
+)  # fmt: skip
 #: Histograms reported as quantiles over the window, with the scale that gives the unit the page shows.
 _QUANTILE_HISTOGRAMS = {"verify_seconds": 1000.0, "insert_seconds": 1000.0, "ack_seconds": 1000.0}
-_GAUGES = ("queue_depth", "wal_backlog_records", "wal_backlog_bytes", "active_devices", "store_up")
+_GAUGES = (
+    "queue_depth", "wal_backlog_records", "wal_backlog_bytes", "active_devices", "store_up", "device_quarantined",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ def derive(older: RawSample, newer: RawSample) -> dict[str, Any]:
         "stored_per_s": rate("scans_stored"),
         "store_errors_per_s": rate("store_errors"),
         "overload_per_s": rate("overload"),
+        "throttled_per_s": rate("device_throttled"),
     }
     for name, scale in _QUANTILE_HISTOGRAMS.items():
         window = newer.histograms[name].minus(older.histograms[name])
@@ -175,6 +181,7 @@ def derive(older: RawSample, newer: RawSample) -> dict[str, Any]:
     point["wal_backlog_bytes"] = int(newer.gauges["wal_backlog_bytes"])
     point["active_devices"] = int(newer.gauges["active_devices"])
     point["store_up"] = bool(newer.gauges["store_up"])
+    point["quarantined_devices"] = int(newer.gauges["device_quarantined"])  # a count: device ids stay off the page
     return point
 
 

@@ -125,6 +125,28 @@ class Metrics:
             "1 if the audit chain matched its anchor at start (else tracing is refused)",
             registry=r,
         )
+        # -- per-device admission (issue 13; engine.ingest.admission, engine.devices.auth) -------------------
+        self.device_throttled = Counter(
+            "engine_device_throttled",
+            "Device requests refused by a per-device budget (429, or 503 under queue pressure), by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.device_quarantined = Gauge(
+            "engine_device_quarantined",
+            "Devices quarantined now (most recent scans bad_signature/unknown_key; device-list names them)",
+            registry=r,
+        )
+        self.device_quarantines = Counter(
+            "engine_device_quarantines", "Times a device was put in quarantine", registry=r
+        )
+        self.bodies_unread = Counter(
+            "engine_device_bodies_unread",
+            "Device requests refused from their headers alone, their body never read (unknown device, stale, "
+            "malformed or throttled)",
+            registry=r,
+        )
+        self.device_nonces = Gauge("engine_device_nonces", "Nonces held in the replay memory (all devices)", registry=r)
         # one deployment of several nodes (engine/deployment): which signed trust list this node runs, how old it
         # is, what it refused, and how fresh its registries are
         self.trust_list_version = Gauge(

@@ -23,6 +23,7 @@ from engine.codes.verdicts import REASONS, VERDICTS
 from engine.deployment.trust import newest_version
 from engine.devices.auth import DEVICE_ID_RE, MAX_LABEL_CHARS, Device
 from engine.errors import AuthError, ConflictError, EngineError, ForbiddenError, NotFoundError, PayloadError
+from engine.ingest.admission import Quarantine
 from engine.store import listing
 from engine.store.listing import DEFAULT_LIMIT, MAX_ID_CHARS, MAX_LIMIT, ScanFilter
 from engine.tracing.credentials import TracerRefused
@@ -69,7 +70,7 @@ async def _json_body(request: web.Request) -> dict[str, object]:
     return doc
 
 
-def _device_json(d: Device) -> dict[str, object]:
+def _device_json(d: Device, held: Quarantine | None = None) -> dict[str, object]:
     return {
         "device_id": d.device_id,
         "public_key": b64url_encode(d.public_key),
@@ -77,7 +78,26 @@ def _device_json(d: Device) -> dict[str, object]:
         "label": d.label,
         "venues": list(d.venues),
         "bound": d.bound,
+        "quarantined": None if held is None else _quarantine_json(held),
     }
+
+
+def _quarantine_json(q: Quarantine) -> dict[str, object]:
+    return {"since": q.since, "until": q.until, "bad_share": round(q.bad_share, 3)}
+
+
+QUARANTINE = {
+    "type": "object",
+    "nullable": True,
+    "description": "null, or why and since when the device is quarantined (engine.ingest.admission): most of its "
+    "recent scans were bad_signature/unknown_key, so its scan and cold-verify budgets are cut; released at "
+    "`until` unless it misbehaves again, or at once by device-clear",
+    "properties": {
+        "since": {"type": "number", "description": "epoch seconds"},
+        "until": {"type": "number", "description": "epoch seconds"},
+        "bad_share": {"type": "number", "description": "share of its recent scans bad_signature/unknown_key"},
+    },
+}
 
 
 DEVICE = {
@@ -94,6 +114,7 @@ DEVICE = {
             "description": "false: bound to no venue (registered before venue binding, or without --venue): it may "
             "post for any venue, or is refused with --require-venue-binding",
         },
+        "quarantined": QUARANTINE,
     },
 }
 DEVICE_ID = {"type": "string", "pattern": anchored(DEVICE_ID_RE.pattern)}
@@ -218,6 +239,7 @@ async def revoke_device(request: web.Request) -> web.Response:
                 "properties": {
                     "devices": {"type": "array", "items": DEVICE},
                     "unbound": {"type": "integer", "description": "active devices bound to no venue"},
+                    "quarantined": {"type": "integer", "description": "devices quarantined now"},
                 },
             },
         )
@@ -226,9 +248,43 @@ async def revoke_device(request: web.Request) -> web.Response:
 async def list_devices(request: web.Request) -> web.Response:
     rt = require_admin(request)
     devices = rt.devices.all()
+    held = {q.device_id: q for q in rt.batcher.admission.quarantined()}
     return web.json_response(
-        {"devices": [_device_json(d) for d in devices], "unbound": sum(not d.bound and not d.revoked for d in devices)}
+        {
+            "devices": [_device_json(d, held.get(d.device_id)) for d in devices],
+            "unbound": sum(not d.bound and not d.revoked for d in devices),
+            "quarantined": len(held),
+        }
     )
+
+
+@documented(
+    summary="Release a quarantined device now (its recent verdict counts are forgotten)",
+    audience="operator",
+    description="A device is quarantined when most of its recent scans are bad_signature/unknown_key (a forger, or "
+    "a scanner with a broken trust list upstream); once the cause is fixed the operator releases it here or with "
+    "`device-clear`. Releasing a device that is not held is not an error (`cleared: false`).",
+    path_parameters={"device_id": DEVICE_ID},
+    responses={
+        200: json_body(
+            "released (or was not held)",
+            {
+                "type": "object",
+                "required": ["device_id", "cleared"],
+                "properties": {"device_id": {"type": "string"}, "cleared": {"type": "boolean"}},
+            },
+        ),
+        404: error("No such device"),
+    },
+)
+async def clear_device(request: web.Request) -> web.Response:
+    rt = require_admin(request)
+    device_id = request.match_info["device_id"]
+    if rt.devices.get(device_id) is None:
+        raise NotFoundError(f"no registered device {device_id!r}")
+    cleared = rt.batcher.admission.clear(device_id)
+    log.info("device %s quarantine %s by an operator", device_id, "cleared" if cleared else "clear asked, none held")
+    return web.json_response({"device_id": device_id, "cleared": cleared})
 
 
 @documented(
@@ -420,6 +476,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/admin/devices", list_devices)
     app.router.add_post("/v1/admin/devices/{device_id}/revoke", revoke_device)
     app.router.add_post("/v1/admin/devices/{device_id}/venues", bind_device)
+    app.router.add_post("/v1/admin/devices/{device_id}/clear", clear_device)
     app.router.add_post("/v1/admin/trust/reload", reload_trust)
     app.router.add_post("/v1/admin/trust/publish", publish_trust)
     app.router.add_get("/v1/admin/trust", trust_state)

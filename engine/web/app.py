@@ -35,6 +35,7 @@ from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
 from engine.ingest import record
+from engine.ingest.admission import Admission, Budgets
 from engine.ingest.batcher import Batcher
 from engine.ingest.codeset import SharedCodeSet
 from engine.ingest.codeset import stop as stop_polling
@@ -56,6 +57,7 @@ from engine.verify import make_verifier
 from engine.web import admin, audit, dashboard, enroll, scanner, scans, trace
 from engine.web.keys import (
     AUTH_FAILURES,
+    CLOSE_UNREAD,
     CONFIG,
     LISTENERS,
     METRICS,
@@ -107,6 +109,23 @@ def load_trust(cfg: Config, store: Store, metrics: Metrics, node: str) -> tuple[
     return feed.load_at_start().trust, feed
 
 
+def budgets(config: Config) -> Budgets:
+    """The per-device admission limits of a configuration (engine.ingest.admission)."""
+    return Budgets(
+        scan_rate=config.device_scan_rate,
+        scan_burst=config.device_scan_burst,
+        cold_rate=config.device_cold_rate,
+        cold_burst=config.device_cold_burst,
+        queue_scans=config.queue_scans,
+        queue_share=config.device_queue_share,
+        max_request_scans=config.max_scans_per_request,
+        quarantine_share=config.quarantine_share,
+        quarantine_min_scans=config.quarantine_min_scans,
+        quarantine_s=config.quarantine_s,
+        quarantine_factor=config.quarantine_factor,
+    )
+
+
 def load_or_create_trust(path: Path) -> TrustList:
     if path.exists():
         return TrustList.load(path)
@@ -156,6 +175,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         skew_s=cfg.skew_s,
         rate=cfg.device_rate,
         burst=cfg.device_burst,
+        max_nonces=cfg.nonce_pool,
+        nonce_quota=cfg.device_nonce_quota,
     )
     unbound = [r.device_id for r in records if not r.revoked and not r.venues]
     if unbound:  # every device registered before venue binding existed, until the operator binds it
@@ -189,6 +210,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         on_durable=drain.notify,
         codeset=codeset,
         wal_append_timeout_s=cfg.wal_append_timeout_s,
+        admission=Admission(budgets(cfg), metrics),
     )
     for orphan in cfg.orphan_wal_paths():
         await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
@@ -206,6 +228,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.wal_backlog_bytes.set(wal.backlog_bytes)
         metrics.wal_backlog_records.set(wal.backlog_records)
         metrics.active_devices.set(devices.active_devices())
+        metrics.device_nonces.set(devices.remembered_nonces)
 
     metrics.on_scrape(refresh)
     runtime = Runtime(cfg, metrics, store, wal, trust, devices, drain, batcher, admin_token, time.time())
@@ -415,6 +438,12 @@ async def error_middleware(
             status=500,
         )
     metrics.requests.labels(route=route, status=str(response.status)).inc()
+    if request.get(CLOSE_UNREAD):
+        # Sent now and the connection closed, rather than aiohttp's lingering read of the whole unread body (up
+        # to max_body_bytes, for seconds) from a caller that did not even authenticate.
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
     return response
 
 

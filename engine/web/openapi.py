@@ -256,8 +256,21 @@ def scans_request_body(cfg: Config) -> Schema:
     return {
         "required": True,
         "description": f"at most {cfg.max_body_bytes} bytes (larger: 413), received within {cfg.body_timeout_s:g} s "
-        "(slower: 408)",
+        "(slower: 408); read only after the headers passed (signature headers, timestamp, device known, budgets). "
+        f"Per device: {cfg.device_rate:g} requests/s (burst {cfg.device_burst:g}), {cfg.device_scan_rate:g} scans/s "
+        f"(burst {cfg.device_scan_burst:g}), {cfg.device_cold_rate:g} cold signature verifies/s (burst "
+        f"{cfg.device_cold_burst:g}), {cfg.device_nonce_quota} requests per replay window; beyond: 429",
         "x-max-body-bytes": cfg.max_body_bytes,
+        "x-device-budgets": {
+            "requests_per_s": cfg.device_rate,
+            "request_burst": cfg.device_burst,
+            "scans_per_s": cfg.device_scan_rate,
+            "scan_burst": cfg.device_scan_burst,
+            "cold_verifies_per_s": cfg.device_cold_rate,
+            "cold_verify_burst": cfg.device_cold_burst,
+            "nonce_quota": cfg.device_nonce_quota,
+            "queue_share": cfg.device_queue_share,
+        },
         "content": {
             "application/json": {
                 "schema": {

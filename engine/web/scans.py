@@ -11,11 +11,18 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.errors import ForbiddenError, NotFoundError, OverloadedError, PayloadError
+from engine.errors import (
+    EngineError,
+    ForbiddenError,
+    NotFoundError,
+    OverloadedError,
+    PayloadError,
+    RateLimitedError,
+)
 from engine.ingest.batcher import SubmitResult
 from engine.ingest.intake import parse_body, render_answer
 from engine.web.body import read_body
-from engine.web.keys import CONFIG, METRICS, RUNTIME, TLS_CONTEXT, TRACE_LANE
+from engine.web.keys import CLOSE_UNREAD, CONFIG, METRICS, RUNTIME, TLS_CONTEXT, TRACE_LANE
 from engine.web.openapi import SCAN_RESULT, document, documented, error, json_body, scans_request_body, text_body
 from engine.web.tls import require_device_certificate
 
@@ -50,13 +57,24 @@ ACCEPTED = {
     responses={
         202: json_body("Every accepted scan is durable; a verdict per scan, rejected items with reasons", ACCEPTED),
         400: error("Malformed envelope: not JSON, no scans list, too many items, device_id not the signer"),
-        401: error("Missing, invalid, stale or replayed request signature; with mTLS on, no device certificate"),
-        403: error("Unknown or revoked device; or, with --require-venue-binding, a device bound to no venue"),
+        401: error(
+            "Missing, invalid, stale or replayed request signature, or unknown device (one answer for both: which "
+            "device ids exist is not revealed); with mTLS on, no device certificate"
+        ),
+        403: error(
+            "Revoked device (after a valid signature); or, with --require-venue-binding, a device bound to no venue"
+        ),
         408: error("Request body not received in time"),
         413: error("Body too large"),
-        429: error("Device rate limit; see Retry-After"),
+        429: error(
+            "Device over a budget of its own: requests/s, scans/s, cold signature verifies/s, replay quota, queue "
+            "share, or quarantined; see Retry-After"
+        ),
         500: error("A bug in the engine (e.g. the verifier raised): the message carries the error id of its log line"),
-        503: error("Overloaded, WAL over budget or stalled, or shutting down; see Retry-After"),
+        503: error(
+            "Overloaded (queue under pressure and this device over its fair share, queue full), WAL over budget or "
+            "stalled, or shutting down; see Retry-After"
+        ),
     },
 )
 async def post_scans(request: web.Request) -> web.Response:
@@ -69,8 +87,21 @@ async def post_scans(request: web.Request) -> web.Response:
     tls = request.app.get(TLS_CONTEXT)
     if tls is not None and tls.requires_client_certificates:  # from the headers, before any body is read
         require_device_certificate(request.transport, request.headers.get("X-Device-Id", ""))
+    admission = rt.batcher.admission
+    try:  # cheap checks first: headers, timestamp, device known, its budgets; the body is not read yet
+        pending = rt.devices.precheck(request.method, request.path_qs, request.headers)
+        admission.precheck(pending.device_id)
+    except EngineError:
+        if not request.content.is_eof():
+            request.app[METRICS].bodies_unread.inc()
+            # The body is not even drained: the answer goes out and the connection is closed. For a stranger (401)
+            # and for a device over its budgets (429) alike: draining a flood's 150 KB bodies cost the event loop
+            # ~1 ms a request (bench/isolation_bench.py); an honest device meets this only when over budget, and
+            # then resends after Retry-After on a new connection.
+            request[CLOSE_UNREAD] = True
+        raise
     body = await read_body(request)  # size bounded by client_max_size (413), time by body_timeout_s (408)
-    device = rt.devices.authenticate(request.method, request.path_qs, request.headers, body)
+    device = rt.devices.finish(pending, body)
     now_ms = int(time.time() * 1000)
     intake = parse_body(
         body,
@@ -87,12 +118,17 @@ async def post_scans(request: web.Request) -> web.Response:
             f"device {device.device_id!r} is not bound to any venue and this engine requires binding; keep the "
             "scans and ask the operator to bind it (device-bind)"
         )
+    admission.charge(device.device_id, intake.count)  # the whole request or nothing, before anything is queued
     metrics = request.app[METRICS]
     metrics.scans_received.inc(intake.count)
     for _index, rejection, _echo in intake.rejected:
         metrics.scans_rejected.labels(reason=rejection.field).inc()  # the field: label values unchanged
     if len(intake):
-        answer = await rt.batcher.submit(intake, now_ms)
+        try:
+            answer = await rt.batcher.submit(intake, now_ms)
+        except (OverloadedError, RateLimitedError):  # refused as a whole, nothing queued: the scans were not spent
+            admission.refund(device.device_id, intake.count)
+            raise
     else:
         answer = SubmitResult(np.zeros(0, np.bool_), np.zeros(0, np.uint8), np.zeros(0, np.uint8))
     body = render_answer(intake.count, intake.index, intake.scan_texts, intake.rejected, *answer)

@@ -163,7 +163,10 @@ export class Sender {
       this.hooks.onResults(items, answer.results);
       return "sent";
     }
-    if (res.status === 403) {
+    // 403: revoked. The engine answers an unknown device exactly like a bad signature (401 "request not
+    // authenticated: …", so strangers cannot tell which ids exist); for this page either means its key is no
+    // longer the registered one: enrol again, as for an unknown device before.
+    if (res.status === 403 || (res.status === 401 && /^request not authenticated/.test(message))) {
       this.hooks.onRevoked(res.status, message);
       return "failed";
     }

@@ -39,6 +39,7 @@
     wal_backlog_bytes: bytes,
     cache_hit_rate: (x) => (x === null ? "–" : (100 * x).toFixed(1) + "%"),
     queue_scans: (x) => num(x, 0), wal_backlog_records: (x) => num(x, 0), active_devices: (x) => num(x, 0),
+    quarantined_devices: (x) => num(x, 0),
   };
 
   // -- charts ---------------------------------------------------------------------------------------------
