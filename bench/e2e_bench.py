@@ -376,8 +376,9 @@ def run_scenario(
             if workers > 1:  # /healthz answered by one worker; wait until the supervisor reports all of them
                 deadline = time.monotonic() + 120
                 while f"{workers} workers serving" not in (Path(tmp) / "server.log").read_text(errors="replace"):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the workers did not all start")
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        tail = (Path(tmp) / "server.log").read_text(errors="replace")[-4000:]
+                        raise RuntimeError(f"the workers did not all start (exit {proc.poll()}); its log ends:\n{tail}")
                     time.sleep(0.2)
             stored0 = server_stored(server, database) if server is not None else stored_scans(ops_url)
             counts0 = city_load.counters(ops_url) if engine and workers == 1 else None

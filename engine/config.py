@@ -26,7 +26,7 @@ DEFAULT_OFFLINE_WINDOW_DAYS = 7
 # tls_cert, dsn_password_file: how it reaches the engine over https and the store with its password
 CLIENT_SETTINGS = (
     "data_dir", "host", "port", "dsn", "database", "retention_days", "cluster", "replicated", "shard_dsns",
-    "tls_cert", "dsn_password_file",
+    "tls_cert", "dsn_password_file", "secret_file", "trust_root_key",
 )  # fmt: skip
 
 
@@ -53,6 +53,24 @@ class Config:
         metadata={"help": "with --cluster (not replicated): comma-separated http(s) DSN of every shard"},
     )
     trust_list: Path = field(default=Path(""), metadata={"help": "trust list JSON; default <data_dir>/trust.json"})
+    # -- one deployment of several nodes (docs/cluster.md, "Nodes that agree") -------------------------------
+    secret_file: Path = field(
+        default=Path(""),
+        metadata={"help": "the deployment's person-key secret (mode 0600), the same file on every node; default "
+                  "<data_dir>/person_key.secret, created at first start"},
+    )  # fmt: skip
+    trust_root_key: Path = field(
+        default=Path(""),
+        metadata={"help": "the deployment root key (public, base64url): only trust lists it signed are used, "
+                  "loaded from the store and polled (trust publish)"},
+    )  # fmt: skip
+    trust_poll_s: float = field(
+        default=2.0, metadata={"help": "with --trust-root-key: poll the store for a new trust list every N s"}
+    )
+    registry_poll_s: float = field(
+        default=1.0,
+        metadata={"help": "re-read devices, tracers and admin tokens from a server store every N s (0 = off)"},
+    )
     batch_size: int = field(default=2048, metadata={"help": "max scans per verify/WAL batch"})
     batch_age_ms: float = field(default=5.0, metadata={"help": "max wait to fill a batch (ms)"})
     queue_scans: int = field(default=50_000, metadata={"help": "max scans queued before answering 503"})
@@ -128,6 +146,21 @@ class Config:
     tracer_person_per_hour: float = field(default=120.0, metadata={"help": "person traces per tracer per hour"})
     tracer_wide_per_hour: float = field(
         default=20.0, metadata={"help": "venue and second-degree traces per tracer per hour"}
+    )
+    # -- the tracing lane (engine.tracing.lane; docs/operations.md, "Tracing lane") -------------------------------
+    trace_concurrency: int = field(default=2, metadata={"help": "traces run at once on the tracing lane"})
+    trace_per_tracer: int = field(default=1, metadata={"help": "traces one tracer may run at once (else 429)"})
+    trace_timeout_s: float = field(default=20.0, metadata={"help": "a trace's time cap, all its queries (s); 422"})
+    trace_max_rows_read: int = field(
+        default=50_000_000, metadata={"help": "rows one trace query may read in the store; more is 413"}
+    )
+    trace_max_rows: int = field(
+        default=100_000, metadata={"help": "rows a trace may bring back from the store, and answer; more is 413"}
+    )
+    trace_max_mb: int = field(default=64, metadata={"help": "largest encoded trace answer (MiB); larger is 413"})
+    # -- ingest fault handling (docs/reliability.md, "Poison records") ----------------------------------------
+    wal_append_timeout_s: float = field(
+        default=10.0, metadata={"help": "a WAL group commit not done in N s fails its requests with 503"}
     )
 
     # -- derived --------------------------------------------------------------------------------------------
@@ -211,7 +244,18 @@ class Config:
 
     @property
     def secret_path(self) -> Path:
-        return self.data_dir / "person_key.secret"
+        """The person-key secret: ``--secret-file`` (the deployment's) or ``<data_dir>/person_key.secret``."""
+        return self.secret_file if _is_set(self.secret_file) else self.data_dir / "person_key.secret"
+
+    @property
+    def secret_configured(self) -> bool:
+        """A secret file was given (it must exist: a node never makes up a deployment's secret)."""
+        return _is_set(self.secret_file)
+
+    @property
+    def signed_trust(self) -> bool:
+        """Trust lists come signed by the deployment root key (from the store, polled), not from a plain file."""
+        return _is_set(self.trust_root_key)
 
     @property
     def threads(self) -> int:
@@ -251,6 +295,8 @@ class Config:
             (self.recent_ids >= 0, "recent_ids must be >= 0"),
             (0 <= self.stays_interval_s <= 86_400, "stays_interval_s must be 0..86400"),
             (0 <= self.set_poll_s <= 3600, "set_poll_s must be 0..3600"),
+            (0.05 <= self.trust_poll_s <= 3600, "trust_poll_s must be 0.05..3600"),
+            (0 <= self.registry_poll_s <= 60, "registry_poll_s must be 0..60 (revocations must reach every node)"),
             (1 <= self.workers <= 64, "workers must be 1..64"),
             (0 <= self.worker_index < self.workers, "worker_index must be 0..workers-1"),
             (
@@ -270,6 +316,13 @@ class Config:
             (0 <= self.ops_port <= 65535, "ops_port must be 0..65535"),
             (self.ops_port == 0 or self.ops_port != self.port, "ops_port must differ from port"),
             (self.tracer_person_per_hour > 0 and self.tracer_wide_per_hour > 0, "tracer rates must be > 0"),
+            (1 <= self.trace_concurrency <= 64, "trace_concurrency must be 1..64"),
+            (1 <= self.trace_per_tracer <= self.trace_concurrency, "trace_per_tracer must be 1..trace_concurrency"),
+            (0 < self.trace_timeout_s <= 3600, "trace_timeout_s must be in (0, 3600]"),
+            (self.trace_max_rows_read >= 1000, "trace_max_rows_read must be >= 1000"),
+            (self.trace_max_rows >= 100, "trace_max_rows must be >= 100"),
+            (1 <= self.trace_max_mb <= 4096, "trace_max_mb must be 1..4096"),
+            (0 < self.wal_append_timeout_s <= 600, "wal_append_timeout_s must be in (0, 600]"),
             (not self.replicated or bool(self.cluster), "replicated needs cluster"),
             (
                 not self.shard_dsns or (bool(self.cluster) and not self.replicated),

@@ -53,6 +53,14 @@ class NotFoundError(EngineError):
     code = "not_found"
 
 
+class ConflictError(EngineError):
+    """The request is well formed but this node is not set up for it (e.g. publishing a signed trust list to a
+    node that reads a plain file)."""
+
+    http_status = 409
+    code = "conflict"
+
+
 class PayloadError(EngineError):
     """A request envelope (not a single scan) is malformed: the whole request is refused."""
 
@@ -121,3 +129,32 @@ class WALFullError(WALError, OverloadedError):
     """The WAL reached its disk budget: refuse new scans until the backlog drains."""
 
     code = "wal_full"
+
+
+class TraceLimitError(EngineError):
+    """A trace went past one of its caps (rows read or returned, answer bytes): refused, with how to narrow it.
+
+    ``details`` goes into the answer beside ``error`` and ``message``: the cap that was hit, its value, and the
+    parameters that make the trace smaller, so a tracing client can say what to change instead of retrying."""
+
+    http_status = 413
+    code = "trace_too_large"
+
+    def __init__(self, message: str, *, cap: str, limit: float, narrow: list[str]) -> None:
+        super().__init__(message)
+        self.details = {"cap": cap, "limit": limit, "narrow": narrow}
+
+
+class TraceTooSlowError(TraceLimitError):
+    """A trace ran past its time cap (``--trace-timeout-s``): its store query was stopped."""
+
+    http_status = 422
+    code = "trace_too_slow"
+
+
+class InternalError(EngineError):
+    """A bug inside the engine (e.g. the verifier raised): a 500 whose message carries the id of the log line
+    that holds the traceback, never a 503 "overloaded" that would have devices retry into the same bug."""
+
+    http_status = 500
+    code = "internal"

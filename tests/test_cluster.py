@@ -13,9 +13,12 @@ acknowledged (node B's coordinator is down; node A's inserts reach shard 1 only 
 load, let both drains finish, and check with loadtest/checker.py's rules: every 202'd scan stored exactly once
 (raw rows, no FINAL) with the verdict it was minted for, nothing stored that was refused or never sent.
 
-The deployment is shared by hand until branch ``nodes`` lands (one person-key secret file copied to both data
-directories, one trust list file, devices registered in the shared store); the two assertions that need it are
-in their own test, marked xfail(strict) until then.
+The nodes are one deployment as docs/cluster.md sets one up: one person-key secret file both name with
+``ENGINE_SECRET_FILE`` (its fingerprint recorded in the store by the first node, checked by the second), one
+deployment root key (``ENGINE_TRUST_ROOT_KEY``) under which version 1 of the trust list is published to the store
+before either node starts, devices registered in the store. Two more tests prove what makes them agree while they
+run: a device revoked through node A is refused by node B within 5 s (registries refreshed from the store), and a
+trust list published with ``trust publish`` is used by both nodes within seconds, without a restart.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ import aiohttp
 import orjson
 import pytest
 
+from engine.codes.keys import write_key_file
+from engine.codes.payload import b64url_encode
+from engine.codes.trust_root import sign
+from engine.deployment.trust import publish
 from engine.devices.client import sign_request
 from engine.store.store import Store
 from engine.testing.clickhouse import ClickHouseCluster
@@ -61,6 +68,7 @@ class Deployment:
     nodes: list[EngineProcess]
     keys: Keyring
     root: Path
+    root_key: Path  # the deployment root signing key (trust publish)
 
     def store(self, shard: int = 0) -> Store:
         return Store.connect(
@@ -68,8 +76,11 @@ class Deployment:
         )
 
 
-def _node_env(cluster: ClickHouseCluster, shard: int) -> dict[str, str]:
+def _node_env(cluster: ClickHouseCluster, shard: int, root: Path) -> dict[str, str]:
     return {
+        "ENGINE_SECRET_FILE": str(root / "deployment.secret"),
+        "ENGINE_TRUST_ROOT_KEY": str(root / "trust-root.pub"),
+        "ENGINE_TRUST_LIST": str(root / "trust.json"),
         "ENGINE_DSN": cluster[shard].dsn,
         "ENGINE_DATABASE": DATABASE,
         "ENGINE_CLUSTER": cluster.name,
@@ -91,23 +102,26 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     keys = Keyring.create(DEVICES, prefix="cl-scanner")
     now = int(time.time())
     with ClickHouseCluster(2, root / "clickhouse") as cluster:
-        secret = secrets.token_bytes(32)
+        (root / "deployment.secret").write_bytes(secrets.token_bytes(32))
+        os.chmod(root / "deployment.secret", 0o600)
+        root_key = write_key_file(root / "trust-root.key", "trust-root")
+        (root / "trust-root.pub").write_text(b64url_encode(root_key.public_key) + "\n")
+        trust = keys.trust_list(now)
+        trust.save(root / "trust.json")
         dirs = [root / "node-a", root / "node-b"]
         for d in dirs:
-            d.mkdir()
-            keys.trust_list(now).save(d / "trust.json")
-            (d / "person_key.secret").write_bytes(secret)
-            os.chmod(d / "person_key.secret", 0o600)
-        dep = Deployment(cluster, [], keys, root)
+            d.mkdir(mode=0o700)
+        dep = Deployment(cluster, [], keys, root, root / "trust-root.key")
         store = dep.store()
         try:
             store.migrate()
+            publish(store, root_key.public_key, sign(trust, root_key.signing_key, 1), "test fixture")
             for i in range(DEVICES):
                 device_id, key = keys.device_key(i)
                 store.upsert_device(device_id, bytes(key.verify_key), label=f"node {'AB'[i % 2]}")
         finally:
             store.close()
-        dep.nodes = [EngineProcess(d, **_node_env(cluster, i)) for i, d in enumerate(dirs)]
+        dep.nodes = [EngineProcess(d, **_node_env(cluster, i, root)) for i, d in enumerate(dirs)]
         try:
             for node in dep.nodes:
                 node.start()
@@ -267,8 +281,9 @@ def test_two_nodes_two_shards_kill_9_and_a_shard_outage_lose_nothing(deployment:
 
 
 # -- what needs branch nodes (one registry and one trust list per deployment, refreshed from the store) ------------
-@pytest.mark.xfail(strict=True, reason="needs branch nodes")
 def test_a_revocation_through_node_a_is_refused_by_node_b_within_5_s(deployment: Deployment) -> None:
+    """Node B read its devices at start; only its refresh from the store (every ``--registry-poll-s``) can tell it
+    of a revocation made through node A. On main B kept accepting the device until it restarted."""
     node_a, node_b = deployment.nodes
     device_id, key = deployment.keys.device_key(1)  # one of node B's scanners
     node_a.post_json(f"/v1/admin/devices/{device_id}/revoke", b"{}", admin_headers(node_a.data_dir))
@@ -289,10 +304,10 @@ def test_a_revocation_through_node_a_is_refused_by_node_b_within_5_s(deployment:
     raise AssertionError(f"node B still answers {status} to a device revoked through node A 5 s ago")
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch nodes")
 def test_a_published_trust_list_is_used_by_both_nodes(deployment: Deployment, tmp_path: Path) -> None:
-    """``trust publish`` (branch nodes) signs a new version and puts it in the store; both nodes verify codes of
-    an issuer only the new version trusts within a few seconds, without a restart or SIGHUP."""
+    """``trust publish`` signs a new version with the deployment root key and puts it in the store (through node
+    A's admin API, which applies it at once); node B picks it up by polling. Both verify codes of an issuer only the
+    new version trusts within a few seconds, without a restart or SIGHUP. On main there was no such command."""
     from nacl.signing import SigningKey
 
     from engine.codes.payload import Person, key_id, mint
@@ -301,13 +316,16 @@ def test_a_published_trust_list_is_used_by_both_nodes(deployment: Deployment, tm
     now = int(time.time())
     issuer = SigningKey.generate()
     pk = bytes(issuer.verify_key)
-    trust = TrustList.load(deployment.nodes[0].data_dir / "trust.json")
-    new = TrustList.build([*trust.keys.values(), TrustedKey(key_id(pk), "vneid", pk, now - 86400, now + 86400 * 365)])
+    trust = TrustList.load(deployment.root / "trust.json")
+    new = TrustList.build([*trust.keys, TrustedKey(key_id(pk), "vneid", pk, now - 86400, now + 86400 * 365)])
     path = tmp_path / "trust.json"
     new.save(path)
     node = deployment.nodes[0]
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "trust", "publish", "--trust-list", str(path)],
+        [
+            *(sys.executable, "-m", "engine", "trust", "publish", "--trust-list", str(path)),
+            *("--signing-key", str(deployment.root_key)),
+        ],
         env={**node.env},
         capture_output=True,
         text=True,
@@ -317,7 +335,7 @@ def test_a_published_trust_list_is_used_by_both_nodes(deployment: Deployment, tm
     code = mint(Person("******000001", "LE VAN C", "1980-01-**", "VN0000000001"), issuer, iat=now - 60, exp=now + 86400)
     deadline = time.monotonic() + 10
     for index, target in enumerate(deployment.nodes):
-        device_id, key = deployment.keys.device_key(index)
+        device_id, key = deployment.keys.device_key(index + 2)  # a scanner of that node (device 1 is revoked above)
         while True:
             item = {"scan_id": str(uuid.uuid4()), "qr": code, "venue_id": "v", "direction": "in"}
             item["scanned_at"] = int(time.time() * 1000)

@@ -14,7 +14,8 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ROOMS = (
-    "base", "codes", "accel", "verify", "store", "ops", "devices", "ingest", "tracing", "web", "cli", "testing", "main",
+    "base", "codes", "accel", "verify", "store", "ops", "devices", "ingest", "tracing", "deployment", "web", "cli",
+    "testing", "main",
 )  # fmt: skip
 BASE = {"errors", "config", "clock", "durable", "permissions", "threads", "version", "_verify", "_intake", "__init__"}
 

@@ -7,6 +7,6 @@ below is the only place that names them. Each module imports what it needs insid
 
 from __future__ import annotations
 
-from engine.cli import admin, audit, codes, info, scans, serve, trace
+from engine.cli import admin, audit, codes, info, scans, serve, trace, trust
 
-COMMAND_MODULES = (info, codes, serve, admin, scans, trace, audit)
+COMMAND_MODULES = (info, codes, serve, admin, scans, trace, audit, trust)

@@ -216,6 +216,47 @@ def _wal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_token_add(args: argparse.Namespace) -> int:
+    """A deployment admin token (a ClickHouse server store): accepted by every node within --registry-poll-s."""
+    from engine.cli.remote import credential_registry
+
+    cfg = _config(args)
+    with credential_registry(cfg, "admin") as registry:
+        token = registry.add(args.name, args.valid_days)
+    if args.token_out:
+        from engine.durable import create_private_file
+
+        create_private_file(Path(args.token_out), token.encode() + b"\n")
+    else:
+        print(token)
+    print(
+        f"admin token {args.name!r} created for every node of the deployment; shown once, stored only as a hash",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _admin_token_revoke(args: argparse.Namespace) -> int:
+    from engine.cli.remote import credential_registry
+
+    with credential_registry(_config(args), "admin") as registry:
+        registry.revoke(args.name)
+    print(f"admin token {args.name!r} revoked: every node refuses it within --registry-poll-s", file=sys.stderr)
+    return 0
+
+
+def _admin_token_list(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.cli.remote import credential_registry
+
+    now = time.time()
+    with credential_registry(_config(args), "admin") as registry:
+        doc = [{"name": t.name, "state": t.state(now), "expires": t.expires} for t in registry.tracers()]
+    _print({"admin_tokens": doc}, True)
+    return 0
+
+
 def _schema(args: argparse.Namespace) -> int:
     from engine.store.schema import cluster_ddl_text, render_migrations
 
@@ -259,6 +300,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--venue", action="append", help="venue id it may post scans for (repeatable)")
     p.add_argument("--unbind", action="store_true", help="bind it to no venue (any venue, unless binding is required)")
     add("device-list", _device_list, "list registered scanner devices, their venues, and which are unbound")
+    p = add("admin-token-add", _admin_token_add, "create a deployment admin token (server store): valid on every node")
+    p.add_argument("name", help="who holds it (1-64 of letters, digits, . _ - @)")
+    p.add_argument("--valid-days", type=float, default=90.0, help="days until it expires (default 90, at most 366)")
+    p.add_argument("--token-out", help="write the token to this new file (0600) instead of printing it")
+    p = add("admin-token-revoke", _admin_token_revoke, "revoke a deployment admin token on every node")
+    p.add_argument("name")
+    add("admin-token-list", _admin_token_list, "the deployment's admin tokens (names, states; never the tokens)")
     add("trust-reload", _trust_reload, "make the running engine re-read its trust list (also: SIGHUP)")
     add("stats", _stats, "store statistics: rows per day, rejects by reason, top venues")
     add("wal", _wal, "write-ahead-log state", (*CLIENT_SETTINGS, "wal_dir"))

@@ -9,10 +9,11 @@ store itself with :func:`open_store`; if that store is still locked, the error s
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,3 +127,26 @@ def engine_or_store(cfg: Config, method: str, path: str, local: Callable[[Any], 
         return call_engine(cfg, method, path, body)
     except EngineUnreachable:
         return with_store(cfg, local)
+
+
+@contextlib.contextmanager
+def credential_registry(cfg: Config, kind: str = "tracer") -> Iterator[Any]:
+    """Where this command adds, lists and revokes tracers (or admin tokens): on a ClickHouse server the
+    deployment's registry in the store (every node re-reads it within ``--registry-poll-s``), the data
+    directory's file still read beside it; with the embedded store (one node) the data directory's file."""
+    from engine.tracing.credentials import StoredCredentials, TracerRegistry
+
+    local = TracerRegistry.for_data_dir(cfg.data_dir)
+    if cfg.store_dsn.startswith("chdb:"):
+        if kind != "tracer":
+            raise EngineError(
+                "a single node with the embedded store has one admin token, its data directory's admin.token; "
+                "deployment admin tokens need a ClickHouse server store (--dsn http://...)"
+            )
+        yield local
+        return
+    store = open_store(cfg)
+    try:
+        yield StoredCredentials(store, kind, live=True, fallback=local if kind == "tracer" else None)
+    finally:
+        store.close()

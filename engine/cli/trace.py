@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from engine.cli.remote import EngineUnreachable, call_engine, open_store
+from engine.cli.remote import EngineUnreachable, call_engine, credential_registry, open_store
 from engine.config import CLIENT_SETTINGS, Config
 from engine.errors import EngineError
 from engine.tracing.credentials import TracerRegistry
@@ -119,10 +119,15 @@ def _with_store(cfg: Config, token: str, ask: Any, fn: Any) -> Any:
 
     restrict_umask()
     check_private_files(cfg)
-    tracers = TracerRegistry.for_data_dir(cfg.data_dir)
-    tracers.authenticate(token)  # refused before the store is even opened
+    tracers: Any = TracerRegistry.for_data_dir(cfg.data_dir)
+    if cfg.store_dsn.startswith("chdb:"):
+        tracers.authenticate(token)  # refused before the store is even opened
     the_ask = ask(_local_client())
     store = open_store(cfg)  # migrated; a store still locked by a process is explained
+    if not cfg.store_dsn.startswith("chdb:"):  # a server: the deployment's tracers
+        from engine.tracing.credentials import StoredCredentials
+
+        tracers = StoredCredentials(store, "tracer", live=True, fallback=tracers)
     try:
         audit = AuditLog(store, cfg.data_dir).open()
         try:
@@ -180,9 +185,9 @@ def _venue(args: argparse.Namespace) -> int:
 
 def _tracer_add(args: argparse.Namespace) -> int:
     cfg = Config.from_sources(args)
-    registry = TracerRegistry.for_data_dir(cfg.data_dir)
-    token = registry.add(args.name, args.valid_days)
-    tracer = next(t for t in registry.tracers() if t.name == args.name)
+    with credential_registry(cfg) as registry:
+        token = registry.add(args.name, args.valid_days)
+        tracer = next(t for t in registry.tracers() if t.name == args.name)
     if args.token_out:
         from engine.durable import create_private_file
 
@@ -208,7 +213,8 @@ def _tracer_list(args: argparse.Namespace) -> int:
 
     cfg = Config.from_sources(args)
     now = time.time()
-    tracers = TracerRegistry.for_data_dir(cfg.data_dir).tracers()
+    with credential_registry(cfg) as registry:
+        tracers = registry.tracers()
     if args.json:
         import orjson
 
@@ -223,7 +229,8 @@ def _tracer_list(args: argparse.Namespace) -> int:
 
 def _tracer_revoke(args: argparse.Namespace) -> int:
     cfg = Config.from_sources(args)
-    tracer = TracerRegistry.for_data_dir(cfg.data_dir).revoke(args.name)
+    with credential_registry(cfg) as registry:
+        tracer = registry.revoke(args.name)
     print(f"tracer {tracer.name!r} revoked at {_when(tracer.revoked)} (refused from its next request)")
     return 0
 
@@ -277,17 +284,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--venue-id", required=True)
     p.set_defaults(func=_venue)
+    # the store settings too: on a ClickHouse server the tracers are the deployment's registry in the store
     p = sub.add_parser("tracer-add", help="create a tracer credential and print its token once")
-    Config.add_arguments(p, only=("data_dir",))
+    Config.add_arguments(p, only=CLIENT_SETTINGS)
     p.add_argument("name")
     p.add_argument("--valid-days", type=float, default=90.0, help="days until the token expires (default 90, max 366)")
     p.add_argument("--token-out", help="write the token to this new file (0600) instead of printing it")
     p.set_defaults(func=_tracer_add)
     p = sub.add_parser("tracer-list", help="tracers with their state (active, expired, revoked) and expiry")
-    Config.add_arguments(p, only=("data_dir",))
+    Config.add_arguments(p, only=CLIENT_SETTINGS)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_tracer_list)
     p = sub.add_parser("tracer-revoke", help="end a tracer's token at once")
-    Config.add_arguments(p, only=("data_dir",))
+    Config.add_arguments(p, only=CLIENT_SETTINGS)
     p.add_argument("name")
     p.set_defaults(func=_tracer_revoke)

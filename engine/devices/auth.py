@@ -190,6 +190,10 @@ class DeviceRegistry:
         self._expiry: deque[tuple[int, list[str]]] = deque()
         self._retain_s = 2 * skew_s + 1  # +1: timestamps are whole seconds, the clock is not
         self._now_high = float("-inf")  # the clock's high-water mark, so a backwards step never shortens memory
+        # local changes (put/revoke) are numbered, so a snapshot read from the store before one of them cannot
+        # undo it when it arrives after it (refresh)
+        self.generation = 0
+        self._changed_at: dict[str, int] = {}
         self.replace_all(devices)
 
     # -- registry -------------------------------------------------------------------------------------------
@@ -214,6 +218,49 @@ class DeviceRegistry:
             entries[device.device_id] = entry
         self._entries = entries
 
+    def refresh(self, devices: Iterable[Device], generation: int, *, complete: bool = True) -> int:
+        """Bring in the store's view of devices (another node registered, re-keyed or revoked one), read when
+        :attr:`generation` was ``generation``; returns how many devices changed.
+
+        A device changed here since then keeps its local state (the snapshot predates it); an unchanged record
+        keeps its parsed key, bucket and last-seen time, so a refresh costs a comparison per device, not a key
+        parse. ``complete``: the snapshot is every device, and one absent from it is dropped unless it was
+        registered here since; else it holds only the devices that changed, and the others stay as they are."""
+        now = self._clock()
+        entries: dict[str, _Entry] = {} if complete else dict(self._entries)
+        changed = 0
+        for device in devices:
+            old = self._entries.get(device.device_id)
+            if self._changed_at.get(device.device_id, -1) > generation and old is not None:
+                entries[device.device_id] = old
+                continue
+            if old is not None and old.device == device:
+                entries[device.device_id] = old
+                continue
+            try:
+                verify_key = old.verify_key if old is not None and old.device.public_key == device.public_key else None
+                entry = _Entry(device, verify_key or _validated(device), self.burst, now)
+            except PayloadError as exc:
+                log.error("skipping stored device record: %s", exc)
+                continue
+            if old is not None:
+                entry.tokens, entry.refilled, entry.last_seen = old.tokens, old.refilled, old.last_seen
+            if device.revoked and (old is None or not old.device.revoked):
+                log.warning("device %s revoked (through another node)", device.device_id)
+            entries[device.device_id] = entry
+            changed += 1
+        if complete:
+            for device_id, old in self._entries.items():
+                if device_id not in entries and self._changed_at.get(device_id, -1) > generation:
+                    entries[device_id] = old
+            changed += sum(1 for d in self._entries if d not in entries)
+        self._entries = entries
+        return changed
+
+    def _mark(self, device_id: str) -> None:
+        self.generation += 1
+        self._changed_at[device_id] = self.generation
+
     def put(self, device: Device) -> None:
         """Register or update a device; refuses a malformed id or a weak (small-order, off-curve) key with 400."""
         verify_key = _validated(device)
@@ -222,6 +269,7 @@ class DeviceRegistry:
         if old is not None:  # keep the bucket: re-registering must not reset a device's rate limit
             entry.tokens, entry.refilled, entry.last_seen = old.tokens, old.refilled, old.last_seen
         self._entries[device.device_id] = entry
+        self._mark(device.device_id)
         log.info(
             "device %s registered (label %r, %s)",
             device.device_id,
@@ -237,6 +285,7 @@ class DeviceRegistry:
         if entry is None:
             raise NotFoundError(f"no registered device {device_id!r}")
         entry.device = replace(entry.device, revoked=True)
+        self._mark(device_id)
         log.warning("device %s revoked", device_id)
         if self._on_change is not None:
             self._on_change(entry.device)

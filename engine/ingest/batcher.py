@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import numpy as np
 
 from engine.codes.trust import TrustTable
 from engine.codes.verdicts import VERDICTS
-from engine.errors import EngineError, OverloadedError, WALError
+from engine.errors import EngineError, InternalError, OverloadedError
 from engine.ingest import record
 from engine.ingest.codeset import SharedCodeSet
 from engine.ingest.commit import GroupCommit, Verified
@@ -97,6 +98,7 @@ class Batcher:
         recent_ids: int,
         on_durable: Callable[[], None] = lambda: None,
         codeset: SharedCodeSet | None = None,
+        wal_append_timeout_s: float = 10.0,
     ) -> None:
         self._verifier = verifier
         self._codeset = codeset
@@ -113,8 +115,9 @@ class Batcher:
         self._waiting_scans = 0  # in self._queue only
         self._wake = asyncio.Event()
         self._commit = GroupCommit(
-            wal, metrics, on_committed=self._committed, on_failed=self._fail, on_durable=on_durable
-        )
+            wal, metrics, on_committed=self._committed, on_failed=self._fail, on_durable=on_durable,
+            timeout_s=wal_append_timeout_s,
+        )  # fmt: skip
         self._verify_pool = single_thread_pool("verify")
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -161,6 +164,11 @@ class Batcher:
             await asyncio.get_running_loop().run_in_executor(
                 self._verify_pool, lambda: codeset.load(self._verifier, self._trust, rows)
             )
+
+    @property
+    def wal_stalled(self) -> bool:
+        """A WAL append has been running past its timeout (``/readyz``: the node cannot make scans durable)."""
+        return bool(self._commit.stalled_since)
 
     @property
     def queued_scans(self) -> int:
@@ -246,9 +254,13 @@ class Batcher:
                 subs = self._take_batch()
                 try:
                     verified = await loop.run_in_executor(self._verify_pool, self._verify, subs)
-                except Exception as exc:  # a bug in a verifier must fail these requests, not the engine
-                    log.exception("verification failed for a batch of %d scans", sum(map(len, subs)))
-                    self._fail(subs, WALError(f"verification failed: {exc}"))
+                except Exception:  # a bug in a verifier must fail these requests, not the engine
+                    # a 500 with the id of this log line, not a 503 "overloaded": a retry would hit the same bug
+                    error_id = secrets.token_hex(6)
+                    log.exception(
+                        "verification failed (error %s) for a batch of %d scans", error_id, sum(map(len, subs))
+                    )
+                    self._fail(subs, InternalError(f"internal error {error_id} while verifying; it has been logged"))
                     continue
                 await self._commit.put(verified)
 
@@ -295,7 +307,8 @@ class Batcher:
         for s in subs:
             self._queued_scans -= len(s)
             if not s.future.done():
-                s.future.set_exception(exc if isinstance(exc, OverloadedError) else OverloadedError(str(exc), 2.0))
+                overloaded = isinstance(exc, OverloadedError | InternalError)
+                s.future.set_exception(exc if overloaded else OverloadedError(str(exc), 2.0))
 
     def _refresh_metrics(self) -> None:
         m = self._metrics

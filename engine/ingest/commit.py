@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.errors import EngineError
+from engine.errors import EngineError, WALError
 from engine.ingest.recent import Submission
 from engine.ingest.wal import WriteAheadLog
 from engine.ops.metrics import Metrics
@@ -41,6 +41,7 @@ class GroupCommit:
         on_committed: Callable[[Verified], None],
         on_failed: Callable[[list[Submission], BaseException], None],
         on_durable: Callable[[], None] = lambda: None,
+        timeout_s: float = 10.0,
     ) -> None:
         self._wal = wal
         self._metrics = metrics
@@ -49,6 +50,12 @@ class GroupCommit:
         self._on_durable = on_durable
         self._verified: asyncio.Queue[Verified] = asyncio.Queue(maxsize=2)
         self._pool = single_thread_pool("wal")
+        self._timeout_s = timeout_s
+        #: when an append past its timeout began, while it has not finished (``/readyz``: ``wal_stalled``)
+        self.stalled_since = 0.0
+
+    def _unstall(self, _: object) -> None:
+        self.stalled_since = 0.0
 
     async def put(self, verified: Verified) -> None:
         """Queue a verified batch; waits while two are already waiting (backpressure onto the verify stage)."""
@@ -61,8 +68,22 @@ class GroupCommit:
             while not self._verified.empty():
                 group.append(self._verified.get_nowait())
             t0 = time.perf_counter()
+            append = loop.run_in_executor(self._pool, self._wal.append, [v.record for v in group])
             try:
-                await loop.run_in_executor(self._pool, self._wal.append, [v.record for v in group])
+                # shielded: a timed-out append still finishes on the WAL thread (it cannot be stopped mid-fsync);
+                # its devices got a 503 and resend, and their retry is answered as a duplicate or collapsed
+                await asyncio.wait_for(asyncio.shield(append), self._timeout_s)
+            except TimeoutError:
+                self.stalled_since = self.stalled_since or time.monotonic()
+                append.add_done_callback(self._unstall)
+                stalled = WALError(
+                    f"the WAL append did not finish within {self._timeout_s:g} s (--wal-append-timeout-s): the disk "
+                    "is stalled; retry later"
+                )
+                log.error("WAL append stalled: %d batches failed with 503 after %.1f s", len(group), self._timeout_s)
+                for v in group:
+                    self._on_failed(v.subs, stalled)
+                continue
             except EngineError as exc:
                 log.error("WAL append failed: %s", exc)
                 for v in group:

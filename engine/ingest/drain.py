@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from engine.durable import replace_file
-from engine.errors import EngineError, WALError
+from engine.errors import EngineError, StoreError, WALError
 from engine.ingest import record
 from engine.ingest.wal import WALRecord, WriteAheadLog
 from engine.ops.metrics import Metrics
@@ -36,6 +38,28 @@ from engine.store.store import Store
 from engine.threads import keeping_name, single_thread_pool
 
 log = logging.getLogger(__name__)
+
+# ClickHouse error codes for data the store refuses whatever the retry (it answers, the rows are wrong): a record
+# refused with one of these is quarantined. Anything else (no answer, timeouts, too many parts, memory, a missing
+# table or an unknown error) is retried: a poison verdict must never empty a healthy WAL into the dead letters.
+_REFUSED_FOR_GOOD = frozenset(
+    {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 128, 131, 190, 691}
+)  # fmt: skip
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True if ``exc`` says the store refused an insert for its content, so retrying cannot help. A failure to build
+    the insert from decoded rows (Arrow conversion: a device or key code out of range) counts too: it is a property
+    of the record, and the same record fails the same way every time."""
+    if isinstance(exc, IndexError | ValueError | TypeError | OverflowError) or type(exc).__module__.startswith(
+        "pyarrow"
+    ):
+        return True
+    if not isinstance(exc, StoreError):
+        return False
+    found = _CODE.search(str(exc))
+    return found is not None and int(found.group(1)) in _REFUSED_FOR_GOOD
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -74,6 +98,7 @@ class Drain:
         self._task: asyncio.Task[None] | None = None
         self.store_ok = True
         self.last_error: str = ""
+        self._suspect = 0  # the last LSN of a range the store refused: drained one record at a time up to it
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -113,15 +138,21 @@ class Drain:
             try:
                 moved = await loop.run_in_executor(self._pool, keeping_name("store", self.step))
             except Exception as exc:  # the drain must never die silently: retry whatever failed
+                # engine_store_up means "the store answers", asked of the store itself, not "the last insert worked";
+                # store_ok (readiness) is "the drain can store": a store that answers but keeps refusing inserts
+                # (a table detached, too many parts) fills the WAL all the same
+                answers = await loop.run_in_executor(self._pool, self._store.ping)
                 self.store_ok = False
                 self.last_error = str(exc) or type(exc).__name__
-                self._metrics.store_up.set(0)
+                self._metrics.store_up.set(1 if answers else 0)
                 self._metrics.store_errors.inc()
+                # jitter: several nodes whose shared store came back must not all retry in the same instant
+                wait = backoff * random.uniform(0.5, 1.0)
                 if isinstance(exc, EngineError):
-                    log.warning("store insert failed, retrying in %.1fs: %s", backoff, exc)
+                    log.warning("store insert failed, retrying in %.1fs: %s", wait, exc)
                 else:
-                    log.exception("drain step failed unexpectedly, retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
+                    log.exception("drain step failed unexpectedly, retrying in %.1fs", wait)
+                await asyncio.sleep(wait)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
@@ -132,7 +163,7 @@ class Drain:
             if not moved:
                 self._kick.clear()
                 await _wait(self._kick, self._idle_wait_s * 10)
-            elif self._wal.backlog_bytes < self._max_bytes:
+            elif self._wal.backlog_bytes < self._max_bytes and not self._suspect:
                 # Pace inserts: chdb pays a fixed CPU cost per insert into our three tables whatever its size
                 # (parts created), so one insert per interval with everything that accumulated is far cheaper
                 # than one per WAL batch (bench/store_bench.py; README). A longer interval measured no better end
@@ -140,28 +171,98 @@ class Drain:
                 await _wait(self._closing, self._interval_s)
 
     def step(self) -> int:
-        """One insert (blocking; store thread). Returns the rows moved; raises StoreError to be retried."""
+        """One insert (blocking; store thread). Returns the rows moved (or records set aside); raises StoreError to
+        be retried.
+
+        A record that can never be stored is quarantined (:meth:`_quarantine`) instead of holding the WAL: one that
+        cannot be decoded, or that the store refuses for its content while it answers (:func:`refused_for_good`).
+        When a range of several records is refused, the drain goes on one record at a time until past that range,
+        so only the culprit is set aside and every other record reaches the store."""
         first, last, token = self._next_range()
         if first == 0:
             self._after_insert()  # what a failed publish left (the scans it came with are stored)
             return 0
         records = self._read_range(first, last)
-        batch = record.decode_many([r.payload for r in records])
-        t0 = time.perf_counter()
-        rows = self._store.insert_scans(batch, dedup_token=token)
+        good: list[WALRecord] = []
+        parts: list[record.Rows] = []
+        undecodable: list[tuple[WALRecord, str]] = []  # set aside with the range's outcome, not before
+        for r in records:
+            try:
+                parts.append(record.decode(r.payload))
+                good.append(r)
+            except WALError as exc:  # deterministic: no retry will ever decode it
+                undecodable.append((r, f"cannot be decoded: {exc}"))
+        if not parts:
+            self._set_aside(undecodable)
+            self._finish(last)
+            return len(records)
+        try:
+            t0 = time.perf_counter()
+            rows = self._store.insert_scans(record.Rows.concat(parts), dedup_token=token)
+        except Exception as exc:
+            if not refused_for_good(exc) or not self._store.ping():
+                raise  # transient (the store does not answer, or may accept it later): retried with backoff
+            if len(good) > 1:
+                log.warning(
+                    "the store refuses WAL records %d..%d (%s); retrying them one at a time to set the culprit aside",
+                    first,
+                    last,
+                    exc,
+                )
+                self._suspect = max(self._suspect, last)
+                self._clear_intent()  # nothing of it was stored: the next ranges are new inserts, one record each
+                return 1
+            self._set_aside([*undecodable, (good[0], f"cannot be stored (refused for good): {exc}")])
+            self._finish(last)
+            return 1
+        self._set_aside(undecodable)
         self._metrics.insert_seconds.observe(time.perf_counter() - t0)
         self._metrics.insert_rows.observe(rows)
         self._metrics.scans_stored.inc(rows)
-        self._wal.checkpoint(last)
+        self._finish(last)
         self._after_insert()  # the verified-code set entries of these scans' batches, as one small insert
         return max(rows, 1)
+
+    def _finish(self, last: int) -> None:
+        self._wal.checkpoint(last)
+        if self._suspect and last >= self._suspect:
+            self._suspect = 0
+
+    def _set_aside(self, poison: list[tuple[WALRecord, str]]) -> None:
+        for rec, why in poison:
+            self._quarantine(rec, why)
+
+    def _quarantine(self, rec: WALRecord, why: str) -> None:
+        """Set a record that can never be stored aside, durably, with its LSN, then let the drain pass it."""
+        directory = self.dead_letter_dir
+        directory.mkdir(mode=0o700, exist_ok=True)
+        stem = f"lsn-{rec.lsn}-{rec.lsn}"
+        replace_file(directory / f"{stem}.rec", rec.payload)
+        meta = {"first_lsn": rec.lsn, "last_lsn": rec.lsn, "bytes": len(rec.payload), "reason": why,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        replace_file(directory / f"{stem}.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        self._metrics.wal_quarantined.inc()
+        log.error(
+            'WAL record %d quarantined to %s (%d bytes): %s; the drain goes on (docs/reliability.md, "Poison records")',
+            rec.lsn,
+            directory / f"{stem}.rec",
+            len(rec.payload),
+            why,
+        )
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        """Where quarantined WAL records go: one ``.rec`` (the record as it was) and one ``.json`` (LSN range,
+        reason, time) per record, beside the WAL segments (which the WAL never mistakes them for)."""
+        return Path(self._wal.directory) / "dead-letter"
 
     def _next_range(self) -> tuple[int, int, str]:
         done = self._wal.checkpoint_lsn
         intent = self._read_intent()
         if intent is not None and intent[1] > done:
             return intent  # redo exactly what may have been half-done before a crash
-        chosen = self._wal.read(done, max_records=self._max_records, max_bytes=self._max_bytes)
+        one = bool(self._suspect)  # inside a refused range: one record per insert, to find the culprit
+        chosen = self._wal.read(done, max_records=1 if one else self._max_records, max_bytes=self._max_bytes)
         if not chosen:
             return 0, 0, ""
         first, last = chosen[0].lsn, chosen[-1].lsn
@@ -191,6 +292,10 @@ class Drain:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring unreadable drain intent %s", self._intent_path)
             return None
+
+    def _clear_intent(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._intent_path.unlink()
 
     def _write_intent(self, first: int, last: int, token: str) -> None:
         replace_file(self._intent_path, orjson.dumps({"first": first, "last": last, "token": token}))

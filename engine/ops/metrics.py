@@ -93,7 +93,13 @@ class Metrics:
             "verified_codes rows refused because their MAC is not the deployment secret's (counted per read)",
             registry=r,
         )
-        self.store_up = Gauge("engine_store_up", "1 if the last store operation succeeded", registry=r)
+        self.store_up = Gauge("engine_store_up", "1 if the store answers (a ping, not the last insert)", registry=r)
+        self.wal_quarantined = Counter(
+            "engine_wal_quarantined_records",
+            "WAL records that can never be stored (undecodable, or refused by the store for their content), moved to "
+            "the dead-letter directory so the drain goes on",
+            registry=r,
+        )
         self.active_devices = Gauge("engine_active_devices", "Devices that sent a request in the last 60 s", registry=r)
         self.auth_failures = Counter(
             "engine_auth_failures",
@@ -110,6 +116,30 @@ class Metrics:
         self.audit_chain_ok = Gauge(
             "engine_audit_chain_ok",
             "1 if the audit chain matched its anchor at start (else tracing is refused)",
+            registry=r,
+        )
+        # one deployment of several nodes (engine/deployment): which signed trust list this node runs, how old it
+        # is, what it refused, and how fresh its registries are
+        self.trust_list_version = Gauge(
+            "engine_trust_list_version",
+            "Version of the signed trust list in use (0: a plain, unsigned file)",
+            registry=r,
+        )
+        self.trust_list_age = Gauge(
+            "engine_trust_list_age_seconds", "Seconds since the trust list in use was published", registry=r
+        )
+        self.trust_list_store_version = Gauge(
+            "engine_trust_list_store_version", "Newest trust list version this node saw in the store", registry=r
+        )
+        self.trust_list_refused = Counter(
+            "engine_trust_list_refused",
+            "Signed trust lists refused, by reason (bad_signature, rollback, version_reused, unsigned, malformed)",
+            ["reason"],
+            registry=r,
+        )
+        self.registry_refresh_age = Gauge(
+            "engine_registry_refresh_age_seconds",
+            "Seconds since devices, tracers and admin tokens were last read from the store",
             registry=r,
         )
         for v in VERDICTS:

@@ -527,6 +527,7 @@ class Store:
                     database=self.database,
                     column_type_names=list(column_types),
                     column_oriented=True,
+                    settings=_SYNC_INSERT,  # a registry row (credential, fingerprint) is a part once this returns
                 ),
             )
 
@@ -604,26 +605,37 @@ class Store:
         )
 
     # -- reads ---------------------------------------------------------------------------------------------
-    def devices(self) -> list[DeviceRecord]:
-        """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL)."""
+    def devices(self, *, changed_since_ms: int | None = None) -> list[DeviceRecord]:
+        """Every device's latest state (argMax by ``updated_at``: correct before merges, and needs no FINAL); with
+        ``changed_since_ms``, only devices updated at or after it (a node's refresh reads what changed)."""
+        having = ""
+        params: dict[str, Any] | None = None
+        if changed_since_ms is not None:
+            having = " HAVING max(updated_at) >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+            params = {"since": changed_since_ms}
         rows = self.query(
             "SELECT device_id, hex(argMax(public_key, updated_at)), argMax(revoked, updated_at), "
             "argMax(label, updated_at), min(registered_at), max(updated_at), argMax(venues, updated_at) "
-            f"FROM {self.database}.devices GROUP BY device_id ORDER BY device_id"
+            f"FROM {self.database}.devices GROUP BY device_id{having} ORDER BY device_id",
+            params,
         )
         # hex: the driver decodes String as UTF-8 and hands back raw key bytes as a hex str when they are not
         return [DeviceRecord(r[0], bytes.fromhex(r[1]), bool(r[2]), r[3], r[4], r[5], tuple(r[6])) for r in rows]
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted."""
-        return self.query_columns(sql, parameters)[1]
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a parameterised query: values go in ``{name:Type}`` and are bound by the server, never pasted.
+        ``settings``: ClickHouse settings of this one query (the tracing lane's caps)."""
+        return self.query_columns(sql, parameters, settings=settings)[1]
 
     def query_columns(
-        self, sql: str, parameters: dict[str, Any] | None = None
+        self, sql: str, parameters: dict[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Like :meth:`query`, with the result's column names (for tables printed by the CLI)."""
+        extra = dict(settings) if settings else None
         with self._lock:
-            result = self._run("query", lambda: self._client.query(sql, parameters=parameters))
+            result = self._run("query", lambda: self._client.query(sql, parameters=parameters, settings=extra))
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:

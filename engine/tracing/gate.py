@@ -20,7 +20,7 @@ from engine.ops.authlog import AuthFailures
 from engine.ops.logs import quote
 from engine.ops.metrics import Metrics
 from engine.tracing.audit import AuditLog, AuditRecord, AuditUnavailable
-from engine.tracing.credentials import Tracer, TracerRefused, TracerRegistry
+from engine.tracing.credentials import CredentialRegistry, Tracer, TracerRefused
 from engine.tracing.quotas import PERSON, WIDE, TracerQuotas
 
 log = logging.getLogger("engine.tracing")
@@ -53,7 +53,7 @@ def check_case_id(case_id: str | None) -> str:
 class TraceGate:
     def __init__(
         self,
-        tracers: TracerRegistry,
+        tracers: CredentialRegistry,
         audit: AuditLog,
         *,
         quotas: TracerQuotas | None = None,

@@ -20,10 +20,12 @@ from aiohttp import web
 from engine.codes.payload import b64url_decode_canonical, b64url_encode
 from engine.codes.venues import MAX_VENUES, VENUE_PATTERN, check_venue_list
 from engine.codes.verdicts import REASONS, VERDICTS
+from engine.deployment.trust import newest_version
 from engine.devices.auth import DEVICE_ID_RE, MAX_LABEL_CHARS, Device
-from engine.errors import AuthError, EngineError, ForbiddenError, NotFoundError, PayloadError
+from engine.errors import AuthError, ConflictError, EngineError, ForbiddenError, NotFoundError, PayloadError
 from engine.store import listing
 from engine.store.listing import DEFAULT_LIMIT, MAX_ID_CHARS, MAX_LIMIT, ScanFilter
+from engine.tracing.credentials import TracerRefused
 from engine.web.body import read_body
 from engine.web.keys import AUTH_FAILURES, RUNTIME, TLS_CONTEXT, Runtime
 from engine.web.openapi import SCAN_ROW, anchored, documented, error, json_body, query
@@ -41,10 +43,20 @@ def require_admin(request: web.Request) -> Runtime:
         raise AuthError("operator endpoints need Authorization: Bearer <admin token>")
     if request.headers.get("X-Device-Id"):
         raise ForbiddenError("scanner credentials are not accepted on operator endpoints")
-    if not hmac.compare_digest(header[7:].strip().encode(), rt.admin_token.encode()):
-        failures.record("admin", "invalid", request.remote or "?")
-        raise AuthError("admin token is not valid")
-    return rt
+    token = header[7:].strip()
+    if hmac.compare_digest(token.encode(), rt.admin_token.encode()):
+        return rt
+    if rt.admin_tokens is not None:  # a server store: any admin token of the deployment's registry
+        try:
+            rt.admin_tokens.authenticate(token)
+            return rt
+        except TracerRefused as exc:
+            failures.record("admin", exc.reason, request.remote or "?")
+            if exc.reason != "unknown":
+                raise AuthError(str(exc)) from None
+            raise AuthError("admin token is not valid") from None
+    failures.record("admin", "invalid", request.remote or "?")
+    raise AuthError("admin token is not valid")
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:
@@ -237,6 +249,61 @@ async def reload_trust(request: web.Request) -> web.Response:
 
 
 @documented(
+    summary="Publish a signed trust list version (trust publish): checked, stored, in force on this node at once",
+    audience="operator",
+    description="The body is the signed document `trust publish` writes (signed offline by the deployment root "
+    "key). Refused unless it verifies under this node's `--trust-root-key` and its version is above every version "
+    "the store and this node know; the other nodes pick it up from the store within `--trust-poll-s`.",
+    request_body={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+    responses={
+        200: json_body(
+            "published",
+            {
+                "type": "object",
+                "properties": {
+                    "version": {"type": "integer"},
+                    "keys": {"type": "integer"},
+                    "revoked_codes": {"type": "integer"},
+                },
+            },
+        ),
+        409: error("This node has no --trust-root-key: it reads a plain trust list file"),
+        422: error("Not signed by the root key, not above the versions known, or an invalid list"),
+    },
+)
+async def publish_trust(request: web.Request) -> web.Response:
+    rt = require_admin(request)
+    feed = rt.trust_feed
+    if feed is None:
+        raise ConflictError("this node reads a plain trust list file (no --trust-root-key): edit it and trust-reload")
+    document = await read_body(request)
+    signed = await rt.in_store_thread(feed.publish, document, f"admin API on {request.host}")
+    await rt.apply_signed_trust(signed)
+    log.info("trust list version %d published through this node", signed.version)
+    return web.json_response(
+        {"version": signed.version, "keys": len(signed.trust.keys), "revoked_codes": len(signed.trust.revoked_codes)}
+    )
+
+
+@documented(
+    summary="The trust list in use: signed version and age (0 for a plain file), and the store's newest version",
+    audience="operator",
+    responses={200: json_body("trust list state")},
+)
+async def trust_state(request: web.Request) -> web.Response:
+    rt = require_admin(request)
+    feed = rt.trust_feed
+    doc: dict[str, object] = {"keys": len(rt.trust.keys), "revoked_codes": len(rt.trust.revoked_codes)}
+    if feed is not None and feed.current is not None:
+        doc["version"] = feed.current.version
+        doc["published_at_ms"] = feed.current.published_at_ms
+        doc["store_version"] = await rt.in_store_thread(newest_version, rt.store)
+    else:
+        doc["version"] = 0
+    return web.json_response(doc)
+
+
+@documented(
     summary="Store statistics: rows per day, verdicts, rejects by reason, top venues",
     audience="operator",
     responses={200: json_body("statistics"), 503: error("The store is unavailable")},
@@ -354,6 +421,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/admin/devices/{device_id}/revoke", revoke_device)
     app.router.add_post("/v1/admin/devices/{device_id}/venues", bind_device)
     app.router.add_post("/v1/admin/trust/reload", reload_trust)
+    app.router.add_post("/v1/admin/trust/publish", publish_trust)
+    app.router.add_get("/v1/admin/trust", trust_state)
     app.router.add_get("/v1/admin/stats", stats)
     app.router.add_get("/v1/admin/wal", wal_state)
     app.router.add_get("/v1/admin/scans", list_scans)

@@ -26,7 +26,11 @@ from typing import TypeVar
 from aiohttp import web
 
 from engine.codes.trust import TrustList
+from engine.codes.trust_root import read_root_key
 from engine.config import Config
+from engine.deployment.registries import RegistryRefresher
+from engine.deployment.secret import check_fingerprint, read_secret
+from engine.deployment.trust import TrustFeed
 from engine.devices.auth import Device, DeviceRegistry
 from engine.durable import read_or_create_private_file
 from engine.errors import EngineError, OverloadedError, RateLimitedError
@@ -42,8 +46,16 @@ from engine.ops.metrics import Metrics
 from engine.permissions import private_dir, require_private
 from engine.store.store import Store
 from engine.tracing.audit import AuditLog
-from engine.tracing.credentials import TRACERS_FILE, TracerRegistry
+from engine.tracing.credentials import (
+    TRACERS_FILE,
+    CredentialRegistry,
+    StoredCredentials,
+    Tracer,
+    TracerRegistry,
+    token_digest,
+)
 from engine.tracing.gate import TraceGate
+from engine.tracing.lane import LaneLimits, TraceLane
 from engine.tracing.quotas import TracerQuotas
 from engine.tracing.stays import StaysJob, keep_paired
 from engine.verify import make_verifier
@@ -57,6 +69,7 @@ from engine.web.keys import (
     STORE,
     TLS_CONTEXT,
     TRACE_GATE,
+    TRACE_LANE,
     WAL,
     Listeners,
     Runtime,
@@ -69,6 +82,9 @@ T = TypeVar("T")
 
 #: A scan's share of a WAL batch record, about (engine.ingest.record): turns "rows per insert" into a byte bound.
 WAL_BYTES_PER_ROW = 130
+
+#: a node's own admin token in the deployment registry is renewed at each start; this bounds a forgotten node's
+NODE_TOKEN_DAYS = 366
 
 #: every audience's routes, each module with a ``setup(app)``: devices, operators, tracers (and their audit), the
 #: dashboard, and the browser scanner with its enrolment
@@ -86,8 +102,18 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
 def deployment_secret(config: Config) -> bytes:
     """The secret every node of the deployment shares: person keys and the verified-code set's tags and row MACs
     are derived from it. The one place it is read, so that where it comes from can change without the verifier,
-    the set or the store knowing: today the per-data-directory secret file."""
-    return read_or_create_secret(config.secret_path)
+    the set or the store knowing: ``--secret-file``, else the data directory's (engine.deployment.secret)."""
+    return read_secret(config)
+
+
+def load_trust(cfg: Config, store: Store, metrics: Metrics, node: str) -> tuple[TrustList, TrustFeed | None]:
+    """The trust list to start with: with ``--trust-root-key`` the newest signed version (store, file, this node's
+    copy; engine.deployment.trust), else the plain file as a single node always read it."""
+    if not cfg.signed_trust:
+        return load_or_create_trust(cfg.trust_list_path), None
+    path = cfg.trust_list_path
+    feed = TrustFeed(store, read_root_key(cfg.trust_root_key), metrics, cfg.data_dir, path, node)
+    return feed.load_at_start().trust, feed
 
 
 def load_or_create_trust(path: Path) -> TrustList:
@@ -125,8 +151,11 @@ async def _wal_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, metrics = app[CONFIG], app[METRICS]
     store, wal = app[STORE], app[WAL]
-    trust = load_or_create_trust(cfg.trust_list_path)
+    node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
     secret = deployment_secret(cfg)
+    source = str(cfg.secret_path) if cfg.secret_configured else f"{cfg.secret_path}, this data directory's own"
+    await asyncio.to_thread(check_fingerprint, store, secret, node, source)
+    trust, trust_feed = await asyncio.to_thread(load_trust, cfg, store, metrics, node)
     admin_token = _admin_token(cfg.data_dir / "admin.token")
     table = trust.table()  # one snapshot shared by the verifier and the batcher's record encoder
     verifier = make_verifier(table, secret, cache_size=cfg.cache_size, threads=cfg.threads, skew=cfg.skew_s)
@@ -145,7 +174,6 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             "are refused (--require-venue-binding)" if cfg.require_venue_binding else "may post for any venue",
             ", ".join(unbound[:3]),
         )
-    node = f"{socket.gethostname()}:{cfg.port}/{cfg.worker_index}"
     codeset = SharedCodeSet(store, metrics, secret, node, cfg.cache_size) if cfg.set_poll_s > 0 else None
     metrics.codeset_max.set(cfg.cache_size)
     metrics.set_codeset_source(lambda: (verifier.set_size, cfg.cache_size, verifier.set_evictions))
@@ -169,6 +197,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         recent_ids=cfg.recent_ids,
         on_durable=drain.notify,
         codeset=codeset,
+        wal_append_timeout_s=cfg.wal_append_timeout_s,
     )
     for orphan in cfg.orphan_wal_paths():
         await asyncio.to_thread(drain_orphan_wal, orphan, store, metrics)
@@ -189,14 +218,34 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
     metrics.on_scrape(refresh)
     runtime = Runtime(cfg, metrics, store, wal, trust, devices, drain, batcher, admin_token, time.time())
+    runtime.trust_feed = trust_feed
     app[RUNTIME] = runtime
     drain.start()
     batcher.start()
     poll = None
+    polls: list[asyncio.Task[None]] = []
     if codeset is not None and not store.is_embedded:  # an embedded store has one writer: this process
         poll = asyncio.create_task(
             codeset.keep_polling(runtime.in_store_thread, batcher.load_shared, cfg.set_poll_s), name="codeset-poll"
         )
+    if trust_feed is not None and not store.is_embedded:
+        polls.append(
+            asyncio.create_task(
+                trust_feed.keep_polling(runtime.in_store_thread, runtime.apply_signed_trust, cfg.trust_poll_s),
+                name="trust-poll",
+            )
+        )
+    if not store.is_embedded:  # a deployment's admin tokens, this node's own among them
+        runtime.admin_tokens = StoredCredentials(store, "admin", live=False)
+        await runtime.in_store_thread(register_node_token, runtime.admin_tokens, store, node, admin_token)
+        runtime.refresher = RegistryRefresher(store, devices, metrics, [runtime.admin_tokens])
+        if cfg.registry_poll_s > 0:
+            polls.append(
+                asyncio.create_task(
+                    runtime.refresher.keep_refreshing(runtime.in_store_thread, cfg.registry_poll_s),
+                    name="registry-poll",
+                )
+            )
     log.info(
         "engine ready on %s:%d (verifier %s, %d threads, store %s)",
         cfg.host,
@@ -207,6 +256,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await stop_polling(poll)
+    for task in polls:
+        await stop_polling(task)
     await batcher.close(cfg.shutdown_timeout_s)
     await drain.close(cfg.shutdown_timeout_s)
 
@@ -237,13 +288,44 @@ def recent_scan_verdicts(store: Store, limit: int) -> tuple[list[bytes], list[in
     return keys, [(int(r[2]) << 8) | int(r[3]) for r in rows]
 
 
+async def _lane_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The tracing lane (engine.tracing.lane): its own store clients and threads, so no trace holds ingest."""
+    cfg = app[CONFIG]
+    limits = LaneLimits(
+        concurrency=cfg.trace_concurrency,
+        per_tracer=cfg.trace_per_tracer,
+        timeout_s=cfg.trace_timeout_s,
+        max_rows_read=cfg.trace_max_rows_read,
+        max_rows=cfg.trace_max_rows,
+        max_bytes=cfg.trace_max_mb << 20,
+    )
+    options = {**cfg.store_options(), "insert_timeout": cfg.trace_timeout_s + 10}
+    lane = await asyncio.to_thread(TraceLane(lambda: Store.connect(cfg.store_dsn, **options), limits).open)
+    app[TRACE_LANE] = lane
+    store_up = app[METRICS].store_up
+    pinging = asyncio.create_task(  # /readyz answers from its last result; engine_store_up is its answer
+        lane.keep_pinging(on_result=lambda ok: store_up.set(1 if ok else 0)), name="store-ping"
+    )
+    yield
+    pinging.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pinging
+    await asyncio.to_thread(lane.close)
+
+
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """The tracing audit chain of this data directory, held (locked) for the engine's life; the trace gate."""
     cfg, rt = app[CONFIG], app[RUNTIME]
     log_ = await rt.in_store_thread(lambda: AuditLog(rt.store, cfg.data_dir, cfg.audit_chain_name).open())
     app[METRICS].audit_chain_ok.set(0 if log_.broken else 1)
+    tracers: CredentialRegistry = TracerRegistry.for_data_dir(cfg.data_dir)
+    if rt.refresher is not None:  # a server store: the deployment's tracers, this directory's file beside them
+        stored = StoredCredentials(rt.store, "tracer", live=False, fallback=tracers)
+        await rt.in_store_thread(lambda: stored.apply(stored.read(rt.store)))
+        rt.refresher.add(stored)
+        tracers = stored
     app[TRACE_GATE] = TraceGate(
-        TracerRegistry.for_data_dir(cfg.data_dir),
+        tracers,
         log_,
         quotas=TracerQuotas(cfg.tracer_person_per_hour, cfg.tracer_wide_per_hour),
         failures=app[AUTH_FAILURES],
@@ -303,6 +385,18 @@ async def _on_shutdown(app: web.Application) -> None:
         app[RUNTIME].shutting_down = True
 
 
+def register_node_token(tokens: StoredCredentials, store: Store, node: str, token: str) -> None:
+    """Put this node's own admin token (its data directory's, what its local CLI sends) in the deployment's
+    registry, so an operator holding any node's token is recognised by every node (store thread)."""
+    tokens.apply(tokens.read(store))
+    name = f"node {node}"
+    known = {t.name: t for t in tokens.tracers()}.get(name)
+    digest = token_digest(token)
+    if known is None or known.token_sha256 != digest or known.revoked:
+        now = int(time.time())
+        tokens.put(Tracer(name, digest, now, now + NODE_TOKEN_DAYS * 86_400))
+
+
 def _admin_token(path: Path) -> str:
     """Bearer token for operator calls (admin CLI on this host); created 0600 at first start."""
     return read_or_create_private_file(path, lambda: secrets.token_urlsafe(32).encode() + b"\n").decode().strip()
@@ -322,7 +416,8 @@ async def error_middleware(
         headers = {}
         if isinstance(exc, OverloadedError | RateLimitedError):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        response = web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status, headers=headers)
+        body = {"error": exc.code, "message": str(exc), **getattr(exc, "details", {})}  # e.g. a trace cap's hints
+        response = web.json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -334,8 +429,12 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = web.json_response({"error": "internal", "message": "internal error; it has been logged"}, status=500)
+        error_id = secrets.token_hex(6)
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
+        response = web.json_response(
+            {"error": "internal", "message": f"internal error {error_id}; it has been logged", "error_id": error_id},
+            status=500,
+        )
     metrics.requests.labels(route=route, status=str(response.status)).inc()
     return response
 
@@ -371,7 +470,7 @@ def create_app(config: Config) -> web.Application:
     tls = ServerTLS.from_config(config)
     if tls is not None:
         app[TLS_CONTEXT] = tls
-    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _audit_ctx, _stays_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _wal_ctx, _engine_ctx, _lane_ctx, _audit_ctx, _stays_ctx])
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTE_MODULES:
         routes.setup(app)

@@ -7,24 +7,30 @@ the tracer gets a 503 and no data.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import orjson
 from aiohttp import web
 
-from engine.errors import ForbiddenError, PayloadError
+from engine.errors import ForbiddenError, PayloadError, TraceLimitError
 from engine.ingest.intake import MAX_VENUE_CHARS
+from engine.tracing.credentials import Tracer
 from engine.tracing.gate import CASE_ID, TraceAsk
-from engine.tracing.model import PersonTrace, TraceOptions, VenueTrace, parse_time
+from engine.tracing.lane import TraceCancelled
+from engine.tracing.model import PersonTrace, QueryFn, TraceOptions, VenueTrace, parse_time
 from engine.tracing.queries import TraceQueries
 from engine.tracing.render import to_csv, to_json
-from engine.web.keys import AUTH_FAILURES, CONFIG, RUNTIME, TRACE_GATE
+from engine.web.keys import AUTH_FAILURES, CONFIG, METRICS, RUNTIME, TRACE_GATE, TRACE_LANE
 from engine.web.openapi import SchemaSource, anchored, documented, error, query
 
+Trace: TypeAlias = PersonTrace | VenueTrace
+_CHUNK = 1 << 20  # bytes of a trace answer written at a time
 _VENUE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_VENUE_CHARS}}}")
 
 
@@ -94,10 +100,27 @@ def _whole(value: float, name: str) -> int:
     return int(value)
 
 
-def _respond(trace: PersonTrace | VenueTrace, fmt: str) -> web.Response:
+def _encode(trace: PersonTrace | VenueTrace, fmt: str) -> tuple[bytes, str]:
+    """The answer's bytes and content type (run on the tracing lane's thread, never on the event loop)."""
     if fmt == "csv":
-        return web.Response(text=to_csv(trace), content_type="text/csv")
-    return web.Response(body=orjson.dumps(to_json(trace)), content_type="application/json")
+        return to_csv(trace).encode(), "text/csv; charset=utf-8"
+    return chunked_dumps(to_json(trace)), "application/json"
+
+
+def chunked_dumps(doc: Any, chunk: int = 1000) -> bytes:
+    """``orjson.dumps(doc)``, byte for byte, with long lists encoded ``chunk`` items at a time.
+
+    One ``orjson.dumps`` of a 150,000-stay answer (36 MB) is one C call holding the GIL for up to a second, and the
+    event loop, which needs the GIL for every request, waits for all of it (measured: a 1,055 ms stall of the loop
+    during such a trace); a slice at a time, the GIL passes to the loop between slices (longest stall in that
+    phase then 143 ms)."""
+    if isinstance(doc, dict):
+        items = [orjson.dumps(str(k)) + b":" + chunked_dumps(v, chunk) for k, v in doc.items()]
+        return b"{" + b",".join(items) + b"}"
+    if isinstance(doc, list) and len(doc) > chunk:
+        parts = [orjson.dumps(doc[i : i + chunk])[1:-1] for i in range(0, len(doc), chunk)]
+        return b"[" + b",".join(parts) + b"]"
+    return orjson.dumps(doc)
 
 
 def person_subject(person_key: str | None, qr_id: str | None) -> str:
@@ -133,7 +156,15 @@ _TRACE_ANSWERS: dict[int, SchemaSource] = {
     },
     401: error("Missing, unknown, expired or revoked tracer token"),
     403: error("Scanner or operator credentials, which cannot trace"),
-    429: error("The tracer's allowance for this kind of trace is used up; see Retry-After"),
+    413: error(
+        "Stopped by a cap of the tracing lane (rows read, rows back, answer bytes); the body names the cap "
+        "(cap, limit) and how to narrow the trace (narrow)"
+    ),
+    422: error("Stopped by the tracing lane's time cap (--trace-timeout-s); the body says how to narrow the trace"),
+    429: error(
+        "The tracer's allowance for this kind of trace is used up, or it already runs its concurrent traces "
+        "(--trace-per-tracer), or the lane is full (--trace-concurrency); see Retry-After"
+    ),
     503: error("The audit record cannot be written (store down, audit chain broken): no answer is given"),
 }
 _CASE = query(
@@ -168,7 +199,7 @@ _CASE = query(
     ],
     responses=_TRACE_ANSWERS,
 )
-async def trace_person(request: web.Request) -> web.Response:
+async def trace_person(request: web.Request) -> web.StreamResponse:
     q = request.query
     token = bearer_token(request)
     fmt = _format(q)
@@ -180,12 +211,13 @@ async def trace_person(request: web.Request) -> web.Response:
     )
     gate = request.app[TRACE_GATE]
     tracer = gate.admit(token, ask)
-    rt = request.app[RUNTIME]
-    queries = TraceQueries(rt.store.query)
-    trace = await rt.in_store_thread(lambda: queries.person(person_key=pk, qr_id=qr, from_ms=t0, to_ms=t1, options=opt))
-    response = _respond(trace, fmt)
-    await rt.in_store_thread(gate.record, tracer, ask, result_size(trace))  # before the answer leaves
-    return response
+    return await _on_lane(
+        request,
+        tracer,
+        ask,
+        fmt,
+        lambda q: TraceQueries(q).person(person_key=pk, qr_id=qr, from_ms=t0, to_ms=t1, options=opt),
+    )
 
 
 @documented(
@@ -198,7 +230,7 @@ async def trace_person(request: web.Request) -> web.Response:
     ],
     responses=_TRACE_ANSWERS,
 )
-async def trace_venue(request: web.Request) -> web.Response:
+async def trace_venue(request: web.Request) -> web.StreamResponse:
     q = request.query
     token = bearer_token(request)
     fmt = _format(q)
@@ -211,10 +243,40 @@ async def trace_venue(request: web.Request) -> web.Response:
     )
     gate = request.app[TRACE_GATE]
     tracer = gate.admit(token, ask)
+    return await _on_lane(request, tracer, ask, fmt, lambda q: TraceQueries(q).venue(venue_id, t0, t1, opt))
+
+
+async def _on_lane(
+    request: web.Request, tracer: Tracer, ask: TraceAsk, fmt: str, compute: Callable[[QueryFn], Trace]
+) -> web.StreamResponse:
+    """Run a trace on the tracing lane (engine.tracing.lane: own store clients and threads, caps, cancelled when
+    the client goes away), store its audit record, then stream the answer the lane encoded."""
     rt = request.app[RUNTIME]
-    trace = await rt.in_store_thread(TraceQueries(rt.store.query).venue, venue_id, t0, t1, opt)
-    response = _respond(trace, fmt)
-    await rt.in_store_thread(gate.record, tracer, ask, result_size(trace))
+    lane = request.app[TRACE_LANE]
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    try:
+        done = await lane.run(tracer.name, compute, result_size, lambda t: _encode(t, fmt), gone=gone)
+    except TraceCancelled:  # the lane saw the connection close
+        request.app[METRICS].traces_refused.labels(cause="client_gone").inc()
+        return web.Response(status=499, text="client closed the request; the trace was stopped")
+    except asyncio.CancelledError:  # aiohttp cancelled the handler (its client went away): the lane stopped it
+        request.app[METRICS].traces_refused.labels(cause="client_gone").inc()
+        raise
+    except TraceLimitError as exc:
+        request.app[METRICS].traces_refused.labels(cause=exc.details["cap"]).inc()
+        raise
+    await rt.in_store_thread(request.app[TRACE_GATE].record, tracer, ask, done.rows)  # before the answer leaves
+    response = web.StreamResponse(headers={"Content-Type": done.content_type})
+    response.content_length = len(done.body)
+    await response.prepare(request)
+    view = memoryview(done.body)
+    for start in range(0, len(view), _CHUNK):  # the loop only moves bytes, a chunk at a time
+        await response.write(view[start : start + _CHUNK])
+    await response.write_eof()
     return response
 
 
