@@ -151,6 +151,7 @@ async def test_an_unsigned_code_naming_a_victims_qr_id_changes_no_trusted_trace(
     alice, carol = signed(e, "******111001", "QIDALICE01"), signed(e, "******444004", "QIDCAROL01")
     await post(e.client, visit(alice, "clinic", 0, 60))
     await post(e.client, visit(carol, "cafe", 0, 60) + visit(signed(e, "******000005", "QIDFRANK01"), "cafe", 5, 55))
+    await e.drained()  # traces run on their own lane, not behind the drain
     before = await trace(e, e.tracer("before"), qr_id="QIDALICE01")
     forged = "******444004|X|2000-01-01|0|QIDALICE01|"
     await post(e.client, visit(forged, "cafe", 1, 59), verdict="unsigned_code")
