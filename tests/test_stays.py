@@ -149,3 +149,27 @@ def test_second_degree_is_bounded_and_says_what_was_cut(store: Store) -> None:
         everyone = TraceOptions(second_degree=True, second_degree_min_overlap_min=0, second_degree_cap=100)
         wide = q.person(person_key=kh("alice"), options=everyone)
         assert [c.person_key for c in wide.contacts if c.degree == 2] == [kh("hank"), kh("joe"), kh("ivy")]
+
+
+def test_a_scan_id_another_device_sent_first_hides_no_stay_in_the_job_or_a_trace(store: Store) -> None:
+    """An intruder device sends bob's code under the scan id bob's genuine entry will carry, three hours earlier
+    at the same venue (a scan is (device, scan id), issue 12). The pairing job keeps both scans, so the stays
+    read from its table hold bob's genuine stay with alice, with its devices and scan ids, exactly as the trace
+    that pairs from scans. Before, the job kept one row per scan id (the earlier replay's), so bob's stay began
+    at the replay."""
+    genuine = columns([scan("alice", "cafe", "in", 0), scan("alice", "cafe", "out", 60),
+                       scan("bob", "cafe", "in", 10), scan("bob", "cafe", "out", 50)])  # fmt: skip
+    claim = columns([scan("bob", "cafe", "in", -180)])
+    claim["scan_id"], claim["device_id"] = [genuine["scan_id"][2]], ["intruder"]
+    store.insert_scans(claim)
+    store.insert_scans(genuine)
+    StaysJob(store).run()
+    window = [("cafe", T0, T0 + HOUR)]
+    for q in (TraceQueries(store.query), TraceQueries(store.query, use_stays=False)):
+        stays = {st.person_key: st for st in q.stays_at(window, TraceOptions())}
+        bob = stays[kh("bob")]
+        assert ((bob.start_ms - T0) // MINUTE_MS, (bob.end_ms - T0) // MINUTE_MS) == (10, 50)
+        assert bob.scan_ids == (str(genuine["scan_id"][2]), str(genuine["scan_id"][3]))
+        assert bob.device_ids == ("dev-cafe", "dev-cafe")
+        (contact,) = q.person(person_key=kh("alice")).contacts
+        assert [(e.contact_start_ms - T0) // MINUTE_MS for e in contact.encounters] == [10]
