@@ -172,7 +172,9 @@ def test_a_timed_out_insert_still_lands_and_its_retry_is_a_no_op(
 def test_inserts_reach_the_server_synchronous_with_their_token(
     clickhouse_server: ClickHouseServer, server_store: Store
 ) -> None:
-    """The server's default is async_insert=1; the Store's inserts must turn it off (docs/cluster.md)."""
+    """The server's default is async_insert=1; the Store's inserts must turn it off (docs/cluster.md). Only this
+    test's inserts are read back (the migrations' own INSERT ... SELECT, e.g. 0009's, ran before it)."""
+    ((since,),) = server_store.query("SELECT now64(6)")
     server_store.insert_scans(scans(5), dedup_token="wal-1-5-settings")
     server_store.upsert_device("dev-settings", os.urandom(32))
     server_store.command("SYSTEM FLUSH LOGS")
@@ -180,8 +182,14 @@ def test_inserts_reach_the_server_synchronous_with_their_token(
     sent = server_store.query(
         "SELECT has(tables, {d:String}), Settings['async_insert'], Settings['insert_deduplication_token'] "
         "FROM system.query_log WHERE type = 'QueryFinish' AND query_kind = 'Insert' AND has(databases, {db:String}) "
-        "AND (has(tables, {s:String}) OR has(tables, {d:String})) ORDER BY event_time_microseconds",
-        {"db": server_store.database, "s": f"{server_store.database}.scans", "d": f"{server_store.database}.devices"},
+        "AND (has(tables, {s:String}) OR has(tables, {d:String})) AND event_time_microseconds >= {since:DateTime64(6)} "
+        "ORDER BY event_time_microseconds",
+        {
+            "db": server_store.database,
+            "s": f"{server_store.database}.scans",
+            "d": f"{server_store.database}.devices",
+            "since": since,
+        },
     )
     assert default == "1"  # what a 26.x server does without being told
     assert sent == [
