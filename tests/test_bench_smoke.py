@@ -212,3 +212,19 @@ def test_isolation_bench_runs_its_scenarios_side_by_side() -> None:
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith(("alone ", "flood "))}
     assert set(rows) == {"alone", "flood"} and "p99 ÷ alone" in done.stdout, done.stdout
     assert "flood 202" in rows["flood"] or "flood 429" in rows["flood"], rows["flood"]
+
+
+@pytest.mark.slow
+def test_distributed_trace_bench_compares_equal_answers_side_by_side() -> None:
+    """bench/distributed_trace_bench.py on a small world: a 2-shard cluster and one server, equal answers, a ratio."""
+    done = subprocess.run(
+        [sys.executable, "bench/distributed_trace_bench.py", "--people", "2000", "--venues", "200", "--cases", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "identical answers on both" in done.stdout and "Distributed ÷ one server, p50:" in done.stdout
+    rows = [line.split()[:2] for line in done.stdout.splitlines() if line.startswith(("2 shards", "one server"))]
+    assert len(rows) == 2, done.stdout
