@@ -183,8 +183,11 @@ class Config:
         default=20.0, metadata={"help": "venue and second-degree traces per tracer per hour"}
     )
     gc_young: int = field(
-        default=50_000,
+        default=0,
         metadata={"help": "net allocations between young garbage collections; 0 keeps CPython's (engine.ops.heap)"},
+    )
+    gc_freeze: bool = field(
+        default=True, metadata={"help": "freeze start-up's heap out of every garbage collection (engine.ops.heap)"}
     )
     # -- the tracing lane (engine.tracing.lane; docs/operations.md, "Tracing lane") -------------------------------
     trace_concurrency: int = field(default=2, metadata={"help": "traces run at once on the tracing lane"})

@@ -96,7 +96,7 @@ def _node_env(cluster: ClickHouseCluster, shard: int, root: Path) -> dict[str, s
         "ENGINE_DEVICE_COLD_BURST": "1000000",
         "ENGINE_DEVICE_QUEUE_SHARE": "1",
         "ENGINE_LOG_LEVEL": "INFO",
-        "ENGINE_GC_YOUNG": "0",
+        "ENGINE_GC_FREEZE": "0",
     }
 
 
@@ -371,7 +371,7 @@ def test_a_resent_batch_acknowledged_before_a_crash_is_a_duplicate_after_the_res
 
     fx = make_fixture(tmp_path / "node")
     node = EngineProcess(
-        fx.data_dir, ENGINE_DSN=clickhouse_server.dsn, ENGINE_DATABASE=clickhouse_database, ENGINE_GC_YOUNG="0"
+        fx.data_dir, ENGINE_DSN=clickhouse_server.dsn, ENGINE_DATABASE=clickhouse_database, ENGINE_GC_FREEZE="0"
     ).start()
     try:
         node.post_json("/v1/admin/devices", device_registration(fx), admin_headers(fx.data_dir))

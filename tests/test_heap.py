@@ -42,15 +42,25 @@ def test_the_policy_raises_the_thresholds_freezes_what_start_up_left_and_undoes_
     assert _observed(pauses, "2") == n  # the callback is gone with the engine
 
 
-def test_zero_keeps_cpythons_collector_but_still_measures_it() -> None:
+def test_the_default_keeps_cpythons_thresholds_freezes_and_measures() -> None:
     before = gc.get_threshold()
     pauses = _pauses()
     policy = HeapPolicy(0, pauses)
     policy.start()
     try:
-        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before and gc.get_freeze_count() > 0
         gc.collect()
         assert _observed(pauses, "2") >= 1
+    finally:
+        policy.stop()
+    assert gc.get_freeze_count() == 0
+
+
+def test_freeze_off_leaves_the_heap_as_it_is() -> None:
+    policy = HeapPolicy(0, None, freeze=False)
+    policy.start()
+    try:
+        assert gc.get_freeze_count() == 0
     finally:
         policy.stop()
 

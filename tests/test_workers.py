@@ -77,7 +77,7 @@ def test_two_workers_share_the_port_and_lowering_them_strands_nothing(
         "ENGINE_VERIFY_THREADS": "1",
         "ENGINE_INSERT_INTERVAL_MS": "100",
         "ENGINE_SHUTDOWN_TIMEOUT_S": "3",
-        "ENGINE_GC_YOUNG": "0",
+        "ENGINE_GC_FREEZE": "0",
     }
     node = EngineProcess(fx.data_dir, **env).start()
     acked: set[str] = set()

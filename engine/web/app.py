@@ -467,8 +467,8 @@ def check_private_files(config: Config) -> None:
 
 
 async def _heap_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The collector's policy while serving (engine.ops.heap: why a trace must not trigger full collections)."""
-    policy = HeapPolicy(app[CONFIG].gc_young, app[METRICS].gc_pause_seconds)
+    """The collector's policy while serving (engine.ops.heap: start-up frozen, every pause measured)."""
+    policy = HeapPolicy(app[CONFIG].gc_young, app[METRICS].gc_pause_seconds, freeze=app[CONFIG].gc_freeze)
     policy.start()
     yield
     policy.stop()
