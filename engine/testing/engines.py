@@ -68,6 +68,9 @@ def engine_config(data_dir: Path, **overrides: Any) -> Config:
         "shutdown_timeout_s": 10.0,
         "insert_interval_ms": 50.0,  # tests wait for the store; production paces inserts at 3 s
         "ops_port": 0,  # the operations listener on a free loopback port (InProcessEngine.ops_url)
+        # a test process builds hundreds of engines: a full collection and a freeze at each start would add up to
+        # tens of seconds of the suite (and freeze the previous tests' garbage); engine processes keep the default
+        "gc_freeze": False,
     }
     base.update(overrides)
     return Config(**base).validate()
