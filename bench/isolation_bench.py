@@ -51,9 +51,10 @@ from engine.codes.payload import b64url_encode
 from engine.devices.client import ScannerClient, make_scan, sign_request
 from engine.store.store import Store
 from engine.testing.engines import DEVICE_ID, EngineProcess, Fixture, admin_headers, device_registration, make_fixture
+from engine.testing.hot_venue import HOT_VENUE, hot_venue_insert
 from engine.tracing.credentials import TracerRegistry
 
-HOT = "venue-hot"
+HOT = HOT_VENUE
 WORST = f"/v1/trace/venue?venue_id={HOT}&days=366&include_unverified=1&case_id=BENCH-0001"
 
 
@@ -71,16 +72,7 @@ def fill(data_dir: Path, rows: int) -> None:
     """The hot venue, written before the engine starts (the embedded store is then the engine's alone)."""
     store = Store.connect(f"chdb://{(data_dir / 'store').resolve()}")
     store.migrate()
-    store.command(
-        "INSERT INTO scans (scan_id, device_id, venue_id, direction, scanned_at, received_at, verdict, reason, "
-        "code_kind, person_key, qr_id, key_id, issuer, code_iat, code_exp, scan_device) "
-        f"SELECT generateUUIDv4(), 'dev-hot', '{HOT}', if(number % 2 = 0, 'in', 'out'), "
-        "now64(3) - toIntervalSecond(intDiv(number, 2) * 17 % (20 * 86400)), now64(3), "
-        "if(number % 5 = 0, 'unsigned_code', 'ok'), 'none', 'signed', "
-        "toFixedString(unhex(lpad(hex(intDiv(number, 2) % 20000), 32, '0')), 16), "
-        "concat('QH', toString(intDiv(number, 2) % 20000)), '', '', 0, 0, 'dev-hot' "
-        f"FROM numbers({rows})"
-    )
+    store.command(hot_venue_insert(rows, HOT))
     store.close()
 
 

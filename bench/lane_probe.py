@@ -27,23 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.store.store import Store
 from engine.testing.clickhouse import ClickHouseServer
+from engine.testing.hot_venue import HOT_VENUE, hot_venue_insert
 from engine.tracing.model import TraceOptions
 from engine.tracing.queries import TraceQueries
 
-HOT = "venue-hot"
+HOT = HOT_VENUE
 
 
 def fill(store: Store, rows: int) -> None:
-    store.command(
-        "INSERT INTO scans (scan_id, device_id, venue_id, direction, scanned_at, received_at, verdict, reason, "
-        "code_kind, person_key, qr_id, key_id, issuer, code_iat, code_exp, scan_device) "
-        f"SELECT generateUUIDv4(), 'dev-hot', '{HOT}', if(number % 2 = 0, 'in', 'out'), "
-        "now64(3) - toIntervalSecond(intDiv(number, 2) * 17 % (20 * 86400)), now64(3), "
-        "if(number % 5 = 0, 'unsigned_code', 'ok'), 'none', 'signed', "
-        "toFixedString(unhex(lpad(hex(intDiv(number, 2) % 20000), 32, '0')), 16), "
-        "concat('QH', toString(intDiv(number, 2) % 20000)), '', '', 0, 0, 'dev-hot' "
-        f"FROM numbers({rows})"
-    )
+    store.command(hot_venue_insert(rows, HOT))
 
 
 def batch(n: int) -> dict[str, object]:

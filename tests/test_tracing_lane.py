@@ -21,26 +21,18 @@ import pytest
 from engine.devices.client import ScannerClient, make_scan
 from engine.testing.engines import DEVICE_ID, InProcessEngine, wait_until
 from engine.testing.fixtures import StoreTarget
+from engine.testing.hot_venue import HOT_VENUE, hot_venue_insert
 from engine.web.trace import chunked_dumps
 
 ENGINE_DEFAULTS = {"device_rate": 100_000.0, "device_burst": 100_000.0}
-HOT = "venue-hot"
+HOT = HOT_VENUE
 #: the issue's worst case: a year, every verdict, the busiest venue
 WORST = f"/v1/trace/venue?venue_id={HOT}&days=366&include_unverified=1&case_id=HN-2026-0413"
 
 
 async def _fill_hot_venue(e: InProcessEngine, rows: int) -> None:
     """``rows`` scans at one venue over the last 20 days, 20,000 people, written straight into the store."""
-    sql = (
-        "INSERT INTO scans (scan_id, device_id, venue_id, direction, scanned_at, received_at, verdict, reason, "
-        "code_kind, person_key, qr_id, key_id, issuer, code_iat, code_exp, scan_device) "
-        f"SELECT generateUUIDv4(), 'dev-hot', '{HOT}', if(number % 2 = 0, 'in', 'out'), "
-        "now64(3) - toIntervalSecond(intDiv(number, 2) * 17 % (20 * 86400)), now64(3), "
-        "if(number % 5 = 0, 'unsigned_code', 'ok'), 'none', 'signed', "
-        "toFixedString(unhex(lpad(hex(intDiv(number, 2) % 20000), 32, '0')), 16), "
-        "concat('QH', toString(intDiv(number, 2) % 20000)), '', '', 0, 0, 'dev-hot' "
-        f"FROM numbers({rows})"
-    )
+    sql = hot_venue_insert(rows, HOT)
     await e.rt.in_store_thread(e.rt.store.command, sql)
 
 
